@@ -1,0 +1,175 @@
+"""CIFAR ResNets of He et al. (2016): ResNet-20/32/44/56.
+
+Three stages of n = (depth - 2) / 6 basic blocks with 16, 32, 64 channels; the shortcut that
+changes shape is the parameter-free "option A" of the paper (stride-2 subsampling and zero
+channel padding). Options follow Table 2 of Lucas et al.:
+
+* ``bn`` on (BN) or off (NBN; convolutions then carry biases);
+* ``init``: ``default`` (Kaiming-normal convolutions), ``block-identity`` (Goyal et al. 2017:
+  each block's last BN gamma zeroed, or its last convolution when there is no BN), or
+  ``fixup`` (Zhang et al. 2019: no BN, scalar biases and a multiplier per block, the first
+  convolution of each branch scaled by L^(-1/2), the last zeroed, the classifier zeroed).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from mliscan.adapter import Adapter, DataInfo, TrainDefaults, option, parse_bool, parse_choice
+from mliscan.errors import AdapterOptionError
+
+INITS = ("default", "block-identity", "fixup")
+
+
+@dataclass(frozen=True)
+class ResNetOptions:
+    bn: bool = option(True, "batch norm after every convolution", parse_bool)
+    init: str = option("default", "default, block-identity or fixup", parse_choice(*INITS))
+
+
+class _Bias(nn.Module):
+    """A learnt scalar added to its input (Fixup)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.bias
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int, bn: bool, fixup: bool) -> None:
+        super().__init__()
+        self.fixup = fixup
+        bias = not bn and not fixup
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=bias)
+        self.bn1 = nn.BatchNorm2d(cout) if bn else nn.Identity()
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=bias)
+        self.bn2 = nn.BatchNorm2d(cout) if bn else nn.Identity()
+        self.stride = stride
+        self.pad = cout - cin
+        if fixup:
+            self.bias1a, self.bias1b, self.bias2a, self.bias2b = (_Bias() for _ in range(4))
+            self.scale = nn.Parameter(torch.ones(1))
+
+    def shortcut(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride != 1:
+            x = x[:, :, :: self.stride, :: self.stride]
+        if self.pad:
+            x = F.pad(x, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fixup:
+            x = self.bias1a(x)
+            out = F.relu(self.bias1b(self.conv1(x)))
+            out = self.bias2b(self.conv2(self.bias2a(out)) * self.scale)
+        else:
+            out = F.relu(self.bn1(self.conv1(x)))
+            out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    def __init__(self, depth: int, in_channels: int, num_classes: int, bn: bool, fixup: bool):
+        super().__init__()
+        n = (depth - 2) // 6
+        self.conv1 = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=not bn and not fixup)
+        self.bn1 = nn.BatchNorm2d(16) if bn else nn.Identity()
+        self.bias1 = _Bias() if fixup else nn.Identity()
+        blocks: list[nn.Module] = []
+        cin = 16
+        for stage, cout in enumerate((16, 32, 64)):
+            for i in range(n):
+                stride = 2 if stage > 0 and i == 0 else 1
+                blocks.append(BasicBlock(cin, cout, stride, bn, fixup))
+                cin = cout
+        self.layers = nn.Sequential(*blocks)
+        self.bias2 = _Bias() if fixup else nn.Identity()
+        self.fc = nn.Linear(64, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bias1(self.bn1(self.conv1(x))))
+        x = self.layers(x)
+        x = F.adaptive_avg_pool2d(x, 1).flatten(1)
+        return self.fc(self.bias2(x))
+
+
+class ResNetAdapter(Adapter):
+    description = (
+        "CIFAR ResNet (He et al. 2016); options bn on/off, init default/block-identity/fixup"
+    )
+    default_data = "cifar10"
+    Options = ResNetOptions
+    train_defaults = TrainDefaults(optimizer="sgd", lr=0.1, epochs=200, batch_size=128)
+
+    def __init__(self, depth: int) -> None:
+        if (depth - 2) % 6:
+            raise ValueError("CIFAR ResNet depth must be 6n + 2")
+        self.depth = depth
+        self.name = f"resnet{depth}"  # type: ignore[misc]
+        self.description = f"ResNet-{depth} for CIFAR (He et al. 2016); options bn, init"  # type: ignore[misc]
+
+    def validate_options(self, options: ResNetOptions) -> None:
+        if options.init == "fixup" and options.bn:
+            raise AdapterOptionError(
+                f"--arch {self.name}: Fixup initialisation is for networks without batch norm; "
+                "add --no-bn"
+            )
+
+    def build(self, options: ResNetOptions, data: DataInfo) -> nn.Module:
+        if len(data.input_shape) != 3:
+            raise AdapterOptionError(
+                f"--arch {self.name} needs image inputs [C, H, W], got {data.input_shape}"
+            )
+        fixup = options.init == "fixup"
+        net = CifarResNet(self.depth, data.input_shape[0], data.num_classes, options.bn, fixup)
+        _initialise(net, options, n_blocks=len(net.layers))
+        return net
+
+
+def _initialise(net: CifarResNet, options: ResNetOptions, n_blocks: int) -> None:
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    blocks = [b for b in net.layers if isinstance(b, BasicBlock)]
+    if options.init == "block-identity":
+        for b in blocks:
+            last = b.bn2 if options.bn else b.conv2
+            nn.init.zeros_(last.weight)
+            if getattr(last, "bias", None) is not None:
+                nn.init.zeros_(last.bias)
+    elif options.init == "fixup":
+        for b in blocks:
+            fan = b.conv1.weight.shape[0] * math.prod(b.conv1.weight.shape[2:])
+            nn.init.normal_(b.conv1.weight, 0.0, math.sqrt(2.0 / fan) * n_blocks ** (-0.5))
+            nn.init.zeros_(b.conv2.weight)
+        nn.init.zeros_(net.fc.weight)
+        nn.init.zeros_(net.fc.bias)
+
+
+def resnet20() -> ResNetAdapter:
+    return ResNetAdapter(20)
+
+
+def resnet32() -> ResNetAdapter:
+    return ResNetAdapter(32)
+
+
+def resnet44() -> ResNetAdapter:
+    return ResNetAdapter(44)
+
+
+def resnet56() -> ResNetAdapter:
+    return ResNetAdapter(56)

@@ -1,0 +1,194 @@
+"""The adapter contract: everything architecture-specific lives behind it.
+
+An adapter builds the module, maps checkpoint keys onto it, defines the per-example loss,
+the logits used for the Gauss length, how inputs are shaped, which layers are batch norm,
+and training defaults. Adapters never import the engine or the CLI.
+
+Third-party packages add adapters through the ``mliscan.adapters`` entry-point group; the
+built-ins are declared the same way (see ``pyproject.toml``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from mliscan.errors import AdapterOptionError, CheckpointMismatchError, short_list
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What an adapter needs to know about the data to build a module."""
+
+    input_shape: tuple[int, ...]
+    num_classes: int
+
+
+@dataclass(frozen=True)
+class TrainDefaults:
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    epochs: int = 100
+    batch_size: int = 128
+
+
+class Adapter(ABC):
+    """Base class of architecture adapters. Subclasses set ``Options`` to a frozen dataclass."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    default_data: ClassVar[str] = "digits"
+    Options: ClassVar[type] = type("NoOptions", (), {})
+    train_defaults: ClassVar[TrainDefaults] = TrainDefaults()
+
+    # ---- options -------------------------------------------------------------------------
+    def option_names(self) -> list[str]:
+        return [f.name for f in dataclasses.fields(self.Options)]
+
+    def parse_options(self, given: Mapping[str, Any] | None = None) -> Any:
+        """Validate and coerce option values (strings from the CLI, lists from JSON)."""
+        given = dict(given or {})
+        fields = {f.name: f for f in dataclasses.fields(self.Options)}
+        unknown = sorted(set(given) - set(fields))
+        if unknown:
+            raise AdapterOptionError(
+                f"--arch {self.name} has no option {', '.join(unknown)}; "
+                f"its options: {', '.join(fields) or '(none)'}"
+            )
+        values = {}
+        for key, value in given.items():
+            parse = fields[key].metadata.get("parse")
+            try:
+                values[key] = parse(value) if parse else value
+            except (TypeError, ValueError) as exc:
+                raise AdapterOptionError(f"--arch {self.name}: bad value for {key}: {exc}") from exc
+        opts = self.Options(**values)
+        self.validate_options(opts)
+        return opts
+
+    def validate_options(self, options: Any) -> None:  # noqa: B027 (optional hook)
+        """Raise :class:`AdapterOptionError` for inconsistent options."""
+
+    def options_to_dict(self, options: Any) -> dict[str, Any]:
+        return json_ready(dataclasses.asdict(options))
+
+    def infer_options(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+        """Options that can be read off a checkpoint's shapes (used when not given)."""
+        return {}
+
+    # ---- module --------------------------------------------------------------------------
+    @abstractmethod
+    def build(self, options: Any, data: DataInfo) -> nn.Module:
+        """A freshly initialised module (seed torch's global RNG beforehand)."""
+
+    def map_keys(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Translate foreign checkpoint names to the module's (identity by default)."""
+        return dict(tensors)
+
+    def prepare_inputs(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Shape a dataset's [N, C, H, W] inputs for the module (done once, not per alpha)."""
+        return inputs
+
+    # ---- objective -----------------------------------------------------------------------
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Per-example loss, shape [N] (cross-entropy by default)."""
+        return nn.functional.cross_entropy(output, target, reduction="none")
+
+    def logits(self, output: torch.Tensor) -> torch.Tensor:
+        """The vector whose curve the Gauss length measures, shape [N, D]."""
+        return output
+
+    def correct(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
+        """Per-example correctness (bool [N]), or None when accuracy is undefined."""
+        return output.argmax(dim=1) == target
+
+    def bn_modules(self, module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+        """The batch-norm layers whose statistics are re-estimated at each alpha."""
+        return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def option(default: Any, help: str, parse: Any = None) -> Any:
+    """A dataclass field with help text and an optional string parser."""
+    meta = {"help": help}
+    if parse is not None:
+        meta["parse"] = parse
+    if isinstance(default, (list, dict, set)):
+        raise TypeError("use tuples for sequence defaults")
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def parse_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"expected on/off, got {value!r}")
+
+
+def parse_int_tuple(value: Any) -> tuple[int, ...]:
+    if isinstance(value, str):
+        parts = [p for p in value.replace(" ", "").split(",") if p]
+    else:
+        parts = list(value)
+    out = tuple(int(p) for p in parts)
+    if any(v < 1 for v in out):
+        raise ValueError(f"widths must be positive, got {value!r}")
+    return out
+
+
+def parse_choice(*choices: str) -> Any:
+    def parse(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
+        return str(value)
+
+    return parse
+
+
+def json_ready(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(v) for v in obj]
+    return obj
+
+
+def load_into(
+    module: nn.Module, tensors: Mapping[str, torch.Tensor], source: str, arch: str
+) -> None:
+    """Strictly copy a state dict into ``module``: one error lists every problem, sorted."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    mism = [
+        f"{k} {tuple(tensors[k].shape)} vs {tuple(expected[k].shape)}"
+        for k in sorted(set(expected) & set(tensors))
+        if tensors[k].shape != expected[k].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys: {short_list(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys: {short_list(unexpected)}")
+    if mism:
+        problems.append(f"{len(mism)} shape mismatches (file vs model): {short_list(mism, 4)}")
+    if problems:
+        raise CheckpointMismatchError(
+            f"{source} does not fit --arch {arch}: " + "; ".join(problems) + " (was it saved "
+            "from another architecture or with other options? see `mliscan adapters`)"
+        )
+    module.load_state_dict(dict(tensors), strict=True)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(math.prod(p.shape) for p in module.parameters())

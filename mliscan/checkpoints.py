@@ -1,0 +1,297 @@
+"""Checkpoint files -> plain state dicts, safely.
+
+* ``.safetensors`` (single or sharded through ``model.safetensors.index.json``);
+* ``.pt/.pth/.bin/.ckpt`` only through ``torch.load(weights_only=True)``: a pickle that needs
+  arbitrary globals is refused with the name of the global, never unpickled;
+* a directory holding one of those;
+* common wrappers (``state_dict``, ``model``, ``ema`` ... keys) and ``module.`` /
+  ``_orig_mod.`` prefixes are removed.
+
+mliscan's own files carry one safetensors metadata key, ``mliscan``, whose value is a JSON
+object (architecture, its options, data); one key keeps the header byte-deterministic.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mliscan.errors import (
+    CheckpointFormatError,
+    CheckpointMismatchError,
+    CheckpointNotFoundError,
+    NonFiniteWeightsError,
+    UnsafeCheckpointError,
+    short_list,
+)
+from mliscan.paths import atomic_path
+
+METADATA_KEY = "mliscan"
+SAFETENSORS_SUFFIXES = (".safetensors",)
+TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+# Keys under which training scripts commonly nest the weights, most specific first.
+WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "ema", "model_ema")
+STRIP_PREFIXES = ("module.", "_orig_mod.")
+# Files looked for, in order, when a directory is given.
+DIRECTORY_CANDIDATES = (
+    "model.safetensors.index.json",
+    "model.safetensors",
+    "pytorch_model.bin.index.json",
+    "pytorch_model.bin",
+)
+
+
+@dataclass
+class Checkpoint:
+    """A loaded state dict with where it came from."""
+
+    path: Path
+    tensors: dict[str, torch.Tensor]
+    metadata: dict[str, Any] = field(default_factory=dict)
+    """The ``mliscan`` metadata object (empty for foreign files)."""
+    notes: list[str] = field(default_factory=list)
+    """What was unwrapped or stripped, for the report."""
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
+    """Read a checkpoint file or directory into a :class:`Checkpoint` (CPU tensors)."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointNotFoundError(f"{p}: no such file or directory; check the path")
+    if p.is_dir():
+        p = _pick_in_directory(p)
+    if p.name.endswith(".index.json"):
+        tensors, metadata = _load_sharded(p)
+        notes: list[str] = []
+    elif p.suffix in SAFETENSORS_SUFFIXES or (
+        p.suffix not in TORCH_SUFFIXES and not zipfile.is_zipfile(p)
+    ):
+        tensors, metadata = _load_safetensors(p)
+        notes = []
+    else:
+        obj = _torch_load(p)
+        tensors, notes = unwrap_state_dict(obj, p)
+        metadata = {}
+    tensors, stripped = strip_prefixes(tensors)
+    notes += [f"stripped prefix {s!r}" for s in stripped]
+    if not tensors:
+        raise CheckpointFormatError(f"{p}: holds no tensors; is it a model checkpoint?")
+    return Checkpoint(path=p, tensors=tensors, metadata=metadata, notes=notes)
+
+
+def _pick_in_directory(d: Path) -> Path:
+    for name in DIRECTORY_CANDIDATES:
+        if (d / name).is_file():
+            return d / name
+    files = sorted(f for f in d.iterdir() if f.suffix in SAFETENSORS_SUFFIXES + TORCH_SUFFIXES)
+    if len(files) == 1:
+        return files[0]
+    if not files:
+        raise CheckpointNotFoundError(
+            f"{d}: directory holds no weights file; expected one of "
+            f"{', '.join(DIRECTORY_CANDIDATES)} or a single .safetensors/.pt file"
+        )
+    raise CheckpointNotFoundError(
+        f"{d}: directory holds several weights files ({short_list([f.name for f in files])}); "
+        "pass the file itself"
+    )
+
+
+def _load_safetensors(p: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(p), framework="pt", device="cpu") as f:
+            raw_meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
+    except SafetensorError as exc:
+        raise CheckpointFormatError(
+            f"{p}: not a readable safetensors file ({_first_line(exc)}); it may be truncated "
+            "or corrupt: copy or save it again"
+        ) from exc
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointFormatError(f"{p}: cannot be read ({_first_line(exc)})") from exc
+    return tensors, _parse_metadata(raw_meta, p)
+
+
+def _parse_metadata(raw: dict[str, str], p: Path) -> dict[str, Any]:
+    text = raw.get(METADATA_KEY)
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CheckpointFormatError(
+            f"{p}: its '{METADATA_KEY}' metadata is not valid JSON ({exc.msg}); "
+            "pass --arch to ignore it"
+        ) from exc
+    if not isinstance(value, dict):
+        raise CheckpointFormatError(f"{p}: its '{METADATA_KEY}' metadata is not a JSON object")
+    return value
+
+
+def _load_sharded(index: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        if not isinstance(weight_map, dict):
+            raise TypeError("weight_map is not an object")
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise CheckpointFormatError(
+            f"{index}: not a valid shard index (needs a 'weight_map' object): {exc}"
+        ) from exc
+    tensors: dict[str, torch.Tensor] = {}
+    metadata: dict[str, Any] = {}
+    for shard_name in sorted(set(weight_map.values())):
+        shard = (index.parent / shard_name).resolve()
+        if index.parent.resolve() not in shard.parents:
+            raise CheckpointFormatError(
+                f"{index}: shard {shard_name!r} points outside the checkpoint directory"
+            )
+        if not shard.is_file():
+            raise CheckpointNotFoundError(f"{index}: shard {shard_name} is missing; fetch it")
+        if shard.suffix in SAFETENSORS_SUFFIXES:
+            part, meta = _load_safetensors(shard)
+            metadata = metadata or meta
+        else:
+            part, _ = unwrap_state_dict(_torch_load(shard), shard)
+        tensors.update(part)
+    missing = sorted(set(weight_map) - set(tensors))
+    if missing:
+        raise CheckpointFormatError(
+            f"{index}: {len(missing)} indexed tensors are absent from the shards: "
+            f"{short_list(missing)}"
+        )
+    return tensors, metadata
+
+
+_GLOBAL_RE = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+
+def _torch_load(p: Path) -> Any:
+    """torch.load with weights_only=True; arbitrary globals are refused, never executed."""
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        if "Weights only load failed" in text:
+            found = _GLOBAL_RE.search(text)
+            what = f"the global {found.group(1)}" if found else "arbitrary Python objects"
+            raise UnsafeCheckpointError(
+                f"{p}: refused: this torch pickle needs {what}, and unpickling it could run "
+                "arbitrary code; if you trust it, convert it to safetensors in a sandbox "
+                "(safetensors.torch.save_file(torch.load(f, weights_only=False), 'x.safetensors'))"
+            ) from exc
+        raise CheckpointFormatError(f"{p}: corrupt torch file ({_first_line(exc)})") from exc
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise CheckpointFormatError(
+            f"{p}: not a readable torch checkpoint ({_first_line(exc)}); it may be truncated "
+            "or corrupt"
+        ) from exc
+
+
+def unwrap_state_dict(obj: Any, p: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Find the state dict inside a loaded torch object (plain or wrapped)."""
+    notes: list[str] = []
+    for _ in range(4):  # wrappers nest at most a few levels in practice
+        if not isinstance(obj, dict):
+            break
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return {str(k): v for k, v in obj.items()}, notes
+        key = next((k for k in WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
+        if key is None:
+            break
+        notes.append(f"unwrapped '{key}'")
+        obj = obj[key]
+    if isinstance(obj, dict):
+        tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        if tensors:
+            return tensors, notes
+    raise CheckpointFormatError(
+        f"{p}: holds no state dict (a mapping of names to tensors, possibly under one of "
+        f"{', '.join(WRAPPER_KEYS)}); found {type(obj).__name__}"
+    )
+
+
+def strip_prefixes(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Remove ``module.`` (DataParallel) and ``_orig_mod.`` (torch.compile) prefixes."""
+    stripped: list[str] = []
+    changed = True
+    while changed and tensors:
+        changed = False
+        for prefix in STRIP_PREFIXES:
+            if all(k.startswith(prefix) for k in tensors):
+                tensors = {k[len(prefix) :]: v for k, v in tensors.items()}
+                stripped.append(prefix)
+                changed = True
+    return tensors, stripped
+
+
+def check_finite(ckpt: Checkpoint) -> None:
+    """Raise naming every tensor that holds NaN or Inf."""
+    bad = [
+        k
+        for k, v in ckpt.tensors.items()
+        if v.is_floating_point() and not bool(torch.isfinite(v).all())
+    ]
+    if bad:
+        raise NonFiniteWeightsError(
+            f"{ckpt.path}: non-finite values (NaN/Inf) in {len(bad)} tensors: {short_list(bad)}; "
+            "the run diverged or the file is corrupt"
+        )
+
+
+def check_pair(init: Checkpoint, final: Checkpoint) -> None:
+    """Init and final must hold the same keys with the same shapes and dtypes."""
+    a, b = init.tensors, final.tensors
+    name_a, name_b = (
+        (init.name, final.name) if init.name != final.name else (str(init.path), str(final.path))
+    )
+    problems: list[str] = []
+    only_a = sorted(set(a) - set(b))
+    only_b = sorted(set(b) - set(a))
+    if only_a:
+        problems.append(f"{name_a} has {len(only_a)} keys {name_b} lacks: {short_list(only_a)}")
+    if only_b:
+        problems.append(f"{name_b} has {len(only_b)} keys {name_a} lacks: {short_list(only_b)}")
+    mism = [
+        f"{k} {tuple(a[k].shape)}/{str(a[k].dtype).removeprefix('torch.')} vs "
+        f"{tuple(b[k].shape)}/{str(b[k].dtype).removeprefix('torch.')}"
+        for k in sorted(set(a) & set(b))
+        if a[k].shape != b[k].shape or a[k].dtype != b[k].dtype
+    ]
+    if mism:
+        problems.append(f"{len(mism)} shape/dtype mismatches: {short_list(mism, 4)}")
+    if problems:
+        raise CheckpointMismatchError(
+            "; ".join(problems) + " (were they saved from different architectures?)"
+        )
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str], tensors: dict[str, torch.Tensor], metadata: dict[str, Any]
+) -> None:
+    """Write a safetensors file atomically, with mliscan's metadata as one sorted JSON key."""
+    from safetensors.torch import save_file
+
+    clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    meta = {METADATA_KEY: json.dumps(metadata, sort_keys=True)}
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_file(clean, str(tmp), metadata=meta)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,1 @@
+"""The ``mliscan`` command line: one thin file per command (nothing imports this package)."""

@@ -1,0 +1,81 @@
+"""Entry point: the typer app and the error translation around it."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from mliscan import __version__
+from mliscan.cli import adapters as adapters_cmd
+from mliscan.cli import compare as compare_cmd
+from mliscan.cli import demo as demo_cmd
+from mliscan.cli import train as train_cmd
+from mliscan.cli.errors import EXIT_INPUT, debug, report
+
+app = typer.Typer(
+    name="mliscan",
+    help=(
+        "Monotonic Linear Interpolation (MLI) analysis of neural-network loss landscapes "
+        "(Lucas et al., ICML 2021).\n\n"
+        "Examples:\n\n"
+        "  mliscan demo\n\n"
+        "  mliscan compare init.safetensors final.safetensors --arch resnet20 --data cifar10 --data-dir ~/data\n\n"
+        "  mliscan train --arch mlp --data digits --optimizer adam --lr 0.01 --bn --out runs/adam"
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.command("compare")(compare_cmd.compare)
+app.command("train")(train_cmd.train)
+app.command("adapters")(adapters_cmd.adapters)
+app.command("demo")(demo_cmd.demo)
+
+
+# typer vendors click: its usage errors share the base class of the public typer.BadParameter.
+_CLICK_ERRORS = tuple(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"mliscan {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Show the version."
+    ),
+) -> None:
+    """mliscan"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; library errors become one line and exit code 2 (MLISCAN_DEBUG=1: traceback)."""
+    try:
+        rv = app(args=argv, standalone_mode=False)
+    except typer.Exit as exc:
+        return int(exc.exit_code or 0)
+    except SystemExit as exc:
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 1
+    except KeyboardInterrupt:
+        print("mliscan: interrupted", file=sys.stderr)
+        return 130
+    except typer.Abort:
+        print("mliscan: aborted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if isinstance(exc, _CLICK_ERRORS):
+            exc.show()  # type: ignore[attr-defined]
+            return EXIT_INPUT
+        if debug():
+            raise
+        return report(exc)
+    return rv if isinstance(rv, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""Option types shared by every command, spelled and documented once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from mliscan.spec import DEFAULT_ALPHAS, DEFAULT_BN_BATCH_SIZE, DEFAULT_EVAL_BATCH_SIZE
+
+ARCH = "Architecture"
+DATA = "Data"
+EVAL = "Evaluation"
+OUT = "Output"
+
+Arch = Annotated[
+    str | None,
+    typer.Option(
+        "--arch",
+        help="Architecture adapter (see `mliscan adapters`); default: read from the file's metadata.",
+        rich_help_panel=ARCH,
+    ),
+]
+Hidden = Annotated[
+    str | None,
+    typer.Option(
+        help="MLP hidden widths, e.g. 128,128 (default: read off the checkpoint).",
+        rich_help_panel=ARCH,
+    ),
+]
+Activation = Annotated[
+    str | None, typer.Option(help="MLP activation: relu, tanh or gelu.", rich_help_panel=ARCH)
+]
+BN = Annotated[
+    bool | None,
+    typer.Option(
+        "--bn/--no-bn", help="Build the batch-norm variant (mlp, resnet*).", rich_help_panel=ARCH
+    ),
+]
+InitScheme = Annotated[
+    str | None,
+    typer.Option(
+        help="ResNet initialisation: default, block-identity or fixup.", rich_help_panel=ARCH
+    ),
+]
+ArchOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--arch-opt", help="Any adapter option as KEY=VALUE (repeatable).", rich_help_panel=ARCH
+    ),
+]
+
+Data = Annotated[
+    str | None,
+    typer.Option(
+        "--data",
+        help="digits (bundled), mnist, fashion-mnist, cifar10, cifar100; default: from metadata or the adapter.",
+        rich_help_panel=DATA,
+    ),
+]
+DataDir = Annotated[
+    Path | None,
+    typer.Option(
+        help="Folder in torchvision's on-disk layout (never downloaded).", rich_help_panel=DATA
+    ),
+]
+DataLimit = Annotated[
+    int | None, typer.Option(help="Use only the first N examples.", rich_help_panel=DATA)
+]
+Split = Annotated[
+    str, typer.Option(help="train (the paper reports training loss) or test.", rich_help_panel=DATA)
+]
+
+Alphas = Annotated[
+    int,
+    typer.Option(
+        help="Number of points of linspace(0, 1, N) (the paper: 50).", rich_help_panel=EVAL
+    ),
+]
+BnBatchSize = Annotated[
+    str,
+    typer.Option(
+        help="Batch size of the per-alpha BN re-estimation pass, or 'all' for one full-batch pass.",
+        rich_help_panel=EVAL,
+    ),
+]
+BnWarmupBatches = Annotated[
+    int | None,
+    typer.Option(help="Cap the BN re-estimation pass at K batches.", rich_help_panel=EVAL),
+]
+BnMode = Annotated[
+    str,
+    typer.Option(
+        help="exact (population statistics), paper (one epoch at momentum 0.1) or interpolate.",
+        rich_help_panel=EVAL,
+    ),
+]
+Device = Annotated[str, typer.Option(help="auto, cpu, cuda or mps.", rich_help_panel=EVAL)]
+Dtype = Annotated[str, typer.Option(help="float32 or float64.", rich_help_panel=EVAL)]
+BatchSize = Annotated[
+    int,
+    typer.Option("--batch-size", help="Evaluation batch size (speed only).", rich_help_panel=EVAL),
+]
+Seed = Annotated[int, typer.Option(help="Random seed.")]
+JsonOut = Annotated[
+    str | None,
+    typer.Option(
+        "--json", help="Write the result as JSON to PATH ('-' for stdout).", rich_help_panel=OUT
+    ),
+]
+PlotOut = Annotated[
+    Path | None,
+    typer.Option(
+        "--plot", help="Write the loss curve to PATH (.png/.svg/.pdf).", rich_help_panel=OUT
+    ),
+]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.", rich_help_panel=OUT)]
+
+DEFAULTS = {
+    "alphas": DEFAULT_ALPHAS,
+    "bn_batch_size": str(DEFAULT_BN_BATCH_SIZE),
+    "batch_size": DEFAULT_EVAL_BATCH_SIZE,
+}
+
+
+def arch_options(
+    hidden: str | None,
+    activation: str | None,
+    bn: bool | None,
+    init_scheme: str | None,
+    extra: list[str] | None,
+) -> dict[str, Any]:
+    """The architecture options the user actually gave (nothing for those left unset)."""
+    from mliscan.errors import UsageError
+
+    given: dict[str, Any] = {}
+    if hidden is not None:
+        given["hidden"] = hidden
+    if activation is not None:
+        given["activation"] = activation
+    if bn is not None:
+        given["bn"] = bn
+    if init_scheme is not None:
+        given["init"] = init_scheme
+    for item in extra or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--arch-opt expects KEY=VALUE, got {item!r}")
+        given[key.strip()] = value.strip()
+    return given
+
+
+def parse_bn_batch_size(text: str) -> int | None:
+    from mliscan.errors import UsageError
+
+    if text.strip().lower() == "all":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise UsageError(f"--bn-batch-size takes a whole number or 'all', got {text!r}") from None
+    if value < 2:
+        raise UsageError("--bn-batch-size must be at least 2 (a batch needs a variance)")
+    return value

@@ -1,0 +1,202 @@
+"""Terminal presentation: progress on stderr, tables and sparklines."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+
+def _width() -> int | None:
+    """Full width in a terminal; a generous fixed width in pipes, logs and CI."""
+    if sys.stdout.isatty():
+        return None
+    try:
+        columns = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        columns = 0
+    return max(columns, 160)
+
+
+err = Console(stderr=True)
+out = Console(width=_width())
+
+BLOCKS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: Sequence[float], width: int | None = None) -> str:
+    """Unicode sparkline of a curve (NaN/Inf shown as '×')."""
+    vals = [float(v) for v in values]
+    if width is not None and len(vals) > width:
+        step = len(vals) / width
+        vals = [vals[int(i * step)] for i in range(width - 1)] + [vals[-1]]
+    finite = [v for v in vals if math.isfinite(v)]
+    if not finite:
+        return "×" * len(vals)
+    lo, hi = min(finite), max(finite)
+    span = hi - lo
+    chars = []
+    for v in vals:
+        if not math.isfinite(v):
+            chars.append("×")
+        elif span == 0:
+            chars.append(BLOCKS[0])
+        else:
+            chars.append(BLOCKS[min(len(BLOCKS) - 1, int((v - lo) / span * len(BLOCKS)))])
+    return "".join(chars)
+
+
+def fmt(x: Any, digits: int = 4) -> str:
+    if x is None:
+        return "undefined"
+    if isinstance(x, bool):
+        return "yes" if x else "NO"
+    if isinstance(x, float):
+        if not math.isfinite(x):
+            return "undefined"
+        if x != 0 and (abs(x) < 1e-3 or abs(x) >= 1e5):
+            return f"{x:.3e}"
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def _gauss_text(r: dict[str, Any]) -> str:
+    return "skipped" if r["gauss_integrand"] is None else fmt(r["gauss_length"])
+
+
+def _mono_text(r: dict[str, Any]) -> str:
+    mono = r["monotonic"]
+    tol = r["tolerance"]
+    if mono is None:
+        return "undefined"
+    return f"[green]yes[/] (min-Δ ≤ {tol:g})" if mono else f"[red]NO[/] (min-Δ > {tol:g})"
+
+
+def _bn_text(bn: dict[str, Any]) -> str:
+    text = f"{bn['mode']}, batch {bn['batch_size']}"
+    if bn.get("max_batches"):
+        text += f", ≤{bn['max_batches']} batches"
+    return text
+
+
+def result_table(r: dict[str, Any]) -> Table:
+    """One path as a two-column table (metric, value)."""
+    table = Table(title=f"MLI: {r.get('label', r['final'])}", title_style="bold", show_header=False)
+    table.add_column("metric", style="bold")
+    table.add_column("value")
+    loss = [float("nan") if v is None else v for v in r["loss"]]
+    rows = [
+        ("loss at α=0 → α=1", f"{fmt(r['loss_init'])} → {fmt(r['loss_final'])}"),
+        ("loss curve", sparkline(loss, 50)),
+        ("min-Δ (largest rise)", fmt(r["min_delta"])),
+        ("monotonic", _mono_text(r)),
+        ("barrier", fmt(r["barrier"])),
+        ("weight distance ‖θ_T − θ₀‖", fmt(r["distance"])),
+        ("normalized distance / ‖θ₀‖", fmt(r["normalized_distance"])),
+        ("average Gauss length", _gauss_text(r)),
+        ("final accuracy", fmt(r["accuracy_final"])),
+        ("arch · data", f"{r['arch']} · {r['data']['name']} ({r['data']['examples']} examples)"),
+        ("alphas · BN statistics", f"{len(r['alphas'])} · {_bn_text(r['bn'])}"),
+    ]
+    for k, v in rows:
+        table.add_row(k, v)
+    return table
+
+
+def results_table(
+    rows: Sequence[dict[str, Any]], title: str = "Monotonic linear interpolation"
+) -> Table:
+    """One row per path, from result dicts (``results.pair_to_dict``)."""
+    table = Table(title=title, title_style="bold")
+    cols = [
+        ("path", "left"),
+        ("L(0)", "right"),
+        ("L(1)", "right"),
+        ("min-Δ", "right"),
+        ("monotonic", "center"),
+        ("distance", "right"),
+        ("dist/‖θ₀‖", "right"),
+        ("Gauss len", "right"),
+        ("barrier", "right"),
+        ("final acc", "right"),
+        ("loss curve", "left"),
+    ]
+    for name, justify in cols:
+        table.add_column(name, justify=justify, no_wrap=name == "loss curve")
+    for r in rows:
+        mono = r["monotonic"]
+        mono_text = "undefined" if mono is None else ("[green]yes[/]" if mono else "[red]NO[/]")
+        loss = [float("nan") if v is None else v for v in r["loss"]]
+        table.add_row(
+            r.get("label", r["final"]),
+            fmt(r["loss_init"]),
+            fmt(r["loss_final"]),
+            fmt(r["min_delta"]),
+            mono_text,
+            fmt(r["distance"]),
+            fmt(r["normalized_distance"]),
+            "—"
+            if r["gauss_length"] is None and r["gauss_integrand"] is None
+            else fmt(r["gauss_length"]),
+            fmt(r["barrier"]),
+            fmt(r["accuracy_final"]),
+            sparkline(loss, 20),
+        )
+    return table
+
+
+@contextmanager
+def alpha_progress(total: int, label: str, quiet: bool) -> Iterator[Any]:
+    """A progress bar over alphas on stderr; yields the engine's progress callback."""
+    if quiet:
+        yield None
+        return
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} α"),
+        TextColumn("loss {task.fields[loss]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+    )
+    with progress:
+        task = progress.add_task(label, total=total, loss="…")
+
+        def update(i: int, alpha: float, loss: float) -> None:
+            progress.update(task, completed=i + 1, loss=fmt(loss))
+
+        yield update
+
+
+@contextmanager
+def epoch_progress(total: int, label: str, quiet: bool) -> Iterator[Any]:
+    """A progress bar over epochs on stderr; yields the trainer's epoch callback."""
+    if quiet:
+        yield None
+        return
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("epoch {task.completed}/{task.total}"),
+        TextColumn("loss {task.fields[loss]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+    )
+    with progress:
+        task = progress.add_task(label, total=total, loss="…")
+
+        def update(epoch: int, n: int, loss: float, acc: float) -> None:
+            progress.update(task, completed=epoch, loss=fmt(loss))
+
+        yield update

@@ -1,0 +1,195 @@
+"""The interpolation loop: loss, accuracy and the Gauss-length integrand along a path.
+
+The loop knows nothing of tables or plots: it reports progress through a callback. For each
+alpha it writes theta(alpha) into the module, re-estimates batch-norm statistics, evaluates
+the loss over the data in eval mode, and (optionally) the Gauss-length integrand.
+
+Gauss length. The logit vector z(alpha) of each example is differentiated exactly in forward
+mode (nested ``torch.func.jvp``): the inner jvp gives z', the outer z''. As in the paper's
+code, with batch norm the statistics are re-estimated at each alpha and then *held fixed*
+while differentiating: their own dependence on alpha is ignored. With ReLU the derivatives
+are those of the active linear piece (the kinks are ignored, as in the paper's autodiff), so a
+finite-difference estimate legitimately disagrees there; with smooth activations they agree.
+
+The interface evaluates a list of alphas per call so that faster strategies (several alphas
+per pass) can replace the loop without changing callers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, jvp
+
+from mliscan import batchnorm, metrics, taylor
+from mliscan.adapter import Adapter
+from mliscan.interpolate import Interpolator, TensorRoles
+from mliscan.spec import BNSpec, EvalSpec
+
+ProgressFn = Callable[[int, float, float], None]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA, then MPS, then CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+@dataclass
+class PreparedData:
+    """Inputs shaped for the module and placed on the device once, reused at every alpha."""
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.targets.shape[0])
+
+
+@dataclass
+class Curve:
+    alphas: np.ndarray
+    loss: np.ndarray
+    accuracy: np.ndarray | None
+    gauss_integrand: np.ndarray | None
+    """Per-alpha Gauss-map speed, averaged over examples."""
+    timing: dict[str, float] = field(default_factory=dict)
+
+
+class PathEvaluator:
+    """Evaluates one straight path between two state dicts of the same module."""
+
+    def __init__(
+        self,
+        adapter: Adapter,
+        module: nn.Module,
+        theta0: dict[str, torch.Tensor],
+        theta1: dict[str, torch.Tensor],
+        data: PreparedData,
+        spec: EvalSpec,
+    ) -> None:
+        self.adapter = adapter
+        self.module = module.eval()
+        self.spec = spec
+        self.data = data
+        self.roles = TensorRoles.of(module, interpolate_bn_stats=spec.bn.mode == "interpolate")
+        self.interp = Interpolator(module, theta0, theta1, self.roles)
+        self.bn_layers = adapter.bn_modules(module) if self.roles.bn_stats else []
+        # The hand-written second-order pass is used when every layer has a rule and the
+        # adapter's logits are the module output; nested jvp is the general fallback.
+        self.fast_gauss = (
+            spec.gauss_method != "jvp"
+            and type(adapter).logits is Adapter.logits
+            and taylor.supports(module, self.interp.delta)
+        )
+
+    # ---- one alpha -----------------------------------------------------------------------
+    def set_alpha(self, alpha: float) -> None:
+        """Write theta(alpha) and its batch-norm statistics into the module."""
+        self.interp.apply(alpha)
+        if self.bn_layers:
+            batchnorm.reestimate(self.module, self.bn_layers, self.data.inputs, self.spec.bn)
+
+    @torch.inference_mode()
+    def loss_and_accuracy(self) -> tuple[float, float | None]:
+        """Mean per-example loss over the data (float64 sums), and accuracy."""
+        total = torch.zeros((), dtype=torch.float64, device=self.data.inputs.device)
+        correct = torch.zeros((), dtype=torch.int64, device=self.data.inputs.device)
+        has_acc = True
+        for s in batchnorm.batch_slices(len(self.data), self.spec.batch_size):
+            out = self.module(self.data.inputs[s])
+            total += self.adapter.loss(out, self.data.targets[s]).double().sum()
+            ok = self.adapter.correct(out, self.data.targets[s])
+            if ok is None:
+                has_acc = False
+            else:
+                correct += ok.sum()
+        n = len(self.data)
+        return float(total) / n, (float(correct) / n if has_acc else None)
+
+    def gauss_integrand(self, alpha: float) -> float:
+        """Average over examples of ||d/dalpha (z'/||z'||)|| at ``alpha`` (BN stats fixed)."""
+        inputs = self.data.inputs
+        if self.spec.gauss_examples is not None:
+            inputs = inputs[: self.spec.gauss_examples]
+        dtype = next(iter(self.interp.t0.values())).dtype
+        a0 = torch.tensor(alpha, dtype=dtype, device=inputs.device)
+        one = torch.ones_like(a0)
+        total = 0.0
+        for s in batchnorm.batch_slices(len(inputs), self.spec.batch_size):
+            x = inputs[s]
+            if self.fast_gauss:
+                with torch.inference_mode():
+                    _, vel, acc = taylor.forward2(self.module, self.interp.delta, x)
+                total += float(metrics.gauss_integrand(vel, acc).sum())
+                continue
+
+            def logits(a: torch.Tensor, x: torch.Tensor = x) -> torch.Tensor:
+                out = functional_call(self.module, self.interp.functional(a), (x,))
+                return self.adapter.logits(out)
+
+            def first(a: torch.Tensor, f: Callable = logits) -> tuple[torch.Tensor, torch.Tensor]:
+                return jvp(f, (a,), (one,))
+
+            (_, vel), (_, acc) = jvp(first, (a0,), (one,))
+            total += float(metrics.gauss_integrand(vel, acc).sum())
+        return total / len(inputs)
+
+    # ---- the loop ------------------------------------------------------------------------
+    def run(
+        self, alphas: Sequence[float], gauss: bool | None = None, progress: ProgressFn | None = None
+    ) -> Curve:
+        gauss = self.spec.gauss if gauss is None else gauss
+        losses = np.empty(len(alphas))
+        accs: list[float | None] = []
+        g = np.empty(len(alphas)) if gauss else None
+        timing = {"bn": 0.0, "evaluate": 0.0, "gauss": 0.0}
+        for i, alpha in enumerate(alphas):
+            t0 = time.perf_counter()
+            self.set_alpha(float(alpha))
+            t1 = time.perf_counter()
+            losses[i], acc = self.loss_and_accuracy()
+            accs.append(acc)
+            t2 = time.perf_counter()
+            if g is not None:
+                g[i] = self.gauss_integrand(float(alpha))
+            t3 = time.perf_counter()
+            timing["bn"] += t1 - t0
+            timing["evaluate"] += t2 - t1
+            timing["gauss"] += t3 - t2
+            if progress is not None:
+                progress(i, float(alpha), float(losses[i]))
+        accuracy = None if any(a is None for a in accs) else np.asarray(accs, dtype=np.float64)
+        return Curve(np.asarray(alphas, dtype=np.float64), losses, accuracy, g, timing)
+
+
+def alpha_grid(n: int) -> np.ndarray:
+    """linspace(0, 1, n) in float64 (Section 4: n = 50)."""
+    if n < 2:
+        raise ValueError("at least 2 alphas are needed (the endpoints)")
+    return np.linspace(0.0, 1.0, n)
+
+
+def prepare_data(
+    adapter: Adapter,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> PreparedData:
+    x = adapter.prepare_inputs(inputs).to(device=device, dtype=dtype).contiguous()
+    return PreparedData(x, targets.to(device))
+
+
+def default_bn() -> BNSpec:
+    return BNSpec()

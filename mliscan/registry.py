@@ -1,0 +1,82 @@
+"""Adapter discovery through the ``mliscan.adapters`` entry-point group.
+
+Built-in adapters are declared in ``pyproject.toml`` exactly as a plugin would declare its
+own. Entry points are loaded lazily, by name; one that fails to load is reported as a
+warning and the rest keep working. ``register`` adds adapters at run time (tests, notebooks).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from importlib.metadata import EntryPoint, entry_points
+
+from mliscan.adapter import Adapter
+from mliscan.errors import UnknownAdapterError
+
+GROUP = "mliscan.adapters"
+_runtime: dict[str, Callable[[], Adapter]] = {}
+_cache: dict[str, Adapter] = {}
+
+
+def register(name: str, factory: Callable[[], Adapter]) -> None:
+    """Register an adapter factory under ``name`` (warns when it shadows another)."""
+    if name in _runtime or name in _entry_points():
+        warnings.warn(f"adapter {name!r} registered twice; the later one wins", stacklevel=2)
+    _runtime[name] = factory
+    _cache.pop(name, None)
+
+
+def _entry_points() -> dict[str, EntryPoint]:
+    found: dict[str, EntryPoint] = {}
+    for ep in entry_points(group=GROUP):
+        if ep.name in found and found[ep.name].value != ep.value:
+            warnings.warn(
+                f"adapter {ep.name!r} is declared twice ({found[ep.name].value}, {ep.value}); "
+                "keeping the first",
+                stacklevel=2,
+            )
+            continue
+        found.setdefault(ep.name, ep)
+    return found
+
+
+def names() -> list[str]:
+    return sorted(set(_entry_points()) | set(_runtime))
+
+
+def get_adapter(name: str) -> Adapter:
+    """The adapter registered as ``name``."""
+    if name in _cache:
+        return _cache[name]
+    if name in _runtime:
+        adapter = _runtime[name]()
+    else:
+        eps = _entry_points()
+        if name not in eps:
+            raise UnknownAdapterError(
+                f"no adapter named {name!r}; choose one of {', '.join(names())} "
+                "(`mliscan adapters` lists them)"
+            )
+        try:
+            factory = eps[name].load()
+            adapter = factory()
+        except Exception as exc:  # a broken plugin must not take the CLI down
+            raise UnknownAdapterError(
+                f"adapter {name!r} ({eps[name].value}) failed to load: {exc}"
+            ) from exc
+    if not isinstance(adapter, Adapter):
+        raise UnknownAdapterError(f"adapter {name!r} did not produce an mliscan Adapter")
+    _cache[name] = adapter
+    return adapter
+
+
+def all_adapters() -> list[Adapter]:
+    """Every adapter that loads; failures are reported as warnings."""
+    out = []
+    for name in names():
+        try:
+            out.append(get_adapter(name))
+        except UnknownAdapterError as exc:
+            warnings.warn(str(exc), stacklevel=2)
+    return out

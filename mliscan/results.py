@@ -1,0 +1,60 @@
+"""Results as plain, stable JSON objects, written atomically."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from mliscan import __version__
+from mliscan.paths import atomic_write_json
+from mliscan.pipeline import PairResult
+
+
+def _num(x: float | None) -> float | None:
+    """JSON has no NaN: undefined values are written as null."""
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _list(a: np.ndarray | None) -> list[float | None] | None:
+    return None if a is None else [_num(v) for v in a]
+
+
+def pair_to_dict(r: PairResult) -> dict[str, Any]:
+    c = r.curve
+    return {
+        "mliscan_version": __version__,
+        "init": r.init_path,
+        "final": r.final_path,
+        "arch": r.arch,
+        "arch_options": r.arch_options,
+        "data": r.data,
+        "bn": r.spec.bn.describe(),
+        "alphas": [float(a) for a in c.alphas],
+        "loss": _list(c.loss),
+        "accuracy": _list(c.accuracy),
+        "gauss_integrand": _list(c.gauss_integrand),
+        "min_delta": _num(r.min_delta),
+        "monotonic": r.monotonic,
+        "tolerance": r.tolerance,
+        "distance": _num(r.distance),
+        "normalized_distance": _num(r.normalized_distance),
+        "gauss_length": _num(r.gauss_length),
+        "barrier": _num(r.barrier),
+        "loss_init": _num(c.loss[0]),
+        "loss_final": _num(c.loss[-1]),
+        "accuracy_final": None if c.accuracy is None else _num(c.accuracy[-1]),
+        "device": r.device,
+        "dtype": r.spec.dtype,
+        "gauss_examples": r.spec.gauss_examples,
+        "notes": r.notes,
+        "timing": {k: round(v, 4) for k, v in r.timing.items()},
+    }
+
+
+def write_json(path: str, obj: dict[str, Any]) -> None:
+    atomic_write_json(path, obj)

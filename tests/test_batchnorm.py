@@ -1,0 +1,130 @@
+"""Batch-norm re-estimation: exact population statistics, weighted by batch size."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from mliscan import batchnorm
+from mliscan.spec import BNSpec
+
+
+def _one_bn_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 3))
+
+
+def _multi_bn_net() -> nn.Module:
+    torch.manual_seed(1)
+    return nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1),
+        nn.BatchNorm2d(3),
+        nn.ReLU(),
+        nn.Conv2d(3, 3, 3, padding=1),
+        nn.BatchNorm2d(3),
+        nn.Flatten(),
+        nn.Linear(3 * 4 * 4, 6),
+        nn.BatchNorm1d(6),
+        nn.Linear(6, 2),
+    )
+
+
+def _full_batch_reference(
+    net: nn.Module, x: torch.Tensor
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Mean and population variance of every BN layer's input in one full-batch train pass."""
+    stats = []
+    layers = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    hooks = [
+        m.register_forward_pre_hook(
+            lambda mod, args: stats.append(
+                (
+                    args[0].double().mean(dim=[0, *range(2, args[0].ndim)]),
+                    args[0].double().var(dim=[0, *range(2, args[0].ndim)], unbiased=False),
+                )
+            )
+        )
+        for m in layers
+    ]
+    net.train()
+    with torch.no_grad():
+        net(x)
+    for h in hooks:
+        h.remove()
+    return stats
+
+
+def _stats(net: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [
+        (m.running_mean.double(), m.running_var.double())
+        for m in net.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+    ]
+
+
+@pytest.mark.parametrize("batch_size", [2, 7, 64, 100, 256, 299, 300, 1000])
+def test_one_bn_layer_equals_full_batch_for_any_batch_size(batch_size: int) -> None:
+    net = _one_bn_net()
+    x = (
+        torch.randn(301, 5) * 3 + 1
+    )  # 301: ragged last batches, and a trailing singleton for 100/300
+    ref = _full_batch_reference(net, x)
+    layers = [m for m in net.modules() if isinstance(m, nn.BatchNorm1d)]
+    batchnorm.reestimate(net, layers, x, BNSpec(batch_size=batch_size))
+    assert not net.training
+    for (mean, var), (rm, rv) in zip(ref, _stats(net), strict=True):
+        torch.testing.assert_close(rm, mean, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(rv, var, rtol=1e-5, atol=1e-6)
+
+
+def test_bn_batch_size_all_equals_full_batch_for_any_network() -> None:
+    net = _multi_bn_net()
+    x = torch.randn(50, 2, 4, 4)
+    ref = _full_batch_reference(net, x)
+    layers = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    batchnorm.reestimate(net, layers, x, BNSpec(batch_size=None))
+    for (mean, var), (rm, rv) in zip(ref, _stats(net), strict=True):
+        torch.testing.assert_close(rm, mean, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(rv, var, rtol=1e-5, atol=1e-6)
+
+
+def test_batches_weigh_by_size_unlike_torch_cumulative_average() -> None:
+    """A small last batch must not count as much as a large one (swa_utils.update_bn does)."""
+    net = _one_bn_net()
+    x = torch.cat([torch.zeros(256, 5), torch.full((6, 5), 10.0)])
+    layers = [net[1]]
+    batchnorm.reestimate(net, layers, x, BNSpec(batch_size=256))
+    ref = _full_batch_reference(net, x)
+    torch.testing.assert_close(net[1].running_mean.double(), ref[0][0], rtol=1e-5, atol=1e-6)
+
+
+def test_max_batches_caps_the_pass() -> None:
+    net = _one_bn_net()
+    x = torch.randn(300, 5)
+    batchnorm.reestimate(net, [net[1]], x, BNSpec(batch_size=100, max_batches=1))
+    ref = _full_batch_reference(net, x[:100])
+    torch.testing.assert_close(net[1].running_mean.double(), ref[0][0], rtol=1e-5, atol=1e-6)
+
+
+def test_paper_mode_is_one_epoch_at_momentum_point_one() -> None:
+    net = _one_bn_net()
+    x = torch.randn(300, 5)
+    batchnorm.reestimate(net, [net[1]], x, BNSpec(mode="paper", batch_size=128))
+    ref = _one_bn_net()
+    ref[1].reset_running_stats()
+    ref[1].momentum = 0.1
+    ref.train()
+    with torch.no_grad():
+        for s in (slice(0, 128), slice(128, 256), slice(256, 300)):
+            ref(x[s])
+    torch.testing.assert_close(net[1].running_mean, ref[1].running_mean)
+    torch.testing.assert_close(net[1].running_var, ref[1].running_var)
+    assert net[1].momentum == 0.1
+
+
+def test_batch_slices() -> None:
+    assert batchnorm.batch_slices(10, 4) == [slice(0, 4), slice(4, 8), slice(8, 10)]
+    assert batchnorm.batch_slices(9, 4) == [slice(0, 4), slice(4, 9)]  # no singleton batch
+    assert batchnorm.batch_slices(9, None) == [slice(0, 9)]
+    assert batchnorm.batch_slices(9, 4, max_batches=1) == [slice(0, 4)]

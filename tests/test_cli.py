@@ -1,0 +1,266 @@
+"""The command line: outputs, exit codes, gates, and a cheap --help."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import save_file
+
+from tests.conftest import plain_mlp_state, run_cli, run_subprocess
+
+REQUIRED_KEYS = {
+    "alphas",
+    "loss",
+    "accuracy",
+    "min_delta",
+    "monotonic",
+    "tolerance",
+    "distance",
+    "normalized_distance",
+    "gauss_length",
+    "barrier",
+    "arch",
+    "data",
+    "bn",
+    "timing",
+    "mliscan_version",
+}
+
+
+def test_compare_json_and_plot_without_arch(mlp_pair: Path, tmp_path: Path, capsys) -> None:
+    out_json, out_png = tmp_path / "r.json", tmp_path / "c.png"
+    code, out, err = run_cli(
+        [
+            "compare",
+            mlp_pair / "init.safetensors",
+            mlp_pair / "final.safetensors",
+            "--json",
+            out_json,
+            "--plot",
+            out_png,
+            "-q",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    r = json.loads(out_json.read_text())
+    assert set(r) >= REQUIRED_KEYS
+    assert r["arch"] == "mlp" and r["data"]["name"] == "digits" and r["data"]["examples"] == 400
+    assert len(r["alphas"]) == len(r["loss"]) == 50
+    assert r["alphas"][0] == 0.0 and r["alphas"][-1] == 1.0
+    assert r["bn"] == {"mode": "exact", "batch_size": 256, "max_batches": None}
+    assert set(r["timing"]) >= {"load", "bn", "evaluate", "gauss"}
+    run = json.loads((mlp_pair / "run.json").read_text())
+    assert r["loss"][-1] == pytest.approx(run["final_train_loss"], rel=1e-6)
+    assert out_png.stat().st_size > 5000
+    assert "min-Δ" in out and "Gauss length" in out
+
+
+def test_json_to_stdout_and_gates(mlp_bn_pair: Path, capsys) -> None:
+    init, final = mlp_bn_pair / "init.safetensors", mlp_bn_pair / "final.safetensors"
+    code, out, err = run_cli(
+        ["compare", init, final, "--json", "-", "-q", "--alphas", "10", "--no-gauss"], capsys
+    )
+    assert code == 0
+    r = json.loads(out)
+    assert r["gauss_length"] is None and r["bn"]["mode"] == "exact"
+    # a max-delta below the observed value fails the gate with exit code 1
+    code, _, err = run_cli(
+        ["compare", init, final, "-q", "--alphas", "10", "--no-gauss", "--max-delta", "-1"], capsys
+    )
+    assert code == 1 and "FAIL" in err
+    code, _, _ = run_cli(
+        ["compare", init, final, "-q", "--alphas", "10", "--no-gauss", "--max-delta", "100"], capsys
+    )
+    assert code == 0
+
+
+def test_fail_on_nonmonotonic(tmp_path: Path, capsys) -> None:
+    # From a trained-looking state back to a random one the loss rises: not monotonic.
+    save_file(plain_mlp_state(0), str(tmp_path / "a.safetensors"))
+    save_file(plain_mlp_state(1), str(tmp_path / "b.safetensors"))
+    args = [
+        "compare",
+        tmp_path / "a.safetensors",
+        tmp_path / "b.safetensors",
+        "--arch",
+        "mlp",
+        "--alphas",
+        "20",
+        "--no-gauss",
+        "-q",
+        "--json",
+        "-",
+    ]
+    code, out, _ = run_cli(args, capsys)
+    r = json.loads(out)
+    assert r["arch_options"]["hidden"] == [16]  # read off the checkpoint
+    expected = 0 if r["monotonic"] else 1
+    code, _, _ = run_cli([*args, "--fail-on-nonmonotonic"], capsys)
+    assert code == expected
+
+
+def test_bn_options_are_recorded(mlp_bn_pair: Path, capsys) -> None:
+    init, final = mlp_bn_pair / "init.safetensors", mlp_bn_pair / "final.safetensors"
+    results = {}
+    for bs in ("all", "64", "7"):
+        code, out, _ = run_cli(
+            [
+                "compare",
+                init,
+                final,
+                "-q",
+                "--json",
+                "-",
+                "--alphas",
+                "5",
+                "--no-gauss",
+                "--bn-batch-size",
+                bs,
+            ],
+            capsys,
+        )
+        assert code == 0
+        results[bs] = json.loads(out)
+    assert results["all"]["bn"]["batch_size"] == "all"
+    assert results["64"]["bn"]["batch_size"] == 64
+    assert results["all"]["loss"] != results["7"]["loss"]  # the choice visibly matters
+    code, out, _ = run_cli(
+        [
+            "compare",
+            init,
+            final,
+            "-q",
+            "--json",
+            "-",
+            "--alphas",
+            "5",
+            "--no-gauss",
+            "--bn-mode",
+            "paper",
+        ],
+        capsys,
+    )
+    assert json.loads(out)["bn"]["mode"] == "paper"
+    code, _, err = run_cli(["compare", init, final, "-q", "--bn-batch-size", "many"], capsys)
+    assert code == 2 and "--bn-batch-size" in err
+
+
+def test_hand_written_checkpoints_load_with_arch_flags(tmp_path: Path, capsys) -> None:
+    import torch
+
+    torch.save(
+        {"model": {f"module.{k}": v for k, v in plain_mlp_state(0).items()}}, tmp_path / "i.pt"
+    )
+    torch.save(
+        {"model": {f"module.{k}": v for k, v in plain_mlp_state(1).items()}}, tmp_path / "f.pt"
+    )
+    code, out, err = run_cli(
+        [
+            "compare",
+            tmp_path / "i.pt",
+            tmp_path / "f.pt",
+            "--arch",
+            "mlp",
+            "--hidden",
+            "16",
+            "--alphas",
+            "5",
+            "-q",
+            "--json",
+            "-",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    assert any("unwrapped 'model'" in n for n in json.loads(out)["notes"])
+    code, _, err = run_cli(
+        [
+            "compare",
+            tmp_path / "i.pt",
+            tmp_path / "f.pt",
+            "--arch",
+            "mlp",
+            "--hidden",
+            "32",
+            "--alphas",
+            "5",
+            "-q",
+        ],
+        capsys,
+    )
+    assert code == 2 and "shape mismatches" in err
+
+
+def test_debug_variable_shows_traceback(tmp_path: Path) -> None:
+    import os
+
+    env = {**os.environ, "MLISCAN_DEBUG": "1"}
+    p = subprocess.run(
+        [sys.executable, "-m", "mliscan.cli.app", "compare", tmp_path / "x", tmp_path / "y"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert p.returncode != 0 and "Traceback" in p.stderr
+    p = run_subprocess(["compare", tmp_path / "x", tmp_path / "y"])
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+
+
+def test_usage_error_exit_2(capsys) -> None:
+    code, _, _ = run_cli(["compare"], capsys)
+    assert code == 2
+    code, _, _ = run_cli(["compare", "a", "b", "--no-such-flag"], capsys)
+    assert code == 2
+
+
+def test_help_is_cheap() -> None:
+    """--help must not import the heavy optional libraries."""
+    code = (
+        "import sys; from mliscan.cli.app import main; "
+        "main(['--help']); main(['compare', '--help']); main(['train', '--help']); "
+        "heavy = [m for m in ('matplotlib', 'timm', 'transformers', 'polars', 'sklearn', 'torch') "
+        "if m in sys.modules]; print('HEAVY', heavy)"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "HEAVY []" in p.stdout, p.stdout[-500:]
+    assert "Examples" in p.stdout
+
+
+def test_adapters_lists_builtins(capsys) -> None:
+    code, out, _ = run_cli(["adapters"], capsys)
+    assert code == 0
+    for name in ("mlp", "resnet20", "resnet56"):
+        assert name in out
+
+
+def test_train_command(tmp_path: Path, capsys) -> None:
+    code, _, err = run_cli(
+        [
+            "train",
+            "--out",
+            tmp_path / "r",
+            "--hidden",
+            "8",
+            "--epochs",
+            "2",
+            "--optimizer",
+            "adam",
+            "--lr",
+            "0.01",
+            "--bn",
+            "-q",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    assert (tmp_path / "r" / "init.safetensors").exists() and (tmp_path / "r" / "run.json").exists()
+    code, _, err = run_cli(
+        ["train", "--out", tmp_path / "s", "--optimizer", "lbfgs", "-q", "--epochs", "1"], capsys
+    )
+    assert code == 2 and "optimizer" in err
