@@ -1,10 +1,10 @@
 """Batch-norm statistics at one point of the path.
 
 ``exact`` (default): reset, then one train-mode pass over the training data in batches of
-``batch_size`` (each batch normalised by its own statistics, as in training). A forward
-pre-hook on every BN layer accumulates the per-channel mean and the *population* variance of
-its input over all examples, combining batches by Chan et al.'s parallel formula in float64
-(algebraically the running sums and sums of squares, without their cancellation), so batches
+``batch_size`` (each batch normalised by its own statistics, as in training). Every BN
+layer's per-channel input mean and *population* variance are accumulated over all examples:
+the per-batch moments are combined in float64 by the parallel (Chan et al.) formula,
+algebraically the running sums and sums of squares without their cancellation, so batches
 weigh by their size. The result is stored as the layers' running statistics.
 
 This avoids the flaw of torch's ``momentum=None`` cumulative average (used by
@@ -13,8 +13,14 @@ This avoids the flaw of torch's ``momentum=None`` cumulative average (used by
 ``paper``: the paper code's recipe, one epoch of train-mode passes at momentum 0.1 (torch's
 exponential average of per-batch means and unbiased variances), after a reset.
 
+Only the batch-norm layers are put in train mode (dropout and the like stay in eval mode).
 Batches are taken in dataset order. A trailing batch of one example is merged into the one
 before it, since a one-example batch has no variance (torch refuses it in train mode).
+
+For a plain ``nn.Sequential`` whose other layers act on each example separately, the exact
+pass runs layer by layer: every such layer sees the whole data at once (efficient products),
+and each BN layer normalises each batch by that batch's own statistics. That is the same
+computation as the batched pass, reordered.
 """
 
 from __future__ import annotations
@@ -26,12 +32,28 @@ from torch import nn
 
 from mliscan.spec import PAPER_BN_MOMENTUM, BNSpec
 
+BNLayer = nn.modules.batchnorm._BatchNorm
+# Layers that act on each example on its own (safe to run over the whole data at once).
+PER_EXAMPLE = (
+    nn.Linear,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.ReLU,
+    nn.Tanh,
+    nn.GELU,
+    nn.Sigmoid,
+    nn.Identity,
+    nn.Flatten,
+    nn.Dropout,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+)
+
 
 def batch_slices(n: int, batch_size: int | None, max_batches: int | None = None) -> list[slice]:
     """Consecutive slices covering [0, n); no trailing slice of a single example."""
     size = n if batch_size is None else max(1, batch_size)
-    starts = list(range(0, n, size))
-    slices = [slice(s, min(s + size, n)) for s in starts]
+    slices = [slice(s, min(s + size, n)) for s in range(0, n, size)]
     if len(slices) > 1 and slices[-1].stop - slices[-1].start == 1:
         slices[-2] = slice(slices[-2].start, n)
         slices.pop()
@@ -40,32 +62,23 @@ def batch_slices(n: int, batch_size: int | None, max_batches: int | None = None)
     return slices
 
 
-class _Moments:
-    """Running count, mean and sum of squared deviations per channel (float64)."""
-
-    def __init__(self) -> None:
-        self.n = 0
-        self.mean: torch.Tensor | None = None
-        self.m2: torch.Tensor | None = None
-
-    def add(self, x: torch.Tensor) -> None:
-        dims = [0, *range(2, x.ndim)]
-        count = x.numel() // x.shape[1]
-        var_b, mean_b = torch.var_mean(x.detach(), dim=dims, correction=0)
-        mean_b, m2_b = mean_b.double(), var_b.double() * count
-        if self.mean is None or self.m2 is None:
-            self.n, self.mean, self.m2 = count, mean_b, m2_b
-            return
-        total = self.n + count
-        d = mean_b - self.mean
-        self.mean = self.mean + d * (count / total)
-        self.m2 = self.m2 + m2_b + d * d * (self.n * count / total)
-        self.n = total
+def combine_moments(
+    means: torch.Tensor, variances: torch.Tensor, counts: list[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled mean and population variance from per-batch means and population variances
+    ([B, C]) and counts (float64): var = sum_b n_b (var_b + (mean_b - mean)^2) / N."""
+    m = means.double()
+    v = variances.double()
+    n = torch.tensor(counts, dtype=torch.float64, device=m.device).unsqueeze(1)
+    total = n.sum()
+    mean = (n * m).sum(0) / total
+    var = (n * (v + (m - mean) ** 2)).sum(0) / total
+    return mean, var
 
 
 def reestimate(
     module: nn.Module,
-    layers: list[nn.modules.batchnorm._BatchNorm],
+    layers: list[BNLayer],
     inputs: torch.Tensor,
     spec: BNSpec,
     forward: Callable[[torch.Tensor], object] | None = None,
@@ -75,8 +88,8 @@ def reestimate(
     Leaves the module in eval mode. ``forward`` defaults to ``module``.
     """
     layers = [m for m in layers if m.running_mean is not None]
+    module.eval()
     if spec.mode == "interpolate" or not layers:
-        module.eval()
         return
     run = forward or module
     slices = batch_slices(len(inputs), spec.batch_size, spec.max_batches)
@@ -84,11 +97,14 @@ def reestimate(
     counters = [
         (m, m.num_batches_tracked.clone()) for m in layers if m.num_batches_tracked is not None
     ]
-    module.train()
+    for m in layers:
+        m.train()
     try:
         with torch.no_grad():
             if spec.mode == "paper":
                 _paper(layers, inputs, slices, run)
+            elif forward is None and _layerwise_ok(module, layers):
+                _exact_layerwise(module, layers, inputs, slices)
             else:
                 _exact(layers, inputs, slices, run)
     finally:
@@ -97,24 +113,103 @@ def reestimate(
             m.num_batches_tracked.copy_(count)
 
 
+def _store(m: BNLayer, mean: torch.Tensor, var: torch.Tensor) -> None:
+    assert m.running_mean is not None and m.running_var is not None
+    m.running_mean.copy_(mean.to(m.running_mean.dtype))
+    m.running_var.copy_(var.to(m.running_var.dtype))
+
+
 def _exact(layers, inputs, slices, run) -> None:  # type: ignore[no-untyped-def]
-    moments = {id(m): _Moments() for m in layers}
-    hooks = [
-        m.register_forward_pre_hook(lambda mod, args: moments[id(mod)].add(args[0])) for m in layers
-    ]
+    # With momentum 1 torch's own train-mode kernel leaves each batch's mean and unbiased
+    # variance in the running buffers, so no second reduction over the activations is
+    # needed: a forward hook copies them (per-channel vectors); they are combined at the end.
+    seen: dict[int, tuple[list[torch.Tensor], list[torch.Tensor], list[int]]] = {
+        id(m): ([], [], []) for m in layers
+    }
+    saved = [m.momentum for m in layers]
+
+    def hook(mod: nn.Module, args: tuple[torch.Tensor, ...], _out: object) -> None:
+        x = args[0]
+        count = x.numel() // x.shape[1]
+        means, variances, counts = seen[id(mod)]
+        means.append(mod.running_mean.clone())  # type: ignore[union-attr]
+        variances.append(mod.running_var * ((count - 1) / count))  # type: ignore[operator]
+        counts.append(count)
+
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = 1.0
+    hooks = [m.register_forward_hook(hook) for m in layers]
     try:
         for s in slices:
             run(inputs[s])
     finally:
         for h in hooks:
             h.remove()
+        for m, mom in zip(layers, saved, strict=True):
+            m.momentum = mom
     for m in layers:
-        mom = moments[id(m)]
-        if mom.mean is None or mom.m2 is None:
-            continue  # layer not reached by the forward pass
-        assert m.running_mean is not None and m.running_var is not None
-        m.running_mean.copy_(mom.mean.to(m.running_mean.dtype))
-        m.running_var.copy_((mom.m2 / mom.n).to(m.running_var.dtype))
+        means, variances, counts = seen[id(m)]
+        if counts:  # a layer the forward pass never reached keeps its reset statistics
+            _store(m, *combine_moments(torch.stack(means), torch.stack(variances), counts))
+
+
+def _layerwise_ok(module: nn.Module, layers: list[BNLayer]) -> bool:
+    if not isinstance(module, nn.Sequential):
+        return False
+    bn_ids = {id(m) for m in layers}
+    for child in module:
+        if isinstance(child, BNLayer):
+            if id(child) not in bn_ids:
+                return False
+        elif not isinstance(child, PER_EXAMPLE):
+            return False
+    return True
+
+
+def _exact_layerwise(module: nn.Sequential, layers, inputs, slices) -> None:  # type: ignore[no-untyped-def]
+    x = inputs[: slices[-1].stop]
+    for child in module:
+        if not isinstance(child, BNLayer):
+            x = child(x)
+            continue
+        # Leading batches of equal size are normalised together ([B, size, ...] view); the
+        # ragged last batch, if any, on its own.
+        size = slices[0].stop - slices[0].start
+        n_equal = sum(1 for s in slices if s.stop - s.start == size)
+        groups = [x[: n_equal * size].view(n_equal, size, *x.shape[1:])]
+        if n_equal < len(slices):
+            rest = x[n_equal * size :]
+            groups.append(rest.view(1, *rest.shape))
+        outs, means, variances, counts = [], [], [], []
+        for g in groups:
+            y, mean, var = _normalise_batches(g, child)
+            outs.append(y.flatten(0, 1))
+            means.append(mean)
+            variances.append(var)
+            counts.extend([g[0].numel() // g.shape[2]] * g.shape[0])
+        cat = torch.cat if len(outs) > 1 else (lambda t: t[0])
+        _store(child, *combine_moments(cat(means), cat(variances), counts))
+        x = cat(outs)
+
+
+def _normalise_batches(
+    g: torch.Tensor, bn: BNLayer
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Train-mode batch norm of each of B batches in g = [B, size, C, ...]; returns the output
+    and each batch's per-channel mean and population variance ([B, C])."""
+    dims = [1, *range(3, g.ndim)]
+    mean = g.mean(dims, keepdim=True)
+    centred = g - mean
+    var = (centred * centred).mean(dims, keepdim=True)
+    scale = torch.rsqrt(var + bn.eps)
+    shape = (1, 1, -1) + (1,) * (g.ndim - 3)
+    if bn.weight is not None:
+        scale = scale * bn.weight.view(shape)
+    y = centred * scale
+    if bn.bias is not None:
+        y = y + bn.bias.view(shape)
+    return y, mean.flatten(1), var.flatten(1)
 
 
 def _paper(layers, inputs, slices, run) -> None:  # type: ignore[no-untyped-def]

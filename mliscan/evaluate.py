@@ -29,7 +29,7 @@ from torch.func import functional_call, jvp
 from mliscan import batchnorm, metrics, taylor
 from mliscan.adapter import Adapter
 from mliscan.interpolate import Interpolator, TensorRoles
-from mliscan.spec import BNSpec, EvalSpec
+from mliscan.spec import EVAL_BATCH_CANDIDATES, BNSpec, EvalSpec
 
 ProgressFn = Callable[[int, float, float], None]
 
@@ -85,6 +85,7 @@ class PathEvaluator:
         self.roles = TensorRoles.of(module, interpolate_bn_stats=spec.bn.mode == "interpolate")
         self.interp = Interpolator(module, theta0, theta1, self.roles)
         self.bn_layers = adapter.bn_modules(module) if self.roles.bn_stats else []
+        self._batch_size: int | None = spec.batch_size
         # The hand-written second-order pass is used when every layer has a rule and the
         # adapter's logits are the module output; nested jvp is the general fallback.
         self.fast_gauss = (
@@ -92,6 +93,35 @@ class PathEvaluator:
             and type(adapter).logits is Adapter.logits
             and taylor.supports(module, self.interp.delta)
         )
+
+    @property
+    def batch_size(self) -> int:
+        """The evaluation batch size: given, or the fastest of a few candidates (probed once)."""
+        if self._batch_size is None:
+            self._batch_size = self.spec.batch_size or self._probe_batch_size()
+        return self._batch_size
+
+    @torch.inference_mode()
+    def _probe_batch_size(self) -> int:
+        n = len(self.data)
+        candidates = sorted(
+            {min(c, n) for c in EVAL_BATCH_CANDIDATES} | ({n} if n <= 8192 else set())
+        )
+        if len(candidates) == 1:
+            return candidates[0]
+        best, best_rate = candidates[-1], float("inf")
+        for bs in candidates:
+            x = self.data.inputs[: min(n, 2 * bs)]
+            self.module(x[:bs])  # warm-up
+            t = time.perf_counter()
+            for s in batchnorm.batch_slices(len(x), bs):
+                self.module(x[s])
+            if x.device.type == "cuda":
+                torch.cuda.synchronize()
+            rate = (time.perf_counter() - t) / len(x)
+            if rate < best_rate:
+                best, best_rate = bs, rate
+        return best
 
     # ---- one alpha -----------------------------------------------------------------------
     def set_alpha(self, alpha: float) -> None:
@@ -106,7 +136,7 @@ class PathEvaluator:
         total = torch.zeros((), dtype=torch.float64, device=self.data.inputs.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.data.inputs.device)
         has_acc = True
-        for s in batchnorm.batch_slices(len(self.data), self.spec.batch_size):
+        for s in batchnorm.batch_slices(len(self.data), self.batch_size):
             out = self.module(self.data.inputs[s])
             total += self.adapter.loss(out, self.data.targets[s]).double().sum()
             ok = self.adapter.correct(out, self.data.targets[s])
@@ -122,34 +152,100 @@ class PathEvaluator:
         inputs = self.data.inputs
         if self.spec.gauss_examples is not None:
             inputs = inputs[: self.spec.gauss_examples]
-        dtype = next(iter(self.interp.t0.values())).dtype
-        a0 = torch.tensor(alpha, dtype=dtype, device=inputs.device)
-        one = torch.ones_like(a0)
         total = 0.0
-        for s in batchnorm.batch_slices(len(inputs), self.spec.batch_size):
-            x = inputs[s]
-            if self.fast_gauss:
-                with torch.inference_mode():
-                    _, vel, acc = taylor.forward2(self.module, self.interp.delta, x)
-                total += float(metrics.gauss_integrand(vel, acc).sum())
-                continue
-
-            def logits(a: torch.Tensor, x: torch.Tensor = x) -> torch.Tensor:
-                out = functional_call(self.module, self.interp.functional(a), (x,))
-                return self.adapter.logits(out)
-
-            def first(a: torch.Tensor, f: Callable = logits) -> tuple[torch.Tensor, torch.Tensor]:
-                return jvp(f, (a,), (one,))
-
-            (_, vel), (_, acc) = jvp(first, (a0,), (one,))
+        for s in batchnorm.batch_slices(len(inputs), self.batch_size):
+            vel, acc = self._derivatives(alpha, inputs[s])
             total += float(metrics.gauss_integrand(vel, acc).sum())
         return total / len(inputs)
+
+    def _derivatives(self, alpha: float, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z', z'') of the logits of a batch: second-order pass, or nested jvp."""
+        if self.fast_gauss:
+            with torch.inference_mode():
+                _, vel, acc = taylor.forward2(self.module, self.interp.delta, x)
+            return vel, acc
+        dtype = next(iter(self.interp.t0.values())).dtype
+        a0 = torch.tensor(alpha, dtype=dtype, device=x.device)
+        one = torch.ones_like(a0)
+
+        def logits(a: torch.Tensor) -> torch.Tensor:
+            out = functional_call(self.module, self.interp.functional(a), (x,))
+            return self.adapter.logits(out)
+
+        def first(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return jvp(logits, (a,), (one,))
+
+        (_, vel), (_, acc) = jvp(first, (a0,), (one,))
+        return vel, acc
+
+    @torch.inference_mode()
+    def loss_accuracy_gauss(self) -> tuple[float, float | None, float]:
+        """Loss, accuracy and mean Gauss integrand from one second-order pass (fast path)."""
+        n = len(self.data)
+        limit = n if self.spec.gauss_examples is None else min(n, self.spec.gauss_examples)
+        total = torch.zeros((), dtype=torch.float64, device=self.data.inputs.device)
+        correct = torch.zeros((), dtype=torch.int64, device=self.data.inputs.device)
+        g_total = torch.zeros((), dtype=torch.float64, device=self.data.inputs.device)
+        has_acc = True
+        for s in batchnorm.batch_slices(n, self.batch_size):
+            z, vel, acc = taylor.forward2(self.module, self.interp.delta, self.data.inputs[s])
+            y = self.data.targets[s]
+            total += self.adapter.loss(z, y).double().sum()
+            ok = self.adapter.correct(z, y)
+            if ok is None:
+                has_acc = False
+            else:
+                correct += ok.sum()
+            keep = max(0, min(s.stop, limit) - s.start)
+            if keep:
+                g_total += metrics.gauss_integrand(vel[:keep], acc[:keep]).sum()
+        return float(total) / n, (float(correct) / n if has_acc else None), float(g_total) / limit
+
+    # ---- several alphas per pass -----------------------------------------------------------
+    @property
+    def can_vmap(self) -> bool:
+        """Alphas can share a pass when no statistics must be re-estimated between them."""
+        return not self.bn_layers
+
+    @torch.inference_mode()
+    def loss_and_accuracy_chunk(
+        self, alphas: Sequence[float]
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Loss and accuracy at several alphas in one vmapped pass per batch."""
+        from torch.func import vmap
+
+        dtype = next(iter(self.interp.t0.values())).dtype
+        a = torch.tensor(list(alphas), dtype=dtype, device=self.data.inputs.device)
+        totals = torch.zeros(len(alphas), dtype=torch.float64, device=a.device)
+        correct = torch.zeros(len(alphas), dtype=torch.int64, device=a.device)
+        has_acc = True
+
+        def outputs(alpha: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+            return functional_call(self.module, self.interp.functional(alpha), (x,))
+
+        batched = vmap(outputs, in_dims=(0, None))
+        for s in batchnorm.batch_slices(len(self.data), self.batch_size):
+            out = batched(a, self.data.inputs[s])  # [K, B, ...]
+            y = self.data.targets[s]
+            for j in range(len(alphas)):
+                totals[j] += self.adapter.loss(out[j], y).double().sum()
+                ok = self.adapter.correct(out[j], y)
+                if ok is None:
+                    has_acc = False
+                else:
+                    correct[j] += ok.sum()
+        n = len(self.data)
+        losses = (totals / n).cpu().numpy()
+        accs = (correct.double() / n).cpu().numpy() if has_acc else None
+        return losses, accs
 
     # ---- the loop ------------------------------------------------------------------------
     def run(
         self, alphas: Sequence[float], gauss: bool | None = None, progress: ProgressFn | None = None
     ) -> Curve:
         gauss = self.spec.gauss if gauss is None else gauss
+        if self.spec.alpha_chunk > 1 and self.can_vmap and not gauss:
+            return self._run_chunked(alphas, progress)
         losses = np.empty(len(alphas))
         accs: list[float | None] = []
         g = np.empty(len(alphas)) if gauss else None
@@ -158,11 +254,16 @@ class PathEvaluator:
             t0 = time.perf_counter()
             self.set_alpha(float(alpha))
             t1 = time.perf_counter()
-            losses[i], acc = self.loss_and_accuracy()
+            if g is not None and self.fast_gauss:
+                # one second-order pass gives the loss, accuracy and Gauss integrand
+                losses[i], acc, g[i] = self.loss_accuracy_gauss()
+                t2 = t1
+            else:
+                losses[i], acc = self.loss_and_accuracy()
+                t2 = time.perf_counter()
+                if g is not None:
+                    g[i] = self.gauss_integrand(float(alpha))
             accs.append(acc)
-            t2 = time.perf_counter()
-            if g is not None:
-                g[i] = self.gauss_integrand(float(alpha))
             t3 = time.perf_counter()
             timing["bn"] += t1 - t0
             timing["evaluate"] += t2 - t1
@@ -171,6 +272,28 @@ class PathEvaluator:
                 progress(i, float(alpha), float(losses[i]))
         accuracy = None if any(a is None for a in accs) else np.asarray(accs, dtype=np.float64)
         return Curve(np.asarray(alphas, dtype=np.float64), losses, accuracy, g, timing)
+
+    def _run_chunked(self, alphas: Sequence[float], progress: ProgressFn | None) -> Curve:
+        losses: list[float] = []
+        accs: list[float] | None = []
+        t0 = time.perf_counter()
+        k = self.spec.alpha_chunk
+        for start in range(0, len(alphas), k):
+            chunk = [float(a) for a in alphas[start : start + k]]
+            chunk_loss, chunk_acc = self.loss_and_accuracy_chunk(chunk)
+            losses.extend(chunk_loss.tolist())
+            if chunk_acc is None or accs is None:
+                accs = None
+            else:
+                accs.extend(chunk_acc.tolist())
+            if progress is not None:
+                for i in range(start, start + len(chunk)):
+                    progress(i, float(alphas[i]), losses[i])
+        timing = {"bn": 0.0, "evaluate": time.perf_counter() - t0, "gauss": 0.0}
+        acc_arr = None if accs is None else np.asarray(accs)
+        return Curve(
+            np.asarray(alphas, dtype=np.float64), np.asarray(losses), acc_arr, None, timing
+        )
 
 
 def alpha_grid(n: int) -> np.ndarray:

@@ -20,8 +20,10 @@ DEFAULT_TOLERANCE = 0.0
 PAPER_MLP_TOLERANCE = 1e-3
 # Batch size of the train-mode pass that re-estimates batch-norm statistics at each alpha.
 DEFAULT_BN_BATCH_SIZE = 256
-# Batch size of the evaluation passes (no effect on results, only on speed and memory).
-DEFAULT_EVAL_BATCH_SIZE = 1024
+# Batch size of the evaluation passes (no effect on results, only on speed and memory):
+# None means "auto", a short timing probe of a few candidates on the first use.
+DEFAULT_EVAL_BATCH_SIZE: int | None = None
+EVAL_BATCH_CANDIDATES = (64, 256, 1024, 4096)
 # Momentum of the paper code's batch-norm warm-up epoch (torch's default).
 PAPER_BN_MOMENTUM = 0.1
 
@@ -78,8 +80,11 @@ class EvalSpec:
     gauss_method: Literal["auto", "jvp"] = "auto"
     """auto: one hand-written second-order forward pass where every layer has a rule,
     nested torch.func.jvp otherwise; jvp: always nested jvp (the reference)."""
-    batch_size: int = DEFAULT_EVAL_BATCH_SIZE
-    """Evaluation batch size (speed only)."""
+    batch_size: int | None = DEFAULT_EVAL_BATCH_SIZE
+    """Evaluation batch size (speed and memory only); None: chosen by a timing probe."""
+    alpha_chunk: int = 1
+    """Alphas evaluated per pass with torch.func.vmap (a GPU option for small models whose
+    batch-norm statistics are not re-estimated; 1: one alpha at a time)."""
     dtype: Literal["float32", "float64"] = "float32"
     device: str = "auto"
 

@@ -63,27 +63,30 @@ def _stats(net: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
     ]
 
 
+@pytest.mark.parametrize("generic", [False, True])
 @pytest.mark.parametrize("batch_size", [2, 7, 64, 100, 256, 299, 300, 1000])
-def test_one_bn_layer_equals_full_batch_for_any_batch_size(batch_size: int) -> None:
+def test_one_bn_layer_equals_full_batch_for_any_batch_size(batch_size: int, generic: bool) -> None:
     net = _one_bn_net()
-    x = (
-        torch.randn(301, 5) * 3 + 1
-    )  # 301: ragged last batches, and a trailing singleton for 100/300
+    # 301 examples: ragged last batches, and a trailing singleton for 100 and 300
+    x = torch.randn(301, 5) * 3 + 1
     ref = _full_batch_reference(net, x)
     layers = [m for m in net.modules() if isinstance(m, nn.BatchNorm1d)]
-    batchnorm.reestimate(net, layers, x, BNSpec(batch_size=batch_size))
+    forward = (lambda b: net(b)) if generic else None
+    batchnorm.reestimate(net, layers, x, BNSpec(batch_size=batch_size), forward=forward)
     assert not net.training
     for (mean, var), (rm, rv) in zip(ref, _stats(net), strict=True):
         torch.testing.assert_close(rm, mean, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(rv, var, rtol=1e-5, atol=1e-6)
 
 
-def test_bn_batch_size_all_equals_full_batch_for_any_network() -> None:
+@pytest.mark.parametrize("generic", [False, True])
+def test_bn_batch_size_all_equals_full_batch_for_any_network(generic: bool) -> None:
     net = _multi_bn_net()
     x = torch.randn(50, 2, 4, 4)
     ref = _full_batch_reference(net, x)
     layers = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    batchnorm.reestimate(net, layers, x, BNSpec(batch_size=None))
+    forward = (lambda b: net(b)) if generic else None
+    batchnorm.reestimate(net, layers, x, BNSpec(batch_size=None), forward=forward)
     for (mean, var), (rm, rv) in zip(ref, _stats(net), strict=True):
         torch.testing.assert_close(rm, mean, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(rv, var, rtol=1e-5, atol=1e-6)
@@ -128,3 +131,42 @@ def test_batch_slices() -> None:
     assert batchnorm.batch_slices(9, 4) == [slice(0, 4), slice(4, 9)]  # no singleton batch
     assert batchnorm.batch_slices(9, None) == [slice(0, 9)]
     assert batchnorm.batch_slices(9, 4, max_batches=1) == [slice(0, 4)]
+
+
+@pytest.mark.parametrize("batch_size", [7, 64, None])
+def test_layerwise_sequential_pass_equals_batched_pass(batch_size: int | None) -> None:
+    """The layer-by-layer pass of a Sequential is the batched train-mode pass, reordered."""
+    torch.manual_seed(3)
+    net = nn.Sequential(
+        nn.Linear(5, 8),
+        nn.BatchNorm1d(8),
+        nn.ReLU(),
+        nn.Linear(8, 8),
+        nn.BatchNorm1d(8),
+        nn.Tanh(),
+        nn.Linear(8, 3),
+    )
+    x = torch.randn(203, 5)
+    layers = [m for m in net.modules() if isinstance(m, nn.BatchNorm1d)]
+    assert batchnorm._layerwise_ok(net, layers)
+    batchnorm.reestimate(net, layers, x, BNSpec(batch_size=batch_size))
+    fast = _stats(net)
+    # the generic path (a wrapper hides the Sequential)
+    batchnorm.reestimate(net, layers, x, BNSpec(batch_size=batch_size), forward=lambda b: net(b))
+    for (a, b), (c, d) in zip(fast, _stats(net), strict=True):
+        torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(b, d, rtol=1e-5, atol=1e-6)
+    ref = _full_batch_reference(net, x)
+    torch.testing.assert_close(fast[0][0], ref[0][0], rtol=1e-5, atol=1e-6)
+
+
+def test_only_batch_norm_layers_train_during_the_pass() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Dropout(0.5), nn.Linear(6, 2), nn.BatchNorm1d(2)
+    )
+    x = torch.randn(40, 4)
+    batchnorm.reestimate(net, [net[1], net[4]], x, BNSpec(batch_size=None))
+    a = net[4].running_mean.clone()
+    batchnorm.reestimate(net, [net[1], net[4]], x, BNSpec(batch_size=None))
+    torch.testing.assert_close(net[4].running_mean, a)  # dropout off: deterministic

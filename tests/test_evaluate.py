@@ -105,7 +105,7 @@ def test_fast_gauss_pass_equals_nested_jvp(activation: str, bn: bool) -> None:
     np.testing.assert_allclose(
         curves["auto"].gauss_integrand, curves["jvp"].gauss_integrand, rtol=1e-5
     )
-    np.testing.assert_allclose(curves["auto"].loss, curves["jvp"].loss, rtol=0)
+    np.testing.assert_allclose(curves["auto"].loss, curves["jvp"].loss, rtol=1e-6)
 
 
 def test_endpoints_and_midpoint_are_the_interpolated_models() -> None:

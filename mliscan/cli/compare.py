@@ -36,7 +36,7 @@ def compare(
     bn_mode: o.BnMode = "exact",
     device: o.Device = "auto",
     dtype: o.Dtype = "float32",
-    batch_size: o.BatchSize = o.DEFAULTS["batch_size"],
+    batch_size: o.BatchSize = None,
     tol: Annotated[
         float, typer.Option(help="Monotonic when min-Δ <= TOL (the paper's MLP tables used 1e-3).")
     ] = 0.0,
@@ -47,6 +47,13 @@ def compare(
     gauss_method: Annotated[
         str, typer.Option(help="auto (fast second-order pass where possible) or jvp (nested jvp).")
     ] = "auto",
+    alpha_chunk: Annotated[
+        int,
+        typer.Option(
+            help="Alphas per vmapped pass (GPU, small models without BN re-estimation; 1: off).",
+            rich_help_panel=o.EVAL,
+        ),
+    ] = 1,
     json_out: o.JsonOut = None,
     plot: o.PlotOut = None,
     fail_on_nonmonotonic: Annotated[
@@ -93,6 +100,7 @@ def compare(
         gauss_examples=gauss_examples,
         gauss_method=gauss_method,  # type: ignore[arg-type]
         batch_size=batch_size,
+        alpha_chunk=max(1, alpha_chunk),
         dtype=dtype,  # type: ignore[arg-type]
         device=device,
     )

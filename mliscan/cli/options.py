@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from mliscan.spec import DEFAULT_ALPHAS, DEFAULT_BN_BATCH_SIZE, DEFAULT_EVAL_BATCH_SIZE
+from mliscan.spec import DEFAULT_ALPHAS, DEFAULT_BN_BATCH_SIZE
 
 ARCH = "Architecture"
 DATA = "Data"
@@ -120,7 +120,6 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.", r
 DEFAULTS = {
     "alphas": DEFAULT_ALPHAS,
     "bn_batch_size": str(DEFAULT_BN_BATCH_SIZE),
-    "batch_size": DEFAULT_EVAL_BATCH_SIZE,
 }
 
 

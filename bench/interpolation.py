@@ -1,0 +1,237 @@
+"""Benchmark of the interpolation engine against the forward-pass floor and a paper-style loop.
+
+    python bench/interpolation.py --workload mlp|mlp-bn|resnet20 --device cpu|cuda [--gauss]
+
+Times, interleaved over --repeats rounds, for 50 alphas:
+  (a) floor         50 evaluation passes of the final model over the data at the best batch
+                    size (x2 with batch norm: one re-estimation pass and one evaluation pass)
+  (b) paper-style   deepcopy + load_state_dict per alpha, one warm-up epoch at momentum 0.1
+                    (batches of 256), evaluation in batches of 256; Gauss length by double
+                    backward (as in the paper's released code)
+  (c) mliscan       PathEvaluator.run (loss and accuracy curve)
+  (d) mliscan+gauss the same with the average Gauss length
+  (e) loss-landscapes linear_interpolation, when that package is installed (no BN
+                    re-estimation, so its curve differs on BN models)
+and prints medians with ratios to (a) and to (b). Speed is reported as ratios measured in one
+run, never as absolute targets in tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mliscan.adapter import DataInfo
+from mliscan.batchnorm import batch_slices
+from mliscan.data import load_dataset
+from mliscan.evaluate import PathEvaluator, alpha_grid, prepare_data
+from mliscan.registry import get_adapter
+from mliscan.spec import DataSpec, EvalSpec
+
+ALPHAS = 50  # set by --alphas
+
+
+def workload(name: str, device: torch.device, images: int):  # type: ignore[no-untyped-def]
+    if name in ("mlp", "mlp-bn"):
+        adapter = get_adapter("mlp")
+        opts = adapter.parse_options({"hidden": "128,128", "bn": name == "mlp-bn"})
+        ds = load_dataset(DataSpec("digits"))
+        x, y, info = ds.inputs, ds.targets, DataInfo(ds.input_shape, 10)
+    elif name == "resnet20":
+        adapter = get_adapter("resnet20")
+        opts = adapter.parse_options({})
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(images, 3, 32, 32, generator=g)
+        y = torch.randint(0, 10, (images,), generator=g)
+        info = DataInfo((3, 32, 32), 10)
+    else:
+        raise SystemExit(f"unknown workload {name}")
+    torch.manual_seed(0)
+    module = adapter.build(opts, info)
+    theta0 = {k: v.clone() for k, v in module.state_dict().items()}
+    torch.manual_seed(1)
+    other = adapter.build(opts, info).state_dict()
+    theta1 = {
+        k: (v + 0.5 * other[k]) if v.is_floating_point() and "running" not in k else v.clone()
+        for k, v in theta0.items()
+    }
+    data = prepare_data(adapter, x, y, device, torch.float32)
+    return adapter, module.to(device), theta0, theta1, data
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def best_batch_size(module: nn.Module, adapter, data, device) -> int:  # type: ignore[no-untyped-def]
+    module.eval()
+    best, best_t = len(data), float("inf")
+    for bs in (64, 128, 256, 512, 1024, 4096, len(data)):
+        if bs > len(data):
+            continue
+        t = min(_time(lambda bs=bs: eval_pass(module, adapter, data, bs), device) for _ in range(3))
+        if t < best_t:
+            best, best_t = bs, t
+    return best
+
+
+@torch.inference_mode()
+def eval_pass(module, adapter, data, bs: int) -> float:  # type: ignore[no-untyped-def]
+    total = torch.zeros((), dtype=torch.float64, device=data.inputs.device)
+    for s in batch_slices(len(data), bs):
+        total += adapter.loss(module(data.inputs[s]), data.targets[s]).double().sum()
+    return float(total)
+
+
+def _time(fn: Callable[[], object], device: torch.device) -> float:
+    sync(device)
+    t = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t
+
+
+def floor(module, adapter, data, bs: int, has_bn: bool) -> None:  # type: ignore[no-untyped-def]
+    module.load_state_dict(module.state_dict())
+    module.eval()
+    for _ in range(ALPHAS * (2 if has_bn else 1)):
+        eval_pass(module, adapter, data, bs)
+
+
+def paper_style(template, adapter, theta0, theta1, data, has_bn: bool, gauss: bool) -> None:  # type: ignore[no-untyped-def]
+    for alpha in alpha_grid(ALPHAS):
+        model = copy.deepcopy(template)
+        state = {
+            k: (theta0[k] + alpha * (theta1[k] - theta0[k]))
+            if theta0[k].is_floating_point()
+            else theta0[k]
+            for k in theta0
+        }
+        model.load_state_dict(state)
+        if has_bn:
+            for m in model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.reset_running_stats()
+                    m.momentum = 0.1
+            model.train()
+            with torch.no_grad():
+                for s in batch_slices(len(data), 256):
+                    model(data.inputs[s])
+        model.eval()
+        eval_pass(model, adapter, data, 256)
+        if gauss:
+            _double_backward_gauss(model, theta0, theta1, data, float(alpha))
+
+
+def _double_backward_gauss(model, theta0, theta1, data, alpha: float) -> None:  # type: ignore[no-untyped-def]
+    """z' and z'' by the double-backward trick per batch (the paper code's approach)."""
+    from torch.func import functional_call
+
+    names = [n for n, _ in model.named_parameters()]
+    for s in batch_slices(len(data), 256):
+        a = torch.tensor(alpha, requires_grad=True, device=data.inputs.device)
+        params = {
+            n: theta0[n].to(a.device) + a * (theta1[n] - theta0[n]).to(a.device) for n in names
+        }
+        z = functional_call(model, params, (data.inputs[s],))
+        u = torch.ones_like(z, requires_grad=True)
+        (g,) = torch.autograd.grad(z, a, grad_outputs=u, create_graph=True)
+        (dz,) = torch.autograd.grad(g, u, create_graph=True)
+        u2 = torch.ones_like(dz, requires_grad=True)
+        (g2,) = torch.autograd.grad(dz, a, grad_outputs=u2, create_graph=True)
+        (ddz,) = torch.autograd.grad(g2, u2)
+        del z, dz, ddz
+
+
+def loss_landscapes_run(module, adapter, theta0, theta1, data):  # type: ignore[no-untyped-def]
+    import loss_landscapes
+    import loss_landscapes.metrics
+
+    m0 = copy.deepcopy(module)
+    m0.load_state_dict(theta0)
+    m1 = copy.deepcopy(module)
+    m1.load_state_dict(theta1)
+    metric = loss_landscapes.metrics.Loss(nn.CrossEntropyLoss(), data.inputs, data.targets)
+    return loss_landscapes.linear_interpolation(m0, m1, metric, ALPHAS, deepcopy_model=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--workload", default="mlp", choices=["mlp", "mlp-bn", "resnet20"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--images", type=int, default=1024, help="resnet20: number of CIFAR-shaped images"
+    )
+    p.add_argument("--gauss", action="store_true", help="also time Gauss length (d, and b with it)")
+    p.add_argument("--alphas", type=int, default=50, help="alphas per path (the paper: 50)")
+    args = p.parse_args()
+    global ALPHAS
+    ALPHAS = args.alphas
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    adapter, module, theta0, theta1, data = workload(args.workload, device, args.images)
+    has_bn = bool(adapter.bn_modules(module))
+    bs = best_batch_size(module, adapter, data, device)
+    template = copy.deepcopy(module)
+    engine = PathEvaluator(adapter, module, theta0, theta1, data, EvalSpec(gauss=False))
+    alphas = alpha_grid(ALPHAS)
+    _ = engine.batch_size  # the one-off batch-size probe, like the floor's, is not timed
+
+    methods: dict[str, Callable[[], object]] = {
+        "(a) floor": lambda: floor(template, adapter, data, bs, has_bn),
+        "(b) paper-style loop": lambda: paper_style(
+            template, adapter, theta0, theta1, data, has_bn, False
+        ),
+        "(c) mliscan": lambda: engine.run(alphas, gauss=False),
+    }
+    if args.gauss:
+        methods["(b') paper-style + Gauss (double backward)"] = lambda: paper_style(
+            template, adapter, theta0, theta1, data, has_bn, True
+        )
+        methods["(d) mliscan + Gauss"] = lambda: engine.run(alphas, gauss=True)
+    try:
+        import loss_landscapes  # noqa: F401
+
+        methods["(e) loss-landscapes (no BN re-estimation)"] = lambda: loss_landscapes_run(
+            template, adapter, theta0, theta1, data
+        )
+    except ImportError:
+        pass
+    for fn in methods.values():  # warm-up
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in methods}
+    for _ in range(args.repeats):
+        for name, fn in methods.items():
+            times[name].append(_time(fn, device))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    fl, paper = med["(a) floor"], med["(b) paper-style loop"]
+    print(
+        f"workload {args.workload} ({len(data)} examples, BN {'on' if has_bn else 'off'}), "
+        f"device {device}, threads {args.threads}, {ALPHAS} alphas, floor batch size {bs}, "
+        f"median of {args.repeats} interleaved runs"
+    )
+    print(f"{'method':45s} {'median s':>10s} {'x floor':>8s} {'x paper':>8s}")
+    for k, v in med.items():
+        print(f"{k:45s} {v:10.4f} {v / fl:8.2f} {v / paper:8.2f}")
+    if args.gauss:
+        ratio = med["(d) mliscan + Gauss"] / med["(c) mliscan"]
+        print(f"Gauss length cost: (d) / (c) = {ratio:.2f}x the loss-only scan")
+
+
+if __name__ == "__main__":
+    main()
