@@ -65,8 +65,12 @@ class Checkpoint:
         return self.path.name
 
 
-def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
-    """Read a checkpoint file or directory into a :class:`Checkpoint` (CPU tensors)."""
+def load_checkpoint(path: str | os.PathLike[str], trust_pickle: bool = False) -> Checkpoint:
+    """Read a checkpoint file or directory into a :class:`Checkpoint` (CPU tensors).
+
+    ``trust_pickle`` lets torch pickles with arbitrary globals through (``weights_only=False``):
+    only for files from a trusted source, since unpickling can run any code.
+    """
     p = Path(path)
     if not p.exists():
         raise CheckpointNotFoundError(f"{p}: no such file or directory; check the path")
@@ -81,7 +85,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         tensors, metadata = _load_safetensors(p)
         notes = []
     else:
-        obj = _torch_load(p)
+        obj = _torch_load(p, trust_pickle)
         tensors, notes = unwrap_state_dict(obj, p)
         metadata = {}
     tensors, stripped = strip_prefixes(tensors)
@@ -132,6 +136,10 @@ def _parse_metadata(raw: dict[str, str], p: Path) -> dict[str, Any]:
         return {}
     try:
         value = json.loads(text)
+    except RecursionError as exc:
+        raise CheckpointFormatError(
+            f"{p}: its '{METADATA_KEY}' metadata nests too deeply to read; pass --arch"
+        ) from exc
     except json.JSONDecodeError as exc:
         raise CheckpointFormatError(
             f"{p}: its '{METADATA_KEY}' metadata is not valid JSON ({exc.msg}); "
@@ -179,8 +187,39 @@ def _load_sharded(index: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]
 _GLOBAL_RE = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
 
 
-def _torch_load(p: Path) -> Any:
+# A torch zip whose entries inflate far beyond the file is refused before torch reads it.
+MAX_INFLATION = 16
+
+
+def _check_zip(p: Path) -> None:
+    try:
+        with zipfile.ZipFile(p) as z:
+            infos = z.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return  # not a zip (legacy torch format) or corrupt: torch.load reports it
+    size = p.stat().st_size
+    declared = sum(i.file_size for i in infos)
+    if declared > MAX_INFLATION * size + (1 << 20):
+        raise CheckpointFormatError(
+            f"{p}: refused: its entries declare {declared} bytes from a {size}-byte file "
+            "(a zip bomb?); torch never writes compressed checkpoints"
+        )
+
+
+def _torch_load(p: Path, trust_pickle: bool = False) -> Any:
     """torch.load with weights_only=True; arbitrary globals are refused, never executed."""
+    _check_zip(p)
+    if trust_pickle:
+        import warnings
+
+        warnings.warn(
+            f"{p}: loading with weights_only=False (--trust-pickle): its pickle may run code",
+            stacklevel=2,
+        )
+        try:
+            return torch.load(p, map_location="cpu", weights_only=False)
+        except Exception as exc:  # any failure of a trusted pickle is still a bad file
+            raise CheckpointFormatError(f"{p}: cannot be unpickled ({_first_line(exc)})") from exc
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -295,3 +334,15 @@ def save_checkpoint(
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+def content_hash(tensors: dict[str, torch.Tensor], length: int = 16) -> str:
+    """A hash of names, dtypes, shapes and bytes: the identity of a set of weights."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        t = tensors[k].detach().to("cpu").contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:length]

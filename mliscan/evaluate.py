@@ -130,6 +130,14 @@ class PathEvaluator:
         if self.bn_layers:
             batchnorm.reestimate(self.module, self.bn_layers, self.data.inputs, self.spec.bn)
 
+    def set_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Write arbitrary weights (for the interpolated tensors) and re-estimate BN."""
+        with torch.no_grad():
+            for k in self.roles.interpolated:
+                self.interp.targets[k].copy_(state[k])
+        if self.bn_layers:
+            batchnorm.reestimate(self.module, self.bn_layers, self.data.inputs, self.spec.bn)
+
     @torch.inference_mode()
     def loss_and_accuracy(self) -> tuple[float, float | None]:
         """Mean per-example loss over the data (float64 sums), and accuracy."""

@@ -74,6 +74,13 @@ def gauss_integrand(velocity: torch.Tensor, acceleration: torch.Tensor) -> torch
     ||a - (a . v_hat) v_hat|| / ||v||. Where v = 0 the tangent is undefined and the
     integrand is taken as 0 (a logit vector that does not move does not bend).
     Computed in float64.
+
+    The engine supplies v and a exactly, by forward-mode differentiation in alpha. With batch
+    norm, as in the paper's code, the statistics re-estimated at alpha are held fixed while
+    differentiating (their own dependence on alpha is ignored). With ReLU the derivatives are
+    those of the linear piece active at alpha (the kinks are ignored, as by the paper's
+    autodiff), so a finite-difference estimate legitimately disagrees there; with smooth
+    activations (tanh, GELU) the two agree.
     """
     v = velocity.detach().to(torch.float64).flatten(1)
     a = acceleration.detach().to(torch.float64).flatten(1)

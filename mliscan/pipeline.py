@@ -7,7 +7,7 @@ data -> :class:`~mliscan.evaluate.PathEvaluator` -> metrics -> :class:`PairResul
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +21,7 @@ from mliscan.errors import DataError, UsageError
 from mliscan.evaluate import (
     Curve,
     PathEvaluator,
+    PreparedData,
     ProgressFn,
     alpha_grid,
     prepare_data,
@@ -82,6 +83,9 @@ class PairResult:
     device: str
     notes: list[str] = field(default_factory=list)
     timing: dict[str, float] = field(default_factory=dict)
+    unrelated: list[Curve] = field(default_factory=list)
+    """Curves from fresh initialisations (seeds ``unrelated_seeds``) to the same final."""
+    unrelated_seeds: list[int] = field(default_factory=list)
 
     @property
     def min_delta(self) -> float:
@@ -133,6 +137,52 @@ def build_module(
     return module, tensors
 
 
+@dataclass
+class Setup:
+    """Everything shared by the paths of one study: architecture, module, data, device."""
+
+    choice: ModelChoice
+    dataset: Dataset
+    data_spec: DataSpec
+    module: torch.nn.Module
+    prepared: PreparedData
+    device: torch.device
+
+    @property
+    def info(self) -> DataInfo:
+        return DataInfo(self.dataset.input_shape, self.dataset.num_classes)
+
+    def data_record(self) -> dict[str, Any]:
+        return {
+            "name": self.dataset.name,
+            "split": self.dataset.split,
+            "examples": len(self.dataset),
+            "limit": self.data_spec.limit,
+            "data_dir": self.data_spec.data_dir,
+        }
+
+
+def setup(
+    first: Checkpoint,
+    arch: str | None,
+    arch_options: Mapping[str, Any] | None,
+    data: DataSpec | Mapping[str, Any] | None,
+    spec: EvalSpec,
+) -> Setup:
+    """Architecture (flag or metadata), data (flags, metadata, adapter default), module, device."""
+    choice = choose_model(first, arch, arch_options or {})
+    data_spec = (
+        data if isinstance(data, DataSpec) else resolve_data(first, choice.adapter, data or {})
+    )
+    dataset = load_dataset(data_spec)
+    module, _ = build_module(choice, dataset, first)
+    device = resolve_device(spec.device)
+    dtype = torch.float64 if spec.dtype == "float64" else torch.float32
+    module = module.to(device=device, dtype=dtype)
+    prepared = prepare_data(choice.adapter, dataset.inputs, dataset.targets, device, dtype)
+    return Setup(choice, dataset, data_spec, module, prepared, device)
+
+
 def compare_pair(
     init_path: str,
     final_path: str,
@@ -143,28 +193,33 @@ def compare_pair(
     spec: EvalSpec | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
     progress: ProgressFn | None = None,
+    unrelated_seeds: Sequence[int] = (),
+    trust_pickle: bool = False,
 ) -> PairResult:
     """Evaluate the straight path from ``init_path`` to ``final_path``."""
     spec = spec or EvalSpec()
     t_start = time.perf_counter()
-    init, final = load_checkpoint(init_path), load_checkpoint(final_path)
+    init = load_checkpoint(init_path, trust_pickle)
+    final = load_checkpoint(final_path, trust_pickle)
     check_pair(init, final)
     check_finite(init)
     check_finite(final)
-    choice = choose_model(init, arch, arch_options or {})
-    if not isinstance(data, DataSpec):
-        data = resolve_data(init, choice.adapter, data or {})
-    dataset = load_dataset(data)
-    module, theta0 = build_module(choice, dataset, init)
+    ctx = setup(init, arch, arch_options, data, spec)
+    choice = ctx.choice
+    theta0 = choice.adapter.map_keys(init.tensors)
     theta1 = choice.adapter.map_keys(final.tensors)
-    device = resolve_device(spec.device)
-    dtype = torch.float64 if spec.dtype == "float64" else torch.float32
-    module = module.to(device=device, dtype=dtype)
-    prepared = prepare_data(choice.adapter, dataset.inputs, dataset.targets, device, dtype)
-    evaluator = PathEvaluator(choice.adapter, module, theta0, theta1, prepared, spec)
+    evaluator = PathEvaluator(choice.adapter, ctx.module, theta0, theta1, ctx.prepared, spec)
     distance, normalized = metrics.weight_distance(theta0, theta1, evaluator.roles.parameters)
     t_loaded = time.perf_counter()
     curve = evaluator.run(alpha_grid(spec.alphas), progress=progress)
+    unrelated = []
+    for seed in unrelated_seeds:  # Figure 6: unrelated initialisations -> the same optimum
+        from mliscan.grid import fresh_init
+
+        start = fresh_init(choice.adapter, choice.options, ctx.info, seed)
+        start = {k: v.to(theta0[k].dtype) for k, v in start.items()}
+        ev = PathEvaluator(choice.adapter, ctx.module, start, theta1, ctx.prepared, spec)
+        unrelated.append(ev.run(alpha_grid(spec.alphas), gauss=False))
     timing = {"load": t_loaded - t_start, **curve.timing}
     timing["total"] = time.perf_counter() - t_start
     notes = [f"init: {n}" for n in init.notes] + [f"final: {n}" for n in final.notes]
@@ -175,19 +230,15 @@ def compare_pair(
         final_path=str(final.path),
         arch=choice.adapter.name,
         arch_options=choice.adapter.options_to_dict(choice.options),
-        data={
-            "name": dataset.name,
-            "split": dataset.split,
-            "examples": len(dataset),
-            "limit": data.limit,
-            "data_dir": data.data_dir,
-        },
+        data=ctx.data_record(),
         spec=spec,
         curve=curve,
         tolerance=tolerance,
         distance=distance,
         normalized_distance=normalized,
-        device=str(device),
+        device=str(ctx.device),
         notes=notes,
         timing=timing,
+        unrelated=unrelated,
+        unrelated_seeds=list(unrelated_seeds),
     )

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from mliscan import __version__
+from mliscan import __version__, metrics
 from mliscan.paths import atomic_write_json
 from mliscan.pipeline import PairResult
 
@@ -53,6 +53,22 @@ def pair_to_dict(r: PairResult) -> dict[str, Any]:
         "gauss_examples": r.spec.gauss_examples,
         "notes": r.notes,
         "timing": {k: round(v, 4) for k, v in r.timing.items()},
+        "unrelated": _unrelated(r) if r.unrelated else None,
+    }
+
+
+def _unrelated(r: PairResult) -> dict[str, Any]:
+    """Figure 6: mean and standard deviation of the curves from fresh initialisations."""
+    curves = np.stack([c.loss for c in r.unrelated])
+    deltas = [metrics.min_delta(c.loss) for c in r.unrelated]
+    mono = [metrics.is_monotonic(d, r.tolerance) for d in deltas]
+    defined = [m for m in mono if m is not None]
+    return {
+        "seeds": r.unrelated_seeds,
+        "mean_loss": _list(curves.mean(axis=0)),
+        "std_loss": _list(curves.std(axis=0)),
+        "min_delta": [_num(d) for d in deltas],
+        "monotonic_share": (sum(defined) / len(defined)) if defined else None,
     }
 
 

@@ -8,8 +8,11 @@ import typer
 
 from mliscan import __version__
 from mliscan.cli import adapters as adapters_cmd
+from mliscan.cli import check as check_cmd
 from mliscan.cli import compare as compare_cmd
 from mliscan.cli import demo as demo_cmd
+from mliscan.cli import grid as grid_cmd
+from mliscan.cli import plane as plane_cmd
 from mliscan.cli import train as train_cmd
 from mliscan.cli.errors import EXIT_INPUT, debug, report
 
@@ -29,9 +32,12 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.command("compare")(compare_cmd.compare)
+app.command("check")(check_cmd.check)
 app.command("train")(train_cmd.train)
 app.command("adapters")(adapters_cmd.adapters)
 app.command("demo")(demo_cmd.demo)
+app.command("grid")(grid_cmd.grid)
+app.command("plane")(plane_cmd.plane)
 
 
 # typer vendors click: its usage errors share the base class of the public typer.BadParameter.
@@ -53,8 +59,17 @@ def _root(
     """mliscan"""
 
 
+def _sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # finish like Ctrl-C: finished results stay saved, resume hint
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; library errors become one line and exit code 2 (MLISCAN_DEBUG=1: traceback)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _sigterm)
     try:
         rv = app(args=argv, standalone_mode=False)
     except typer.Exit as exc:

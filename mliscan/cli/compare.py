@@ -54,6 +54,16 @@ def compare(
             rich_help_panel=o.EVAL,
         ),
     ] = 1,
+    unrelated: Annotated[
+        int,
+        typer.Option(
+            help="Also interpolate from K fresh initialisations (seeds 0..K-1) to FINAL (Figure 6).",
+            metavar="K",
+        ),
+    ] = 0,
+    unrelated_seed: Annotated[
+        list[int] | None, typer.Option(help="Explicit seeds for --unrelated (repeatable).")
+    ] = None,
     json_out: o.JsonOut = None,
     plot: o.PlotOut = None,
     fail_on_nonmonotonic: Annotated[
@@ -62,6 +72,12 @@ def compare(
     max_delta: Annotated[
         float | None, typer.Option(help="Exit 1 when min-Δ exceeds X.", metavar="X")
     ] = None,
+    trust_pickle: Annotated[
+        bool,
+        typer.Option(
+            "--trust-pickle", help="Allow torch pickles with arbitrary globals (runs their code!)."
+        ),
+    ] = False,
     quiet: o.Quiet = False,
 ) -> int:
     """Interpolate from INIT to FINAL: min-Δ, monotonicity, distance, Gauss length, barrier.
@@ -124,12 +140,20 @@ def compare(
             spec=spec,
             tolerance=tol,
             progress=progress,
+            unrelated_seeds=list(unrelated_seed or range(unrelated)),
+            trust_pickle=trust_pickle,
         )
     record = pair_to_dict(result)
     record["label"] = Path(final).name
     to_stdout = json_out == "-"
     console = ui.err if to_stdout else ui.out
     console.print(ui.result_table(record))
+    if record["unrelated"]:
+        u = record["unrelated"]
+        console.print(
+            f"unrelated initialisations ({len(u['seeds'])}): monotonic share "
+            f"{ui.fmt(u['monotonic_share'])}, mean curve {ui.sparkline(u['mean_loss'], 50)}"
+        )
     for note in result.notes:
         ui.err.print(f"[yellow]note:[/] {note}")
     if json_out == "-":

@@ -14,9 +14,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 
 
-def _width() -> int | None:
+def _width(stream: Any = None) -> int | None:
     """Full width in a terminal; a generous fixed width in pipes, logs and CI."""
-    if sys.stdout.isatty():
+    if (stream or sys.stdout).isatty():
         return None
     try:
         columns = int(os.environ.get("COLUMNS", "0"))
@@ -25,7 +25,8 @@ def _width() -> int | None:
     return max(columns, 160)
 
 
-err = Console(stderr=True)
+# Messages on stderr are never wrapped: one message, one line, whatever the width.
+err = Console(stderr=True, width=_width(sys.stderr), soft_wrap=True)
 out = Console(width=_width())
 
 BLOCKS = "▁▂▃▄▅▆▇█"
@@ -200,3 +201,55 @@ def epoch_progress(total: int, label: str, quiet: bool) -> Iterator[Any]:
             progress.update(task, completed=epoch, loss=fmt(loss))
 
         yield update
+
+
+@contextmanager
+def count_progress(total: int, label: str, quiet: bool) -> Iterator[Any]:
+    """A progress bar over work items on stderr; yields a tick() callback."""
+    if quiet:
+        yield lambda: None
+        return
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+    )
+    with progress:
+        task = progress.add_task(label, total=total)
+        yield lambda: progress.advance(task)
+
+
+def _short(label: str) -> str:
+    return label.split(":", 1)[-1]
+
+
+def heatmap(rows: Sequence[dict[str, Any]], family: str, tolerance: float) -> Table:
+    """min-Δ (and barrier) per (a, b) as a coloured matrix: green monotonic, red not."""
+    a_labels = list(dict.fromkeys(r["a"] for r in rows))
+    b_labels = list(dict.fromkeys(r["b"] for r in rows))
+    cell = {(r["a"], r["b"]): r for r in rows}
+    table = Table(
+        title=f"{family}: min-Δ / barrier (green: monotonic at tol {tolerance:g})",
+        title_style="bold",
+    )
+    table.add_column("a \\ b", style="bold")
+    for b in b_labels:
+        table.add_column(_short(b), justify="right")
+    for a in a_labels:
+        values = []
+        for b in b_labels:
+            r = cell.get((a, b))
+            if r is None:
+                values.append("")
+                continue
+            colour = "green" if r["monotonic"] else ("red" if r["monotonic"] is False else "yellow")
+            own = "*" if r.get("own_pair") else ""
+            values.append(f"[{colour}]{fmt(r['min_delta'], 3)}[/] / {fmt(r['barrier'], 3)}{own}")
+        table.add_row(_short(a), *values)
+    if any(r.get("own_pair") for r in rows):
+        table.caption = "* own pair (the optimum trained from this initialisation)"
+    return table

@@ -1,0 +1,196 @@
+"""``mliscan grid``: init-init, init-optimum and optimum-optimum paths (Figure 8)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mliscan.cli import options as o
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size) under torchrun; (0, 1) otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def grid(
+    runs: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Folders of runs from `mliscan train` (searched recursively)."),
+    ] = None,
+    inits: Annotated[
+        int | None,
+        typer.Option(help="Number of initialisations (fresh ones are sampled past the runs')."),
+    ] = None,
+    optima: Annotated[
+        int | None, typer.Option(help="Number of optima (the runs' final weights).")
+    ] = None,
+    init: Annotated[
+        list[Path] | None, typer.Option("--init", help="An explicit initialisation (repeatable).")
+    ] = None,
+    optimum: Annotated[
+        list[Path] | None, typer.Option("--optimum", help="An explicit optimum (repeatable).")
+    ] = None,
+    out: Annotated[
+        Path, typer.Option(help="Result store: paths/*.json, paths.parquet, curves.parquet.")
+    ] = Path("grid-out"),
+    arch: o.Arch = None,
+    hidden: o.Hidden = None,
+    activation: o.Activation = None,
+    bn: o.BN = None,
+    init_scheme: o.InitScheme = None,
+    arch_opt: o.ArchOpt = None,
+    data: o.Data = None,
+    data_dir: o.DataDir = None,
+    data_limit: o.DataLimit = None,
+    alphas: o.Alphas = o.DEFAULTS["alphas"],
+    bn_batch_size: o.BnBatchSize = o.DEFAULTS["bn_batch_size"],
+    bn_warmup_batches: o.BnWarmupBatches = None,
+    bn_mode: o.BnMode = "exact",
+    device: o.Device = "auto",
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            "--batch-size",
+            help="Evaluation batch size (fixed, so resumed and sharded runs agree bit for bit).",
+        ),
+    ] = 1024,
+    tol: Annotated[float, typer.Option(help="Monotonic when min-Δ <= TOL.")] = 0.0,
+    plot: o.PlotOut = None,
+    quiet: o.Quiet = False,
+) -> int:
+    """Interpolate between all pairs of initialisations and optima, resumably.
+
+    Examples:
+
+      mliscan grid runs/ --inits 10 --optima 10 --out grid-out --plot fig8.png
+
+      mliscan grid --init a/init.safetensors --init b/init.safetensors --optimum a/final.safetensors --out g
+
+      torchrun --nproc-per-node 4 -m mliscan.cli.app grid runs/ --inits 10 --optima 10 --out g
+    """
+    from mliscan import grid as g
+    from mliscan.checkpoints import load_checkpoint
+    from mliscan.cli import ui
+    from mliscan.errors import UsageError
+    from mliscan.pipeline import setup
+    from mliscan.spec import BNSpec, EvalSpec
+    from mliscan.store import ResultStore
+
+    run_dirs = g.find_runs(runs or [])
+    explicit_inits, explicit_optima = list(init or []), list(optimum or [])
+    n_inits = inits if inits is not None else len(explicit_inits) + len(run_dirs)
+    n_optima = optima if optima is not None else len(explicit_optima) + len(run_dirs)
+    if n_inits + n_optima < 2:
+        raise UsageError(
+            "a grid needs at least two endpoints: pass RUNS folders or --init/--optimum files"
+        )
+    first = (
+        explicit_inits[0]
+        if explicit_inits
+        else (
+            explicit_optima[0]
+            if explicit_optima
+            else (run_dirs[0] / "init.safetensors" if run_dirs else None)
+        )
+    )
+    if first is None:
+        raise UsageError("no endpoints found: the folders hold no runs (run.json, init and final)")
+    spec = EvalSpec(
+        alphas=alphas,
+        bn=BNSpec(
+            mode=bn_mode,
+            batch_size=o.parse_bn_batch_size(bn_batch_size),
+            max_batches=bn_warmup_batches,
+        ),  # type: ignore[arg-type]
+        gauss=False,
+        batch_size=batch_size,
+        device=device,
+    )
+    rank, world = _distributed()
+    if world > 1 and spec.device == "auto":
+        import torch
+
+        if torch.cuda.is_available():
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            torch.cuda.set_device(local)
+            spec = EvalSpec(**{**spec.__dict__, "device": f"cuda:{local}"})
+    given = {"name": data, "data_dir": str(data_dir) if data_dir else None, "limit": data_limit}
+    ctx = setup(
+        load_checkpoint(first),
+        arch,
+        o.arch_options(hidden, activation, bn, init_scheme, arch_opt),
+        given,
+        spec,
+    )
+    adapter, options = ctx.choice.adapter, ctx.choice.options
+    ends_i, ends_o = g.gather_endpoints(
+        run_dirs, n_inits, n_optima, explicit_inits, explicit_optima, adapter, options, ctx.info
+    )
+    everything = ends_i + ends_o
+    for e in everything[1:]:
+        g.check_compatible(everything[0], e)
+    settings = g.settings_of(
+        spec, ctx.data_record(), adapter.name, adapter.options_to_dict(options)
+    )
+    tasks = g.plan(ends_i, ends_o, settings)
+    store = ResultStore(out)
+    engine = g.Context(adapter, ctx.module, ctx.prepared, spec)
+    done_before = sum(store.has(t.pid) for t in tasks)
+    if rank == 0:
+        ui.err.print(
+            f"grid: {len(ends_i)} inits x {len(ends_o)} optima -> {len(tasks)} paths "
+            f"({done_before} already in {out}){'' if world == 1 else f', {world} ranks'}"
+        )
+    try:
+        with ui.count_progress(len(tasks), "paths", quiet or rank != 0) as tick:
+            g.run_tasks(engine, tasks, store, rank, world, on_done=lambda t, new: tick())
+    except KeyboardInterrupt:
+        saved = sum(store.has(t.pid) for t in tasks)
+        ui.err.print(
+            f"mliscan: interrupted: {saved} of {len(tasks)} paths are saved in {out}; "
+            "rerun the same command to resume"
+        )
+        return 130
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+        if rank != 0:
+            dist.destroy_process_group()
+            return 0
+    records = store.records(t.pid for t in tasks)
+    paths, curves = g.tables(records, tol)
+    with store.lock():
+        store.write_parquet("paths.parquet", paths, g.PATH_SCHEMA)
+        store.write_parquet("curves.parquet", curves, g.CURVE_SCHEMA)
+    for family in g.FAMILIES:
+        rows = [p for p in paths if p["family"] == family]
+        if rows:
+            ui.out.print(ui.heatmap(rows, family, tol))
+    for s in g.summarise(paths):
+        ui.out.print(
+            f"{s['family']}: {s['paths']} paths, {100 * s['monotonic_share']:.1f}% monotonic, "
+            f"mean barrier {ui.fmt(s['mean_barrier'])}, mean min-Δ {ui.fmt(s['mean_min_delta'])}"
+        )
+    if plot is not None:
+        from mliscan.plots import plot_grid
+
+        plot_grid(records, plot)
+    ui.err.print(f"results: {out / 'paths.parquet'}, {out / 'curves.parquet'}")
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    return 0

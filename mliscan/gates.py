@@ -1,0 +1,174 @@
+"""Thresholds on a pair result for CI gates, and their machine-readable reports.
+
+A threshold whose observed value is undefined (NaN/Inf along the path) fails: a gate never
+passes on a number it could not compute.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from xml.etree import ElementTree as ET
+
+from mliscan.errors import UsageError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+from mliscan.paths import atomic_write_text
+
+# (config/CLI name, result key, comparison, unit text)
+THRESHOLDS = (
+    ("max_delta", "min_delta", "<=", "min-Δ (largest rise of the loss)"),
+    ("max_gauss_length", "gauss_length", "<=", "average Gauss length"),
+    ("max_barrier", "barrier", "<=", "loss barrier"),
+    ("min_final_accuracy", "accuracy_final", ">=", "final training accuracy"),
+)
+CONFIG_KEYS = {
+    "max_delta",
+    "require_monotonic",
+    "max_gauss_length",
+    "max_barrier",
+    "min_final_accuracy",
+    "alphas",
+    "data_limit",
+    "arch",
+    "data",
+    "data_dir",
+    "tol",
+    "bn_batch_size",
+}
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    description: str
+    observed: Any
+    allowed: str
+    passed: bool
+
+
+def evaluate(record: dict[str, Any], limits: dict[str, Any]) -> list[Check]:
+    """Every configured threshold against a result record (``results.pair_to_dict``)."""
+    checks = []
+    if limits.get("require_monotonic"):
+        mono = record["monotonic"]
+        checks.append(
+            Check(
+                "require_monotonic",
+                f"monotonic path (min-Δ <= tolerance {record['tolerance']:g})",
+                record["min_delta"],
+                f"<= {record['tolerance']:g}",
+                mono is True,
+            )
+        )
+    for name, key, op, text in THRESHOLDS:
+        limit = limits.get(name)
+        if limit is None:
+            continue
+        value = record.get(key)
+        ok = (
+            value is not None
+            and math.isfinite(value)
+            and (value <= limit if op == "<=" else value >= limit)
+        )
+        checks.append(Check(name, text, value, f"{op} {limit:g}", bool(ok)))
+    return checks
+
+
+def read_config(path: Path) -> dict[str, Any] | None:
+    """Check settings of one file: ``[tool.mliscan.check]`` of a pyproject.toml, or the
+    ``[check]`` table (or the top level) of any other TOML file such as mliscan.toml."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as exc:
+        raise UsageError(f"{path}: not a readable TOML file ({exc})") from exc
+    if path.name == "pyproject.toml":
+        node = data.get("tool", {}).get("mliscan", {}).get("check")
+    else:
+        node = data.get("check", data)
+    if node is None:
+        return None
+    if not isinstance(node, dict):
+        raise UsageError(f"{path}: the check settings must be a table")
+    config = {str(k).replace("-", "_"): v for k, v in node.items()}
+    unknown = sorted(set(config) - CONFIG_KEYS)
+    if unknown:
+        raise UsageError(
+            f"{path}: unknown check setting(s) {', '.join(unknown)}; known: {', '.join(sorted(CONFIG_KEYS))}"
+        )
+    return config
+
+
+def load_config(start: Path) -> tuple[dict[str, Any], Path | None]:
+    """The nearest mliscan.toml, or pyproject.toml with ``[tool.mliscan.check]``, from
+    ``start`` upwards."""
+    for folder in [start, *start.parents]:
+        for name in ("mliscan.toml", "pyproject.toml"):
+            path = folder / name
+            if path.is_file():
+                config = read_config(path)
+                if config is not None:
+                    return config, path
+    return {}, None
+
+
+def _fmt(v: Any) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "undefined"
+    return f"{v:.6g}" if isinstance(v, float) else str(v)
+
+
+def write_junit(
+    path: str | Path, checks: list[Check], record: dict[str, Any], seconds: float
+) -> None:
+    """JUnit XML: one testsuite, one testcase per threshold (GitHub, GitLab, Jenkins read it)."""
+    failures = sum(not c.passed for c in checks)
+    suite = ET.Element(
+        "testsuite",
+        name="mliscan.check",
+        tests=str(len(checks)),
+        failures=str(failures),
+        errors="0",
+        skipped="0",
+        time=f"{seconds:.3f}",
+    )
+    props = ET.SubElement(suite, "properties")
+    for key in ("init", "final", "arch", "min_delta", "monotonic", "barrier", "gauss_length"):
+        ET.SubElement(props, "property", name=key, value=_fmt(record.get(key)))
+    for c in checks:
+        case = ET.SubElement(suite, "testcase", classname="mliscan.check", name=c.name, time="0")
+        if not c.passed:
+            f = ET.SubElement(
+                case,
+                "failure",
+                message=f"{c.description}: observed {_fmt(c.observed)}, allowed {c.allowed}",
+            )
+            f.text = f"{c.name}: observed {_fmt(c.observed)}, allowed {c.allowed}"
+    ET.indent(suite)
+    atomic_write_text(path, ET.tostring(suite, encoding="unicode", xml_declaration=True) + "\n")
+
+
+def markdown_summary(checks: list[Check], record: dict[str, Any], sparkline: str) -> str:
+    verdict = "✅ passed" if all(c.passed for c in checks) else "❌ failed"
+    lines = [
+        f"### mliscan check {verdict}",
+        "",
+        f"`{record['init']}` → `{record['final']}` ({record['arch']}, {record['data']['name']}, "
+        f"{len(record['alphas'])} alphas)",
+        "",
+        f"Loss along the path: `{sparkline}`",
+        "",
+        "| threshold | observed | allowed | result |",
+        "| --- | --- | --- | --- |",
+    ]
+    for c in checks:
+        lines.append(
+            f"| {c.description} | {_fmt(c.observed)} | {c.allowed} | {'pass' if c.passed else '**FAIL**'} |"
+        )
+    return "\n".join(lines) + "\n"
