@@ -125,8 +125,10 @@ def _load_safetensors(p: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]
             f"{p}: not a readable safetensors file ({_first_line(exc)}); it may be truncated "
             "or corrupt: copy or save it again"
         ) from exc
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointFormatError(f"{p}: cannot be read ({_first_line(exc)})") from exc
+    except Exception as exc:  # any other failure on an untrusted file is a bad file too
+        raise CheckpointFormatError(
+            f"{p}: cannot be read ({type(exc).__name__}: {_first_line(exc)})"
+        ) from exc
     return tensors, _parse_metadata(raw_meta, p)
 
 
@@ -155,7 +157,14 @@ def _load_sharded(index: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]
         weight_map = json.loads(index.read_text())["weight_map"]
         if not isinstance(weight_map, dict):
             raise TypeError("weight_map is not an object")
-    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as exc:
+    except (
+        json.JSONDecodeError,
+        KeyError,
+        TypeError,
+        UnicodeDecodeError,
+        RecursionError,
+        OSError,
+    ) as exc:
         raise CheckpointFormatError(
             f"{index}: not a valid shard index (needs a 'weight_map' object): {exc}"
         ) from exc
@@ -233,10 +242,10 @@ def _torch_load(p: Path, trust_pickle: bool = False) -> Any:
                 "(safetensors.torch.save_file(torch.load(f, weights_only=False), 'x.safetensors'))"
             ) from exc
         raise CheckpointFormatError(f"{p}: corrupt torch file ({_first_line(exc)})") from exc
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+    except Exception as exc:  # a malformed pickle can raise anything (IndexError, KeyError, ...)
         raise CheckpointFormatError(
-            f"{p}: not a readable torch checkpoint ({_first_line(exc)}); it may be truncated "
-            "or corrupt"
+            f"{p}: not a readable torch checkpoint ({type(exc).__name__}: {_first_line(exc)}); "
+            "it may be truncated or corrupt"
         ) from exc
 
 

@@ -18,8 +18,10 @@ per pass) can replace the loop without changing callers.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -32,6 +34,7 @@ from mliscan.interpolate import Interpolator, TensorRoles
 from mliscan.spec import EVAL_BATCH_CANDIDATES, BNSpec, EvalSpec
 
 ProgressFn = Callable[[int, float, float], None]
+T = TypeVar("T")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -209,6 +212,22 @@ class PathEvaluator:
                 g_total += metrics.gauss_integrand(vel[:keep], acc[:keep]).sum()
         return float(total) / n, (float(correct) / n if has_acc else None), float(g_total) / limit
 
+    def _oom_retry(self, fn: Callable[[], T]) -> T:
+        """Run an evaluation; on CUDA out-of-memory halve the batch size and run it again."""
+        while True:
+            try:
+                return fn()
+            except torch.cuda.OutOfMemoryError:
+                if self.batch_size <= 1:
+                    raise
+                self._batch_size = max(1, self.batch_size // 2)
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                warnings.warn(
+                    f"CUDA out of memory: evaluation batch size halved to {self._batch_size}",
+                    stacklevel=2,
+                )
+
     # ---- several alphas per pass -----------------------------------------------------------
     @property
     def can_vmap(self) -> bool:
@@ -264,13 +283,13 @@ class PathEvaluator:
             t1 = time.perf_counter()
             if g is not None and self.fast_gauss:
                 # one second-order pass gives the loss, accuracy and Gauss integrand
-                losses[i], acc, g[i] = self.loss_accuracy_gauss()
+                losses[i], acc, g[i] = self._oom_retry(self.loss_accuracy_gauss)
                 t2 = t1
             else:
-                losses[i], acc = self.loss_and_accuracy()
+                losses[i], acc = self._oom_retry(self.loss_and_accuracy)
                 t2 = time.perf_counter()
                 if g is not None:
-                    g[i] = self.gauss_integrand(float(alpha))
+                    g[i] = self._oom_retry(lambda a=float(alpha): self.gauss_integrand(a))
             accs.append(acc)
             t3 = time.perf_counter()
             timing["bn"] += t1 - t0

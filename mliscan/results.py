@@ -36,6 +36,9 @@ def pair_to_dict(r: PairResult) -> dict[str, Any]:
         "bn": r.spec.bn.describe(),
         "alphas": [float(a) for a in c.alphas],
         "loss": _list(c.loss),
+        "nonfinite_alphas": [
+            float(a) for a, v in zip(c.alphas, c.loss, strict=True) if not np.isfinite(v)
+        ],
         "accuracy": _list(c.accuracy),
         "gauss_integrand": _list(c.gauss_integrand),
         "min_delta": _num(r.min_delta),

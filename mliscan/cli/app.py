@@ -14,7 +14,14 @@ from mliscan.cli import demo as demo_cmd
 from mliscan.cli import grid as grid_cmd
 from mliscan.cli import plane as plane_cmd
 from mliscan.cli import train as train_cmd
-from mliscan.cli.errors import EXIT_INPUT, debug, report
+from mliscan.cli.errors import (
+    EXIT_INPUT,
+    EXIT_INTERRUPTED,
+    INTERRUPTED_MESSAGE,
+    InterruptState,
+    debug,
+    report,
+)
 
 app = typer.Typer(
     name="mliscan",
@@ -73,15 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rv = app(args=argv, standalone_mode=False)
     except typer.Exit as exc:
-        return int(exc.exit_code or 0)
+        rv = int(exc.exit_code or 0)
     except SystemExit as exc:
         return int(exc.code or 0) if not isinstance(exc.code, str) else 1
-    except KeyboardInterrupt:
-        print("mliscan: interrupted", file=sys.stderr)
-        return 130
-    except typer.Abort:
-        print("mliscan: aborted", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, typer.Abort):
+        rv = EXIT_INTERRUPTED
     except Exception as exc:
         if isinstance(exc, _CLICK_ERRORS):
             exc.show()  # type: ignore[attr-defined]
@@ -89,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         if debug():
             raise
         return report(exc)
+    if rv == EXIT_INTERRUPTED and not InterruptState.reported:
+        print(INTERRUPTED_MESSAGE, file=sys.stderr)  # typer turns Ctrl-C into a silent 130
     return rv if isinstance(rv, int) else 0
 
 

@@ -148,6 +148,12 @@ def compare(
     to_stdout = json_out == "-"
     console = ui.err if to_stdout else ui.out
     console.print(ui.result_table(record))
+    if record["nonfinite_alphas"]:
+        bad = record["nonfinite_alphas"]
+        ui.err.print(
+            f"[yellow]warning:[/] the loss is NaN/Inf at {len(bad)} alphas (first at α={bad[0]:.3g}): "
+            "the path diverges there; min-Δ and barrier are undefined"
+        )
     if record["unrelated"]:
         u = record["unrelated"]
         console.print(

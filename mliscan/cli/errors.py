@@ -12,6 +12,19 @@ import sys
 from mliscan import errors
 
 EXIT_OK, EXIT_GATE, EXIT_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
+EXIT_INTERRUPTED = 130
+INTERRUPTED_MESSAGE = (
+    "mliscan: interrupted: finished outputs are complete and nothing partial was written "
+    "(outputs are written atomically); rerun the same command to start again"
+)
+
+
+class InterruptState:
+    """Set by a command that printed its own interruption message (with how to resume)."""
+
+    reported = False
+
+
 DEBUG_VAR = "MLISCAN_DEBUG"
 
 # (error class, label): the first matching row wins.

@@ -157,6 +157,9 @@ def grid(
         with ui.count_progress(len(tasks), "paths", quiet or rank != 0) as tick:
             g.run_tasks(engine, tasks, store, rank, world, on_done=lambda t, new: tick())
     except KeyboardInterrupt:
+        from mliscan.cli.errors import InterruptState
+
+        InterruptState.reported = True
         saved = sum(store.has(t.pid) for t in tasks)
         ui.err.print(
             f"mliscan: interrupted: {saved} of {len(tasks)} paths are saved in {out}; "

@@ -122,6 +122,9 @@ def plane(
                 on_point=save,
             )
     except KeyboardInterrupt:
+        from mliscan.cli.errors import InterruptState
+
+        InterruptState.reported = True
         ui.err.print(
             f"mliscan: interrupted: finished points are saved in {out}; rerun the same command to resume"
         )

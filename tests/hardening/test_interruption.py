@@ -1,0 +1,68 @@
+"""Real subprocesses stopped by signals leave only complete files, and say how to resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+
+def _cli(*args: object) -> list[str]:
+    return [sys.executable, "-m", "mliscan.cli.app", *map(str, args)]
+
+
+def _wait_for(path: Path, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline and not path.exists():
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_train_interrupted_leaves_no_final_and_reruns_cleanly(tmp_path: Path, sig: int) -> None:
+    out = tmp_path / "run"
+    cmd = _cli("train", "--out", out, "--epochs", "400", "--hidden", "64", "-q")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(out / "init.safetensors")
+    time.sleep(0.5)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    assert (out / "init.safetensors").exists()
+    assert not (out / "final.safetensors").exists() and not (out / "run.json").exists()
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary left behind
+    done = subprocess.run(
+        _cli("train", "--out", out, "--epochs", "2", "--hidden", "64", "-q"),
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0 and (out / "run.json").exists()
+
+
+def test_compare_interrupted_writes_no_partial_json(tmp_path: Path, mlp_bn_pair: Path) -> None:
+    target = tmp_path / "r.json"
+    cmd = _cli(
+        "compare",
+        mlp_bn_pair / "init.safetensors",
+        mlp_bn_pair / "final.safetensors",
+        "--alphas",
+        "2000",
+        "--json",
+        target,
+        "-q",
+        "--gauss-method",
+        "jvp",
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    time.sleep(6)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert not target.exists()
+    assert not list(tmp_path.glob(".*"))
