@@ -96,6 +96,10 @@ class Adapter(ABC):
         """Shape a dataset's [N, C, H, W] inputs for the module (done once, not per alpha)."""
         return inputs
 
+    def prepare_targets(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Targets of the loss, given the prepared inputs (labels by default)."""
+        return targets
+
     # ---- objective -----------------------------------------------------------------------
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Per-example loss, shape [N] (cross-entropy by default)."""

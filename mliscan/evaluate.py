@@ -338,7 +338,7 @@ def prepare_data(
     dtype: torch.dtype,
 ) -> PreparedData:
     x = adapter.prepare_inputs(inputs).to(device=device, dtype=dtype).contiguous()
-    return PreparedData(x, targets.to(device))
+    return PreparedData(x, adapter.prepare_targets(x, targets.to(device)))
 
 
 def default_bn() -> BNSpec:

@@ -40,6 +40,7 @@ _LEAVES = (
     nn.Identity,
     nn.Flatten,
     nn.Dropout,
+    nn.AvgPool2d,
 )
 
 
@@ -105,8 +106,8 @@ def _run(
         return _batchnorm(m, prefix, delta, s, k, n)
     if isinstance(m, (nn.Identity, nn.Dropout)):
         return s, k
-    if isinstance(m, nn.Flatten):
-        return m(s), k
+    if isinstance(m, (nn.Flatten, nn.AvgPool2d)):
+        return m(s), k  # linear and per-example: the same map for z, z' and z''
     x = s[:n]
     blocks = s.view(k, n, *s.shape[1:])
     if isinstance(m, nn.ReLU):

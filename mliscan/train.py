@@ -48,6 +48,11 @@ class TrainSpec:
     epochs: int = 100
     batch_size: int = 128
     seed: int = 0
+    until_loss: float | None = None
+    """Stop after the first epoch whose training loss is below this value."""
+    switch_optimizer: str | None = None
+    """Switch to this optimizer at epoch ``switch_at`` (the paper's Appendix C.4 ablation)."""
+    switch_at: int | None = None
     device: str = "cpu"
 
     def to_dict(self) -> dict[str, Any]:
@@ -57,16 +62,17 @@ class TrainSpec:
 EpochFn = Callable[[int, int, float, float], None]
 
 
-def make_optimizer(spec: TrainSpec, params: Any) -> torch.optim.Optimizer:
-    if spec.optimizer == "sgd":
+def make_optimizer(spec: TrainSpec, params: Any, name: str | None = None) -> torch.optim.Optimizer:
+    name = name or spec.optimizer
+    if name == "sgd":
         return torch.optim.SGD(
             params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay
         )
-    if spec.optimizer == "adam":
+    if name == "adam":
         return torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay)
-    if spec.optimizer == "rmsprop":
+    if name == "rmsprop":
         return torch.optim.RMSprop(params, lr=spec.lr, weight_decay=spec.weight_decay)
-    raise UsageError(f"unknown optimizer {spec.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+    raise UsageError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
 
 
 def train(spec: TrainSpec, out_dir: str | Path, on_epoch: EpochFn | None = None) -> dict[str, Any]:
@@ -95,10 +101,19 @@ def train(spec: TrainSpec, out_dir: str | Path, on_epoch: EpochFn | None = None)
     module.to(device).train()
     prepared = prepare_data(adapter, dataset.inputs, dataset.targets, device, torch.float32)
     optimizer = make_optimizer(spec, module.parameters())
+    if spec.switch_optimizer is not None and (
+        spec.switch_optimizer not in OPTIMIZERS or spec.switch_at is None
+    ):
+        raise UsageError("--switch-optimizer needs one of sgd, adam, rmsprop and --switch-at EPOCH")
     gen = torch.Generator().manual_seed(spec.seed)
     history: list[dict[str, float]] = []
     n = len(prepared)
+    param_names = [k for k, _ in module.named_parameters()]
+    start = {k: theta0[k].to(device) for k in param_names}
+    stopped_at = None
     for epoch in range(spec.epochs):
+        if spec.switch_optimizer is not None and epoch == spec.switch_at:
+            optimizer = make_optimizer(spec, module.parameters(), spec.switch_optimizer)
         order = torch.randperm(n, generator=gen).to(device)
         total, correct = 0.0, 0
         for s in batchnorm.batch_slices(n, spec.batch_size):
@@ -113,9 +128,17 @@ def train(spec: TrainSpec, out_dir: str | Path, on_epoch: EpochFn | None = None)
             total += float(losses.detach().sum())
             ok = adapter.correct(output.detach(), y)
             correct += int(ok.sum()) if ok is not None else 0
-        history.append({"epoch": epoch + 1, "loss": total / n, "accuracy": correct / n})
+        with torch.no_grad():
+            params = dict(module.named_parameters())
+            dist = float(sum(torch.sum((params[k] - start[k]) ** 2) for k in param_names)) ** 0.5
+        history.append(
+            {"epoch": epoch + 1, "loss": total / n, "accuracy": correct / n, "distance": dist}
+        )
         if on_epoch is not None:
             on_epoch(epoch + 1, spec.epochs, total / n, correct / n)
+        if spec.until_loss is not None and total / n < spec.until_loss:
+            stopped_at = epoch + 1
+            break
 
     theta1 = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
     # The final training loss as compare reports it at alpha = 1 (BN statistics re-estimated).
@@ -124,8 +147,11 @@ def train(spec: TrainSpec, out_dir: str | Path, on_epoch: EpochFn | None = None)
     evaluator.set_alpha(1.0)
     final_loss, final_acc = evaluator.loss_and_accuracy()
     save_checkpoint(out / FINAL_FILE, theta1, {**meta, "role": "final"})
+    test_accuracy = _test_accuracy(spec, adapter, module, device)
     record = {
         "status": "complete",
+        "stopped_at_epoch": stopped_at,
+        "final_test_accuracy": test_accuracy,
         "config": spec.to_dict(),
         "arch_options": meta["arch_options"],
         "final_train_loss": final_loss,
@@ -136,8 +162,28 @@ def train(spec: TrainSpec, out_dir: str | Path, on_epoch: EpochFn | None = None)
         "versions": {
             "mliscan": __version__,
             "torch": torch.__version__,
+            "numpy": __import__("numpy").__version__,
             "python": platform.python_version(),
         },
     }
     atomic_write_json(out / RUN_FILE, record)
     return record
+
+
+def _test_accuracy(
+    spec: TrainSpec, adapter: Any, module: torch.nn.Module, device: torch.device
+) -> float | None:
+    """Accuracy on the test split, when the dataset has one (digits has none)."""
+    if spec.data.name == "digits":
+        return None
+    test = load_dataset(dataclasses.replace(spec.data, split="test", limit=None))
+    data = prepare_data(adapter, test.inputs, test.targets, device, torch.float32)
+    module.eval()
+    correct = 0
+    with torch.inference_mode():
+        for s in batchnorm.batch_slices(len(data), 1024):
+            ok = adapter.correct(module(data.inputs[s]), data.targets[s])
+            if ok is None:
+                return None
+            correct += int(ok.sum())
+    return correct / len(data)

@@ -27,7 +27,7 @@ def test_adapter_contract(name: str) -> None:
     # keys map onto the module and load strictly
     load_into(module, adapter.map_keys(state), "self", name)
     x = adapter.prepare_inputs(torch.randn(5, *info.input_shape))
-    y = torch.randint(0, info.num_classes, (5,))
+    y = adapter.prepare_targets(x, torch.randint(0, info.num_classes, (5,)))
     module.eval()
     out = module(x)
     loss = adapter.loss(out, y)

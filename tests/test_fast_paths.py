@@ -24,14 +24,19 @@ CASES = [
     *[(f"resnet{d}", {}) for d in (20, 32, 44, 56)],
     ("resnet20", {"bn": False, "init": "fixup"}),
     ("resnet20", {"bn": False, "init": "block-identity"}),
+    ("autoencoder", {"encoder": "16,8", "bn": True}),
+    ("simplecnn", {}),
+    ("simplecnn", {"bn": True}),
+    ("lenet5", {}),
 ]
+SHAPES = {"mlp": (1, 8, 8), "autoencoder": (1, 8, 8), "simplecnn": (1, 8, 8), "lenet5": (1, 16, 16)}
 ALPHAS = alpha_grid(5)
 
 
 def _endpoints(name: str, options: dict):  # type: ignore[no-untyped-def]
     adapter = registry.get_adapter(name)
     opts = adapter.parse_options(options)
-    info = DataInfo((1, 8, 8), 10) if name == "mlp" else DataInfo((3, 8, 8), 10)
+    info = DataInfo(SHAPES.get(name, (3, 8, 8)), 10)
     torch.manual_seed(0)
     t0 = {k: v.clone() for k, v in adapter.build(opts, info).state_dict().items()}
     torch.manual_seed(1)
@@ -43,7 +48,7 @@ def _endpoints(name: str, options: dict):  # type: ignore[no-untyped-def]
         else v.clone()
         for k, v in t0.items()
     }
-    n = 37 if name == "mlp" else 12
+    n = 12 if name.startswith("resnet") else 37
     x = torch.randn(n, *info.input_shape, generator=g)
     y = torch.randint(0, 10, (n,), generator=g)
     return adapter, opts, info, t0, t1, x, y
@@ -60,12 +65,13 @@ def _simple_losses(adapter, opts, info, t0, t1, x, y, bn: BNSpec) -> np.ndarray:
             state = t1
         m.load_state_dict(state)
         xs = adapter.prepare_inputs(x)
+        ys = adapter.prepare_targets(xs, y)
         layers = [b for b in m.modules() if isinstance(b, nn.modules.batchnorm._BatchNorm)]
         batchnorm.reestimate(m, layers, xs, bn, forward=lambda b, m=m: m(b))
         m.eval()
         with torch.no_grad():
             total = sum(
-                float(adapter.loss(m(xs[i : i + 8]), y[i : i + 8]).double().sum())
+                float(adapter.loss(m(xs[i : i + 8]), ys[i : i + 8]).double().sum())
                 for i in range(0, len(xs), 8)
             )
         out.append(total / len(xs))

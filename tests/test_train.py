@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from mliscan.adapter import DataInfo
@@ -56,3 +57,61 @@ def test_optimizers_and_bn(tmp_path: Path) -> None:
         )
         assert rec["config"]["optimizer"] == opt
         assert "1.running_mean" in load_checkpoint(tmp_path / opt / "final.safetensors").tensors
+
+
+def _tiny_mnist(root: Path) -> None:
+    import numpy as np
+
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 40), ("t10k", 10)):
+        images = rng.integers(0, 256, size=(n, 28, 28)).astype(np.uint8)
+        labels = rng.integers(0, 10, size=n).astype(np.uint8)
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(
+            bytes([0, 0, 8, 3])
+            + b"".join(d.to_bytes(4, "big") for d in images.shape)
+            + images.tobytes()
+        )
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(
+            bytes([0, 0, 8, 1]) + n.to_bytes(4, "big") + labels.tobytes()
+        )
+
+
+@pytest.mark.parametrize("name", ["mlp", "autoencoder", "simplecnn", "lenet5", "resnet20"])
+def test_every_architecture_trains_and_compares_without_arch(
+    name: str, tmp_path: Path, capsys
+) -> None:
+    from tests.conftest import run_cli
+
+    if name in ("lenet5", "autoencoder"):
+        _tiny_mnist(tmp_path / "data")
+        data = DataSpec("mnist", data_dir=str(tmp_path / "data"))
+    else:
+        data = DataSpec("digits", limit=40)
+    options = {"encoder": "32,8"} if name == "autoencoder" else {}
+    rec = train(
+        TrainSpec(arch=name, arch_options=options, data=data, epochs=1, batch_size=16, lr=0.01),
+        tmp_path / "run",
+    )
+    if name == "lenet5":
+        assert rec["final_test_accuracy"] is not None  # MNIST has a test split
+    extra = ["--data-dir", tmp_path / "data"] if data.data_dir else []
+    code, out, err = run_cli(
+        [
+            "compare",
+            tmp_path / "run" / "init.safetensors",
+            tmp_path / "run" / "final.safetensors",
+            "--alphas",
+            "3",
+            "-q",
+            "--json",
+            "-",
+            *extra,
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["arch"] == name and r["gauss_length"] is not None
+    assert (r["accuracy"] is None) == (name == "autoencoder")

@@ -77,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _sigterm)
+    from mliscan.cli.train import normalise_bn_argv
+
+    argv = normalise_bn_argv(list(sys.argv[1:] if argv is None else argv))
     try:
         rv = app(args=argv, standalone_mode=False)
     except typer.Exit as exc:

@@ -1,7 +1,8 @@
-"""``mliscan train``: produce an init/final pair."""
+"""``mliscan train``: produce init/final pairs, one run or a resumable sweep."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -9,65 +10,152 @@ import typer
 
 from mliscan.cli import options as o
 
+BN_VALUES = re.compile(r"^(on|off)(,(on|off))*$")
+
+
+def normalise_bn_argv(argv: list[str]) -> list[str]:
+    """``train --bn on,off`` (a sweep) next to the plain ``--bn`` flag: the value form is
+    rewritten to ``--bn-values``, since one option cannot be both a flag and a value."""
+    if "train" not in argv:
+        return argv
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] == "--bn" and i + 1 < len(argv) and BN_VALUES.match(argv[i + 1]):
+            out += ["--bn-values", argv[i + 1]]
+            i += 2
+            continue
+        out.append(argv[i])
+        i += 1
+    return out
+
 
 def train(
     out: Annotated[
-        Path, typer.Option(help="Run folder: init.safetensors, final.safetensors, run.json.")
+        Path,
+        typer.Option(
+            help="Run folder; for a sweep, the folder holding one run-<hash> folder per run."
+        ),
     ],
     arch: Annotated[
         str, typer.Option(help="Architecture adapter (see `mliscan adapters`).")
     ] = "mlp",
     hidden: o.Hidden = None,
-    activation: o.Activation = None,
+    activation: Annotated[
+        str | None, typer.Option(help="MLP activation(s): relu, tanh, gelu; a list sweeps.")
+    ] = None,
     bn: o.BN = None,
-    init_scheme: o.InitScheme = None,
+    bn_values: Annotated[
+        str | None,
+        typer.Option(
+            "--bn-values",
+            help="Batch norm on, off or on,off (also spelled --bn on,off).",
+            hidden=True,
+        ),
+    ] = None,
+    init_scheme: Annotated[
+        str | None, typer.Option(help="ResNet initialisation(s): default, block-identity, fixup.")
+    ] = None,
     arch_opt: o.ArchOpt = None,
     data: Annotated[str, typer.Option(help="Dataset (digits is bundled).")] = "digits",
     data_dir: o.DataDir = None,
     data_limit: o.DataLimit = None,
-    optimizer: Annotated[str, typer.Option(help="sgd, adam or rmsprop.")] = "sgd",
-    lr: Annotated[float, typer.Option(help="Learning rate.")] = 0.1,
-    momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.0,
-    weight_decay: Annotated[float, typer.Option(help="Weight decay.")] = 0.0,
-    epochs: Annotated[int, typer.Option(help="Passes over the training set.")] = 100,
+    optimizer: Annotated[
+        str, typer.Option(help="sgd, adam or rmsprop; a list (sgd,adam) sweeps.")
+    ] = "sgd",
+    lr: Annotated[
+        str, typer.Option(help="Learning rate(s), e.g. 0.1 or 0.001,0.01,0.1,1.")
+    ] = "0.1",
+    momentum: Annotated[str, typer.Option(help="SGD momentum value(s).")] = "0",
+    weight_decay: Annotated[str, typer.Option(help="Weight decay value(s).")] = "0",
+    epochs: Annotated[int, typer.Option(help="Passes over the training set (at most).")] = 100,
+    until_loss: Annotated[
+        float | None,
+        typer.Option(help="Stop once an epoch's training loss is below X.", metavar="X"),
+    ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Training batch size.")] = 128,
     seed: o.Seed = 0,
+    seeds: Annotated[
+        str | None, typer.Option(help="Seeds to sweep, e.g. 0-2 or 0,3,5 (overrides --seed).")
+    ] = None,
+    switch_optimizer: Annotated[
+        str | None, typer.Option(help="Switch to this optimizer at --switch-at (Appendix C.4).")
+    ] = None,
+    switch_at: Annotated[int | None, typer.Option(help="Epoch of the optimizer switch.")] = None,
     device: o.Device = "cpu",
     quiet: o.Quiet = False,
 ) -> int:
-    """Train a model, saving its initialisation before the first step and its final weights.
+    """Train models, saving each initialisation before the first step and the final weights.
+
+    List-valued options expand to a cartesian product of runs (a sweep); rerunning the same
+    command skips finished runs and restarts interrupted ones.
 
     Examples:
 
-      mliscan train --out runs/sgd --optimizer sgd --lr 0.1 --epochs 100
+      mliscan train --out runs/adam-bn --optimizer adam --lr 0.03 --bn --batch-size 32
 
-      mliscan train --out runs/adam-bn --optimizer adam --lr 0.1 --bn --hidden 128,128
+      mliscan train --out runs/ --optimizer sgd,adam --lr 0.001,0.01,0.1,1 --bn on,off --seeds 0-2 --epochs 600 --until-loss 0.01
 
       mliscan compare runs/adam-bn/init.safetensors runs/adam-bn/final.safetensors
     """
     from mliscan.cli import ui
     from mliscan.spec import DataSpec
+    from mliscan.sweep import expand, parse_list, parse_onoff, parse_seeds, run_sweep
     from mliscan.train import TrainSpec
     from mliscan.train import train as run_train
 
-    spec = TrainSpec(
+    given = o.arch_options(hidden, None, bn, None, arch_opt)
+    base = TrainSpec(
         arch=arch,
-        arch_options=o.arch_options(hidden, activation, bn, init_scheme, arch_opt),
+        arch_options=given,
         data=DataSpec(name=data, data_dir=str(data_dir) if data_dir else None, limit=data_limit),
-        optimizer=optimizer,
-        lr=lr,
-        momentum=momentum,
-        weight_decay=weight_decay,
         epochs=epochs,
         batch_size=batch_size,
         seed=seed,
+        until_loss=until_loss,
+        switch_optimizer=switch_optimizer,
+        switch_at=switch_at,
         device=device,
     )
-    with ui.epoch_progress(epochs, str(out), quiet) as on_epoch:
-        record = run_train(spec, out, on_epoch=on_epoch)
-    ui.err.print(
-        f"trained {arch} in {record['wall_time_s']:.1f}s: final training loss "
-        f"{ui.fmt(record['final_train_loss'])}, accuracy {ui.fmt(record['final_train_accuracy'])} "
-        f"-> {out}"
-    )
+    axes: dict[str, list] = {
+        "optimizer": parse_list(optimizer, str, "--optimizer"),
+        "lr": parse_list(lr, float, "--lr"),
+        "momentum": parse_list(momentum, float, "--momentum"),
+        "weight_decay": parse_list(weight_decay, float, "--weight-decay"),
+        "seed": parse_seeds(seeds) if seeds is not None else [seed],
+    }
+    if bn_values is not None:
+        axes["arch_options.bn"] = parse_onoff(bn_values)
+    if activation is not None:
+        axes["arch_options.activation"] = parse_list(activation, str, "--activation")
+    if init_scheme is not None:
+        axes["arch_options.init"] = parse_list(init_scheme, str, "--init-scheme")
+    specs = expand(base, axes)
+
+    if len(specs) == 1:  # one run: the folder is --out itself
+        with ui.epoch_progress(epochs, str(out), quiet) as on_epoch:
+            record = run_train(specs[0], out, on_epoch=on_epoch)
+        ui.err.print(
+            f"trained {arch} in {record['wall_time_s']:.1f}s: final training loss "
+            f"{ui.fmt(record['final_train_loss'])}, accuracy {ui.fmt(record['final_train_accuracy'])} "
+            f"-> {out}"
+        )
+        return 0
+
+    skipped = 0
+
+    def on_run(i: int, n: int, spec: TrainSpec, folder: Path, done: bool) -> None:
+        nonlocal skipped
+        skipped += done
+        if quiet:
+            return
+        what = "done already, skipped" if done else "training"
+        ui.err.print(
+            f"run {i + 1}/{n} {folder.name}: {spec.optimizer} lr {spec.lr:g} "
+            f"{spec.arch_options} seed {spec.seed} ({what})"
+        )
+
+    with ui.epoch_progress(epochs, "sweep", quiet) as on_epoch:
+        folders = run_sweep(specs, out, on_run=on_run, on_epoch=on_epoch)
+    ui.err.print(f"sweep complete: {len(folders)} runs in {out} ({skipped} were already done)")
     return 0

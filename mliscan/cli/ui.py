@@ -153,76 +153,6 @@ def results_table(
     return table
 
 
-@contextmanager
-def alpha_progress(total: int, label: str, quiet: bool) -> Iterator[Any]:
-    """A progress bar over alphas on stderr; yields the engine's progress callback."""
-    if quiet:
-        yield None
-        return
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} α"),
-        TextColumn("loss {task.fields[loss]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=True,
-    )
-    with progress:
-        task = progress.add_task(label, total=total, loss="…")
-
-        def update(i: int, alpha: float, loss: float) -> None:
-            progress.update(task, completed=i + 1, loss=fmt(loss))
-
-        yield update
-
-
-@contextmanager
-def epoch_progress(total: int, label: str, quiet: bool) -> Iterator[Any]:
-    """A progress bar over epochs on stderr; yields the trainer's epoch callback."""
-    if quiet:
-        yield None
-        return
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("epoch {task.completed}/{task.total}"),
-        TextColumn("loss {task.fields[loss]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=True,
-    )
-    with progress:
-        task = progress.add_task(label, total=total, loss="…")
-
-        def update(epoch: int, n: int, loss: float, acc: float) -> None:
-            progress.update(task, completed=epoch, loss=fmt(loss))
-
-        yield update
-
-
-@contextmanager
-def count_progress(total: int, label: str, quiet: bool) -> Iterator[Any]:
-    """A progress bar over work items on stderr; yields a tick() callback."""
-    if quiet:
-        yield lambda: None
-        return
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=True,
-    )
-    with progress:
-        task = progress.add_task(label, total=total)
-        yield lambda: progress.advance(task)
-
-
 def _short(label: str) -> str:
     return label.split(":", 1)[-1]
 
@@ -253,3 +183,54 @@ def heatmap(rows: Sequence[dict[str, Any]], family: str, tolerance: float) -> Ta
     if any(r.get("own_pair") for r in rows):
         table.caption = "* own pair (the optimum trained from this initialisation)"
     return table
+
+
+@contextmanager
+def _bar(label: str, total: int, quiet: bool, unit: str, show_loss: bool) -> Iterator[Any]:
+    """A transient progress bar on stderr; yields the rich task updater (None when quiet)."""
+    if quiet:
+        yield None
+        return
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), TextColumn(unit)]
+    if show_loss:
+        columns.append(TextColumn("loss {task.fields[loss]}"))
+    columns += [TimeElapsedColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=err, transient=True) as progress:
+        task = progress.add_task(label, total=total, loss="…")
+        yield lambda **kw: progress.update(task, **kw)
+
+
+@contextmanager
+def alpha_progress(total: int, label: str, quiet: bool) -> Iterator[Any]:
+    """Progress over alphas; yields the engine's callback (index, alpha, loss)."""
+    with _bar(label, total, quiet, "{task.completed}/{task.total} α", True) as update:
+        yield (
+            None if update is None else (lambda i, a, loss: update(completed=i + 1, loss=fmt(loss)))
+        )
+
+
+@contextmanager
+def epoch_progress(total: int, label: str, quiet: bool) -> Iterator[Any]:
+    """Progress over epochs; yields the trainer's callback (epoch, epochs, loss, accuracy)."""
+    with _bar(label, total, quiet, "epoch {task.completed}/{task.total}", True) as update:
+        yield (
+            None
+            if update is None
+            else (lambda e, n, loss, acc: update(completed=e, total=n, loss=fmt(loss)))
+        )
+
+
+@contextmanager
+def count_progress(total: int, label: str, quiet: bool) -> Iterator[Any]:
+    """Progress over work items; yields a tick() callback."""
+    done = 0
+
+    with _bar(label, total, quiet, "{task.completed}/{task.total}", False) as update:
+
+        def tick() -> None:
+            nonlocal done
+            done += 1
+            if update is not None:
+                update(completed=done)
+
+        yield tick
