@@ -73,3 +73,107 @@ class LeNet5Adapter(Adapter):
             nn.Linear(84, data.num_classes),
         ]
         return nn.Sequential(*layers)
+
+
+def _conv_block(cin: int, cout: int, bn: bool) -> list[nn.Module]:
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, padding=1)]
+    if bn:
+        layers.append(nn.BatchNorm2d(cout))
+    layers.append(nn.ReLU())
+    return layers
+
+
+def _pool() -> nn.Module:
+    # ceil_mode keeps 1x1 maps at 1x1, so small inputs (tests, digits) still pass through
+    return nn.MaxPool2d(2, ceil_mode=True)
+
+
+class AlexNetAdapter(Adapter):
+    name = "alexnet"
+    description = "AlexNet, CIFAR-sized: 5 conv (64-192-384-256-256), 3 max-pools, 1024-1024 head"
+    default_data = "cifar10"
+    Options = CNNOptions
+    train_defaults = TrainDefaults(optimizer="sgd", lr=0.01, epochs=100, batch_size=128)
+
+    def build(self, options: CNNOptions, data: DataInfo) -> nn.Module:
+        c = data.input_shape[0]
+        layers = [
+            *_conv_block(c, 64, options.bn),
+            _pool(),
+            *_conv_block(64, 192, options.bn),
+            _pool(),
+        ]
+        layers += [*_conv_block(192, 384, options.bn), *_conv_block(384, 256, options.bn)]
+        layers += [*_conv_block(256, 256, options.bn), _pool(), nn.Flatten()]
+        flat = _flat_size(nn.Sequential(*layers), data.input_shape)
+        layers += [
+            nn.Linear(flat, 1024),
+            nn.ReLU(),
+            nn.Linear(1024, 1024),
+            nn.ReLU(),
+            nn.Linear(1024, data.num_classes),
+        ]
+        return nn.Sequential(*layers)
+
+
+VGG_CONFIGS = {
+    16: (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"),
+    19: (
+        64,
+        64,
+        "M",
+        128,
+        128,
+        "M",
+        256,
+        256,
+        256,
+        256,
+        "M",
+        512,
+        512,
+        512,
+        512,
+        "M",
+        512,
+        512,
+        512,
+        512,
+        "M",
+    ),
+}
+
+
+class VGGAdapter(Adapter):
+    default_data = "cifar10"
+    Options = CNNOptions
+    train_defaults = TrainDefaults(optimizer="sgd", lr=0.01, epochs=200, batch_size=128)
+
+    def __init__(self, depth: int) -> None:
+        self.depth = depth
+        self.name = f"vgg{depth}"  # type: ignore[misc]
+        self.description = (
+            f"VGG{depth} (Simonyan & Zisserman 2015), CIFAR-sized: 3x3 convs, linear head"  # type: ignore[misc]
+        )
+
+    def build(self, options: CNNOptions, data: DataInfo) -> nn.Module:
+        layers: list[nn.Module] = []
+        cin = data.input_shape[0]
+        for v in VGG_CONFIGS[self.depth]:
+            if v == "M":
+                layers.append(_pool())
+            else:
+                layers += _conv_block(cin, int(v), options.bn)
+                cin = int(v)
+        layers.append(nn.Flatten())
+        flat = _flat_size(nn.Sequential(*layers), data.input_shape)
+        layers.append(nn.Linear(flat, data.num_classes))
+        return nn.Sequential(*layers)
+
+
+def vgg16() -> VGGAdapter:
+    return VGGAdapter(16)
+
+
+def vgg19() -> VGGAdapter:
+    return VGGAdapter(19)

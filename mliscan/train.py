@@ -53,6 +53,11 @@ class TrainSpec:
     switch_optimizer: str | None = None
     """Switch to this optimizer at epoch ``switch_at`` (the paper's Appendix C.4 ablation)."""
     switch_at: int | None = None
+    augment: bool = False
+    """Random crop (padding 4) and horizontal flip of training batches (CIFAR); the MLI
+    evaluation always uses the un-augmented training set."""
+    amp: bool = False
+    """Mixed precision (bfloat16 autocast) for the training steps."""
     device: str = "cpu"
 
     def to_dict(self) -> dict[str, Any]:
@@ -119,8 +124,11 @@ def train(spec: TrainSpec, out_dir: str | Path, on_epoch: EpochFn | None = None)
         for s in batchnorm.batch_slices(n, spec.batch_size):
             idx = order[s]
             x, y = prepared.inputs[idx], prepared.targets[idx]
-            output = module(x)
-            losses = adapter.loss(output, y)
+            if spec.augment:
+                x = crop_flip(x, gen)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=spec.amp):
+                output = module(x)
+                losses = adapter.loss(output, y).float()
             loss = losses.mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -187,3 +195,19 @@ def _test_accuracy(
                 return None
             correct += int(ok.sum())
     return correct / len(data)
+
+
+def crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random crops of zero-padded images and random horizontal flips (the CIFAR recipe)."""
+    if x.ndim != 4:
+        raise UsageError("--augment needs image inputs [N, C, H, W]")
+    n, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen).tolist()
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen).tolist()
+    flip = (torch.rand(n, generator=gen) < 0.5).tolist()
+    out = torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
+    idx = [i for i in range(n) if flip[i]]
+    if idx:
+        out[idx] = out[idx].flip(-1)
+    return out

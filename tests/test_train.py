@@ -78,7 +78,9 @@ def _tiny_mnist(root: Path) -> None:
         )
 
 
-@pytest.mark.parametrize("name", ["mlp", "autoencoder", "simplecnn", "lenet5", "resnet20"])
+@pytest.mark.parametrize(
+    "name", ["mlp", "autoencoder", "simplecnn", "lenet5", "resnet20", "alexnet", "vgg16", "vgg19"]
+)
 def test_every_architecture_trains_and_compares_without_arch(
     name: str, tmp_path: Path, capsys
 ) -> None:
@@ -115,3 +117,37 @@ def test_every_architecture_trains_and_compares_without_arch(
     r = json.loads(out)
     assert r["arch"] == name and r["gauss_length"] is not None
     assert (r["accuracy"] is None) == (name == "autoencoder")
+
+
+def test_augmentation_and_amp(tmp_path: Path) -> None:
+    from mliscan.train import crop_flip
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
+    y = crop_flip(x, g)
+    assert y.shape == x.shape and not torch.equal(x, y)
+    rec = train(
+        TrainSpec(
+            arch="simplecnn",
+            data=DataSpec("digits", limit=64),
+            epochs=1,
+            batch_size=16,
+            augment=True,
+            amp=True,
+        ),
+        tmp_path / "r",
+    )
+    assert rec["config"]["augment"] and rec["config"]["amp"]
+    # the same seed gives the same augmented run
+    rec2 = train(
+        TrainSpec(
+            arch="simplecnn",
+            data=DataSpec("digits", limit=64),
+            epochs=1,
+            batch_size=16,
+            augment=True,
+            amp=True,
+        ),
+        tmp_path / "r2",
+    )
+    assert rec["final_train_loss"] == rec2["final_train_loss"]

@@ -82,6 +82,13 @@ def train(
         str | None, typer.Option(help="Switch to this optimizer at --switch-at (Appendix C.4).")
     ] = None,
     switch_at: Annotated[int | None, typer.Option(help="Epoch of the optimizer switch.")] = None,
+    augment: Annotated[
+        bool,
+        typer.Option("--augment", help="Random crop + horizontal flip of training images (CIFAR)."),
+    ] = False,
+    amp: Annotated[
+        bool, typer.Option("--amp", help="Mixed precision (bfloat16 autocast) for training steps.")
+    ] = False,
     device: o.Device = "cpu",
     quiet: o.Quiet = False,
 ) -> int:
@@ -115,6 +122,8 @@ def train(
         until_loss=until_loss,
         switch_optimizer=switch_optimizer,
         switch_at=switch_at,
+        augment=augment,
+        amp=amp,
         device=device,
     )
     axes: dict[str, list] = {

@@ -16,6 +16,20 @@ def _cli(*args: object) -> list[str]:
     return [sys.executable, "-m", "mliscan.cli.app", *map(str, args)]
 
 
+def _wait_cpu(pid: int, seconds: float, timeout: float = 120) -> None:
+    """Wait until a process has used ``seconds`` of CPU time (robust on a loaded machine)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return
+        if (int(fields[11]) + int(fields[12])) / tick >= seconds:
+            return
+        time.sleep(0.05)
+
+
 def _wait_for(path: Path, timeout: float = 120) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline and not path.exists():
@@ -60,9 +74,10 @@ def test_compare_interrupted_writes_no_partial_json(tmp_path: Path, mlp_bn_pair:
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    time.sleep(6)
+    _wait_cpu(proc.pid, seconds=5.0)  # well past start-up: inside the evaluation loop
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
+    assert "interrupted" in err, err
     assert not target.exists()
     assert not list(tmp_path.glob(".*"))
