@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from mliscan.adapters.mlp import ACTIVATIONS
 from torch import nn
 
 from mliscan.adapter import (
@@ -23,8 +24,6 @@ from mliscan.adapter import (
     parse_choice,
     parse_int_tuple,
 )
-
-ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
 
 
 @dataclass(frozen=True)

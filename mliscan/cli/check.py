@@ -62,12 +62,7 @@ def check(
     junit: Annotated[
         Path | None, typer.Option(help="Write a JUnit XML report (one testcase per threshold).")
     ] = None,
-    trust_pickle: Annotated[
-        bool,
-        typer.Option(
-            "--trust-pickle", help="Allow torch pickles with arbitrary globals (runs their code!)."
-        ),
-    ] = False,
+    trust_pickle: o.TrustPickle = False,
     quiet: o.Quiet = False,
 ) -> int:
     """Check MLI thresholds; exit 0 when all hold, 1 when one fails, 2 on bad input.

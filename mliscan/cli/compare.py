@@ -72,12 +72,7 @@ def compare(
     max_delta: Annotated[
         float | None, typer.Option(help="Exit 1 when min-Δ exceeds X.", metavar="X")
     ] = None,
-    trust_pickle: Annotated[
-        bool,
-        typer.Option(
-            "--trust-pickle", help="Allow torch pickles with arbitrary globals (runs their code!)."
-        ),
-    ] = False,
+    trust_pickle: o.TrustPickle = False,
     quiet: o.Quiet = False,
 ) -> int:
     """Interpolate from INIT to FINAL: min-Δ, monotonicity, distance, Gauss length, barrier.

@@ -115,6 +115,12 @@ PlotOut = Annotated[
         "--plot", help="Write the loss curve to PATH (.png/.svg/.pdf).", rich_help_panel=OUT
     ),
 ]
+TrustPickle = Annotated[
+    bool,
+    typer.Option(
+        "--trust-pickle", help="Allow torch pickles with arbitrary globals (runs their code!)."
+    ),
+]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.", rich_help_panel=OUT)]
 
 DEFAULTS = {
