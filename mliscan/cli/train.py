@@ -152,19 +152,15 @@ def train(
         return 0
 
     skipped = 0
+    with ui.sweep_progress(len(specs), epochs, quiet) as (show_run, on_epoch):
 
-    def on_run(i: int, n: int, spec: TrainSpec, folder: Path, done: bool) -> None:
-        nonlocal skipped
-        skipped += done
-        if quiet:
-            return
-        what = "done already, skipped" if done else "training"
-        ui.err.print(
-            f"run {i + 1}/{n} {folder.name}: {spec.optimizer} lr {spec.lr:g} "
-            f"{spec.arch_options} seed {spec.seed} ({what})"
-        )
+        def on_run(i: int, n: int, spec: TrainSpec, folder: Path, done: bool) -> None:
+            nonlocal skipped
+            skipped += done
+            if show_run is not None:
+                label = f"{folder.name}: {spec.optimizer} lr {spec.lr:g} {spec.arch_options} seed {spec.seed}"
+                show_run(i, n, label, done)
 
-    with ui.epoch_progress(epochs, "sweep", quiet) as on_epoch:
         folders = run_sweep(specs, out, on_run=on_run, on_epoch=on_epoch)
     ui.err.print(f"sweep complete: {len(folders)} runs in {out} ({skipped} were already done)")
     return 0

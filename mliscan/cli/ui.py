@@ -234,3 +234,33 @@ def count_progress(total: int, label: str, quiet: bool) -> Iterator[Any]:
                 update(completed=done)
 
         yield tick
+
+
+@contextmanager
+def sweep_progress(n_runs: int, epochs: int, quiet: bool) -> Iterator[tuple[Any, Any]]:
+    """One display for a sweep: run k of n with the overall ETA, and the current run's epochs
+    and loss. Yields (on_run, on_epoch) callbacks."""
+    if quiet:
+        yield None, None
+        return
+    columns = [
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    ]
+    with Progress(*columns, console=err, transient=True) as progress:
+        runs = progress.add_task("runs", total=n_runs, info="")
+        ep = progress.add_task("epochs", total=epochs, info="")
+
+        def on_run(i: int, n: int, label: str, done: bool) -> None:
+            progress.update(runs, completed=i, info=label + (" (done, skipped)" if done else ""))
+            progress.reset(ep, total=epochs, info="")
+
+        def on_epoch(e: int, n: int, loss: float, acc: float) -> None:
+            progress.update(ep, completed=e, total=n, info=f"loss {fmt(loss)}")
+
+        yield on_run, on_epoch
+        progress.update(runs, completed=n_runs)
