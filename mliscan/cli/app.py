@@ -13,6 +13,7 @@ from mliscan.cli import compare as compare_cmd
 from mliscan.cli import demo as demo_cmd
 from mliscan.cli import grid as grid_cmd
 from mliscan.cli import plane as plane_cmd
+from mliscan.cli import report as report_cmd
 from mliscan.cli import train as train_cmd
 from mliscan.cli.errors import (
     EXIT_INPUT,
@@ -45,6 +46,7 @@ app.command("adapters")(adapters_cmd.adapters)
 app.command("demo")(demo_cmd.demo)
 app.command("grid")(grid_cmd.grid)
 app.command("plane")(plane_cmd.plane)
+app.command("report")(report_cmd.report)
 
 
 # typer vendors click: its usage errors share the base class of the public typer.BadParameter.

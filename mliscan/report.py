@@ -1,0 +1,194 @@
+"""The paper's tables from a folder of runs (Sections 4.1-4.2, Tables 1-2, Figure 7's fit).
+
+Each run's MLI metrics are computed once and cached beside it in ``mli-<hash>.json``, the
+hash taken over the evaluation settings, so a second report is instant and a report with other
+settings never reads stale numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mliscan.paths import FINAL_FILE, INIT_FILE, RUN_FILE, atomic_write_json
+from mliscan.spec import EvalSpec
+from mliscan.store import path_id
+
+# Table 1 / Section 4.1: runs count only when their final training loss is below this.
+LOSS_THRESHOLDS = {
+    "digits": 0.1,
+    "mnist": 0.1,
+    "fashion-mnist": 0.1,
+    "cifar10": 1.0,
+    "cifar100": 2.0,
+}
+AUTOENCODER_LOSS_THRESHOLD = 30.0
+# Non-monotonic means min-Delta > tol: the MLP tables used 1e-3, the CIFAR tables 0.
+TOLERANCES = {"cifar10": 0.0, "cifar100": 0.0}
+DEFAULT_TOLERANCE = 1e-3
+
+
+def cache_key(spec: EvalSpec) -> str:
+    return path_id(
+        "report",
+        "v1",
+        {
+            "alphas": spec.alphas,
+            "bn": spec.bn.describe(),
+            "gauss": spec.gauss,
+            "gauss_examples": spec.gauss_examples,
+            "dtype": spec.dtype,
+        },
+    )[:12]
+
+
+def run_metrics(folder: Path, spec: EvalSpec) -> dict[str, Any]:
+    """The run's MLI metrics, from the cache or computed (and cached) now."""
+    cache = folder / f"mli-{cache_key(spec)}.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    from mliscan.pipeline import compare_pair
+    from mliscan.results import pair_to_dict
+
+    r = pair_to_dict(compare_pair(str(folder / INIT_FILE), str(folder / FINAL_FILE), spec=spec))
+    keep = {
+        k: r[k]
+        for k in (
+            "min_delta",
+            "distance",
+            "normalized_distance",
+            "gauss_length",
+            "barrier",
+            "loss_init",
+            "loss_final",
+            "accuracy_final",
+            "alphas",
+            "loss",
+        )
+    }
+    atomic_write_json(cache, keep)
+    return keep
+
+
+def row_of(folder: Path, metrics: dict[str, Any]) -> dict[str, Any]:
+    run = json.loads((folder / RUN_FILE).read_text())
+    cfg = run["config"]
+    row: dict[str, Any] = {"run": folder.name, "path": str(folder)}
+    for k in (
+        "arch",
+        "optimizer",
+        "lr",
+        "momentum",
+        "weight_decay",
+        "epochs",
+        "batch_size",
+        "seed",
+    ):
+        row[k] = cfg.get(k)
+    row["data"] = (cfg.get("data") or {}).get("name")
+    options = run.get("arch_options") or cfg.get("arch_options") or {}
+    row["bn"] = bool(options.get("bn", False))
+    row["init"] = options.get("init", "default")
+    row["scheme"] = ("BN" if row["bn"] else "NBN") + {"block-identity": "-I", "fixup": "-F"}.get(
+        row["init"], ""
+    )
+    row["final_train_loss"] = run.get("final_train_loss")
+    row["final_train_accuracy"] = run.get("final_train_accuracy")
+    for k in ("min_delta", "distance", "normalized_distance", "gauss_length", "barrier"):
+        row[k] = metrics.get(k)
+    return row
+
+
+def default_threshold(rows: Sequence[dict[str, Any]]) -> float:
+    if rows and all(r["arch"] == "autoencoder" for r in rows):
+        return AUTOENCODER_LOSS_THRESHOLD
+    return max((LOSS_THRESHOLDS.get(r["data"], 0.1) for r in rows), default=0.1)
+
+
+def default_tolerance(rows: Sequence[dict[str, Any]]) -> float:
+    return min(
+        (TOLERANCES.get(r["data"], DEFAULT_TOLERANCE) for r in rows), default=DEFAULT_TOLERANCE
+    )
+
+
+def proportion_table(
+    rows: Sequence[dict[str, Any]], group_by: Sequence[str], loss_threshold: float, tol: float
+) -> list[dict[str, Any]]:
+    """Per group: converged runs (final loss < threshold), the non-monotonic share among
+    them (min-Delta > tol), and the average min-Delta of the non-monotonic ones."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r.get(k) for k in group_by), []).append(r)
+    out = []
+    for key in sorted(groups, key=lambda t: tuple(str(v) for v in t)):
+        members = groups[key]
+        ok = [
+            r
+            for r in members
+            if r["final_train_loss"] is not None
+            and r["final_train_loss"] < loss_threshold
+            and r["min_delta"] is not None
+        ]
+        nonmono = [r for r in ok if r["min_delta"] > tol]
+        out.append(
+            {
+                **dict(zip(group_by, key, strict=True)),
+                "runs": len(members),
+                "converged": len(ok),
+                "non_monotonic": len(nonmono),
+                "proportion": (len(nonmono) / len(ok)) if ok else None,
+                "mean_min_delta_nonmonotonic": float(np.mean([r["min_delta"] for r in nonmono]))
+                if nonmono
+                else None,
+            }
+        )
+    return out
+
+
+def power_law_fit(x: Sequence[float], y: Sequence[float]) -> dict[str, float]:
+    """Least squares of log y = a + b log x (Figure 7): slope b, prefactor e^a, R^2."""
+    xs, ys = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    keep = (xs > 0) & (ys > 0) & np.isfinite(xs) & np.isfinite(ys)
+    if keep.sum() < 2:
+        return {"slope": math.nan, "prefactor": math.nan, "r2": math.nan, "points": int(keep.sum())}
+    lx, ly = np.log(xs[keep]), np.log(ys[keep])
+    b, a = np.polyfit(lx, ly, 1)
+    pred = a + b * lx
+    ss_res = float(np.sum((ly - pred) ** 2))
+    ss_tot = float(np.sum((ly - ly.mean()) ** 2))
+    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else 1.0
+    return {"slope": float(b), "prefactor": float(np.exp(a)), "r2": r2, "points": int(keep.sum())}
+
+
+def collect(
+    runs: Sequence[Path], spec: EvalSpec, on_run: Callable[[Path], None] | None = None
+) -> list[dict[str, Any]]:
+    rows = []
+    for folder in runs:
+        rows.append(row_of(folder, run_metrics(folder, spec)))
+        if on_run:
+            on_run(folder)
+    return rows
+
+
+def markdown(table: Sequence[dict[str, Any]], title: str) -> str:
+    if not table:
+        return f"### {title}\n\n(no runs)\n"
+    cols = list(table[0])
+    lines = [f"### {title}", "", "| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
+    for r in table:
+        lines.append("| " + " | ".join(_cell(r[c]) for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return str(v)

@@ -1,0 +1,119 @@
+"""`mliscan report`: hand-computed proportions, the power-law fit, caching."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from mliscan import report as rp
+from mliscan.spec import DataSpec, EvalSpec
+from mliscan.train import TrainSpec, train
+from tests.conftest import run_cli
+
+
+def test_power_law_fit_recovers_the_exponent() -> None:
+    x = np.linspace(0.5, 20, 40)
+    fit = rp.power_law_fit(x, 3.0 * x**0.7)
+    assert fit["slope"] == pytest.approx(0.7) and fit["prefactor"] == pytest.approx(3.0)
+    assert fit["r2"] == pytest.approx(1.0)
+    noisy = 3.0 * x**0.7 * np.exp(np.random.default_rng(0).normal(0, 0.05, x.size))
+    assert rp.power_law_fit(x, noisy)["slope"] == pytest.approx(0.7, abs=0.05)
+
+
+def _fake_run(
+    root: Path, name: str, optimizer: str, bn: bool, lr: float, loss: float, min_delta: float
+) -> Path:
+    """A run folder with a cached metrics file, so the table logic is tested by hand."""
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "init.safetensors").write_bytes(b"")
+    (d / "final.safetensors").write_bytes(b"")
+    cfg = {
+        "arch": "mlp",
+        "optimizer": optimizer,
+        "lr": lr,
+        "momentum": 0.0,
+        "weight_decay": 0.0,
+        "epochs": 1,
+        "batch_size": 1,
+        "seed": 0,
+        "data": {"name": "digits"},
+        "arch_options": {"bn": bn},
+    }
+    (d / "run.json").write_text(
+        json.dumps(
+            {
+                "config": cfg,
+                "arch_options": {"bn": bn},
+                "final_train_loss": loss,
+                "final_train_accuracy": 1.0,
+            }
+        )
+    )
+    metrics = {
+        "min_delta": min_delta,
+        "distance": 1.0,
+        "normalized_distance": 1.0 + lr,
+        "gauss_length": 0.5 + lr,
+        "barrier": 0.0,
+    }
+    (d / f"mli-{rp.cache_key(EvalSpec())}.json").write_text(json.dumps(metrics))
+    return d
+
+
+def test_tables_match_hand_counts(tmp_path: Path, capsys) -> None:
+    # adam+bn lr 0.1: 3 converged, 2 non-monotonic (min-Delta > 1e-3), 1 unconverged non-monotonic
+    _fake_run(tmp_path, "a", "adam", True, 0.1, 0.01, 0.2)
+    _fake_run(tmp_path, "b", "adam", True, 0.1, 0.02, 0.4)
+    _fake_run(tmp_path, "c", "adam", True, 0.1, 0.05, 0.0005)  # below the tolerance: monotonic
+    _fake_run(tmp_path, "d", "adam", True, 0.1, 0.50, 0.9)  # not converged: not counted
+    _fake_run(tmp_path, "e", "sgd", False, 0.01, 0.03, 0.0)
+    code, out, err = run_cli(
+        ["report", tmp_path, "--out", tmp_path / "rep", "-q", "--group-by", "optimizer"], capsys
+    )
+    assert code == 0, err
+    t1 = pl.read_csv(tmp_path / "rep" / "table1.csv")
+    adam = t1.filter(pl.col("optimizer") == "adam").row(0, named=True)
+    assert (adam["runs"], adam["converged"], adam["non_monotonic"]) == (4, 3, 2)
+    assert adam["proportion"] == pytest.approx(2 / 3)
+    assert adam["mean_min_delta_nonmonotonic"] == pytest.approx(0.3)
+    t2 = pl.read_csv(tmp_path / "rep" / "table2.csv")
+    assert set(t2["scheme"]) == {"BN", "NBN"}
+    runs = pl.read_parquet(tmp_path / "rep" / "runs.parquet")
+    assert runs.height == 5 and {
+        "optimizer",
+        "lr",
+        "bn",
+        "min_delta",
+        "gauss_length",
+        "monotonic",
+    } <= set(runs.columns)
+    assert "Table 1 form" in out and "R^2" in out
+    assert (tmp_path / "rep" / "grouped.md").exists()
+    code, _, err = run_cli(
+        ["report", tmp_path, "--out", tmp_path / "rep", "-q", "--group-by", "nope"], capsys
+    )
+    assert code == 2 and "nope" in err
+
+
+def test_metrics_are_computed_once_and_cached(tmp_path: Path) -> None:
+    train(
+        TrainSpec(
+            arch_options={"hidden": "8"},
+            data=DataSpec("digits", limit=100),
+            epochs=1,
+            batch_size=50,
+        ),
+        tmp_path / "r",
+    )
+    spec = EvalSpec(alphas=5)
+    first = rp.run_metrics(tmp_path / "r", spec)
+    cache = list((tmp_path / "r").glob("mli-*.json"))
+    assert len(cache) == 1
+    assert rp.run_metrics(tmp_path / "r", spec) == first
+    rp.run_metrics(tmp_path / "r", EvalSpec(alphas=6))  # other settings, another cache file
+    assert len(list((tmp_path / "r").glob("mli-*.json"))) == 2
