@@ -126,28 +126,16 @@ def test_augmentation_and_amp(tmp_path: Path) -> None:
     x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
     y = crop_flip(x, g)
     assert y.shape == x.shape and not torch.equal(x, y)
-    rec = train(
-        TrainSpec(
-            arch="simplecnn",
-            data=DataSpec("digits", limit=64),
-            epochs=1,
-            batch_size=16,
-            augment=True,
-            amp=True,
-        ),
-        tmp_path / "r",
+    spec = TrainSpec(
+        arch="simplecnn",
+        data=DataSpec("digits", limit=64),
+        epochs=1,
+        batch_size=16,
+        augment=True,
+        amp=True,
     )
+    rec = train(spec, tmp_path / "r")
     assert rec["config"]["augment"] and rec["config"]["amp"]
     # the same seed gives the same augmented run
-    rec2 = train(
-        TrainSpec(
-            arch="simplecnn",
-            data=DataSpec("digits", limit=64),
-            epochs=1,
-            batch_size=16,
-            augment=True,
-            amp=True,
-        ),
-        tmp_path / "r2",
-    )
+    rec2 = train(spec, tmp_path / "r2")
     assert rec["final_train_loss"] == rec2["final_train_loss"]
