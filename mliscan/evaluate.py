@@ -17,6 +17,7 @@ per pass) can replace the loop without changing callers.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -31,9 +32,12 @@ from torch.func import functional_call, jvp
 from mliscan import batchnorm, metrics, taylor
 from mliscan.adapter import Adapter
 from mliscan.interpolate import Interpolator, TensorRoles
-from mliscan.spec import EVAL_BATCH_CANDIDATES, BNSpec, EvalSpec
+from mliscan.spec import BNSpec, EvalSpec
 
 ProgressFn = Callable[[int, float, float], None]
+# Largest output of one evaluation batch (bytes), per device type: bounds the batch size of
+# models with large outputs (language-model logits), whose loss also needs a same-sized copy.
+OUTPUT_BYTES_BUDGET = {"cpu": 64 << 20, "cuda": 1 << 30, "mps": 256 << 20}
 T = TypeVar("T")
 
 
@@ -94,8 +98,12 @@ class PathEvaluator:
         self.fast_gauss = (
             spec.gauss_method != "jvp"
             and type(adapter).logits is Adapter.logits
-            and taylor.supports(module, self.interp.delta)
+            and taylor.supports(module, self.interp.t0)
         )
+
+    @property
+    def _working_dtype(self) -> torch.dtype:
+        return next(iter(self.interp.targets.values())).dtype
 
     @property
     def batch_size(self) -> int:
@@ -108,8 +116,16 @@ class PathEvaluator:
     def _probe_batch_size(self) -> int:
         n = len(self.data)
         candidates = sorted(
-            {min(c, n) for c in EVAL_BATCH_CANDIDATES} | ({n} if n <= 8192 else set())
+            {min(c, n) for c in self.adapter.eval_batch_candidates}
+            | ({n} if n <= self.adapter.eval_batch_candidates[-1] * 2 else set())
         )
+        # Memory: a batch's output (a language model's logits: tokens x vocabulary) must fit
+        # the budget, so large-vocabulary models get small batches.
+        out = self.module(self.data.inputs[:1])
+        per_example = out.numel() * out.element_size()
+        budget = OUTPUT_BYTES_BUDGET.get(self.data.inputs.device.type, OUTPUT_BYTES_BUDGET["cpu"])
+        cap = max(1, budget // max(1, per_example))
+        candidates = [c for c in candidates if c <= cap] or [min(cap, n)]
         if len(candidates) == 1:
             return candidates[0]
         best, best_rate = candidates[-1], float("inf")
@@ -145,7 +161,7 @@ class PathEvaluator:
     def loss_and_accuracy(self) -> tuple[float, float | None]:
         """Mean per-example loss over the data (float64 sums), and accuracy."""
         total = torch.zeros((), dtype=torch.float64, device=self.data.inputs.device)
-        correct = torch.zeros((), dtype=torch.int64, device=self.data.inputs.device)
+        correct = torch.zeros((), dtype=torch.float64, device=self.data.inputs.device)
         has_acc = True
         for s in batchnorm.batch_slices(len(self.data), self.batch_size):
             out = self.module(self.data.inputs[s])
@@ -154,7 +170,7 @@ class PathEvaluator:
             if ok is None:
                 has_acc = False
             else:
-                correct += ok.sum()
+                correct += ok.sum().double()
         n = len(self.data)
         return float(total) / n, (float(correct) / n if has_acc else None)
 
@@ -163,11 +179,12 @@ class PathEvaluator:
         inputs = self.data.inputs
         if self.spec.gauss_examples is not None:
             inputs = inputs[: self.spec.gauss_examples]
-        total = 0.0
+        total, rows = 0.0, 0
         for s in batchnorm.batch_slices(len(inputs), self.batch_size):
             vel, acc = self._derivatives(alpha, inputs[s])
             total += float(metrics.gauss_integrand(vel, acc).sum())
-        return total / len(inputs)
+            rows += vel.shape[0]
+        return total / rows
 
     def _derivatives(self, alpha: float, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(z', z'') of the logits of a batch: second-order pass, or nested jvp."""
@@ -175,7 +192,7 @@ class PathEvaluator:
             with torch.inference_mode():
                 _, vel, acc = taylor.forward2(self.module, self.interp.delta, x)
             return vel, acc
-        dtype = next(iter(self.interp.t0.values())).dtype
+        dtype = self._working_dtype
         a0 = torch.tensor(alpha, dtype=dtype, device=x.device)
         one = torch.ones_like(a0)
 
@@ -186,7 +203,10 @@ class PathEvaluator:
         def first(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             return jvp(logits, (a,), (one,))
 
-        (_, vel), (_, acc) = jvp(first, (a0,), (one,))
+        # a module may switch to kernels that support forward-mode AD (hub transformers)
+        context = getattr(self.module, "forward_ad_context", contextlib.nullcontext)
+        with context():
+            (_, vel), (_, acc) = jvp(first, (a0,), (one,))
         return vel, acc
 
     @torch.inference_mode()
@@ -195,7 +215,7 @@ class PathEvaluator:
         n = len(self.data)
         limit = n if self.spec.gauss_examples is None else min(n, self.spec.gauss_examples)
         total = torch.zeros((), dtype=torch.float64, device=self.data.inputs.device)
-        correct = torch.zeros((), dtype=torch.int64, device=self.data.inputs.device)
+        correct = torch.zeros((), dtype=torch.float64, device=self.data.inputs.device)
         g_total = torch.zeros((), dtype=torch.float64, device=self.data.inputs.device)
         has_acc = True
         for s in batchnorm.batch_slices(n, self.batch_size):
@@ -206,7 +226,7 @@ class PathEvaluator:
             if ok is None:
                 has_acc = False
             else:
-                correct += ok.sum()
+                correct += ok.sum().double()
             keep = max(0, min(s.stop, limit) - s.start)
             if keep:
                 g_total += metrics.gauss_integrand(vel[:keep], acc[:keep]).sum()
@@ -241,10 +261,10 @@ class PathEvaluator:
         """Loss and accuracy at several alphas in one vmapped pass per batch."""
         from torch.func import vmap
 
-        dtype = next(iter(self.interp.t0.values())).dtype
+        dtype = self._working_dtype
         a = torch.tensor(list(alphas), dtype=dtype, device=self.data.inputs.device)
         totals = torch.zeros(len(alphas), dtype=torch.float64, device=a.device)
-        correct = torch.zeros(len(alphas), dtype=torch.int64, device=a.device)
+        correct = torch.zeros(len(alphas), dtype=torch.float64, device=a.device)
         has_acc = True
 
         def outputs(alpha: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -260,7 +280,7 @@ class PathEvaluator:
                 if ok is None:
                     has_acc = False
                 else:
-                    correct[j] += ok.sum()
+                    correct[j] += ok.sum().double()
         n = len(self.data)
         losses = (totals / n).cpu().numpy()
         accs = (correct.double() / n).cpu().numpy() if has_acc else None
@@ -337,7 +357,10 @@ def prepare_data(
     device: torch.device,
     dtype: torch.dtype,
 ) -> PreparedData:
-    x = adapter.prepare_inputs(inputs).to(device=device, dtype=dtype).contiguous()
+    x = adapter.prepare_inputs(inputs).to(device=device)
+    if x.is_floating_point():  # token ids stay integers
+        x = x.to(dtype)
+    x = x.contiguous()
     return PreparedData(x, adapter.prepare_targets(x, targets.to(device)))
 
 

@@ -5,7 +5,9 @@
 * floating-point parameters and floating buffers: interpolated;
 * batch-norm running statistics: re-estimated at each alpha (``batchnorm.py``), unless the
   BN mode is ``interpolate``;
-* everything else (integer buffers such as ``num_batches_tracked``): copied from theta_0.
+* everything else (integer buffers such as ``num_batches_tracked``): copied from theta_0;
+* the second name of a tied weight (a language model's output head sharing the input
+  embedding) is skipped: it is the same tensor, interpolated and counted once.
 
 The distance metric uses the parameters only (batch-norm affine weights included).
 """
@@ -38,8 +40,11 @@ class TensorRoles:
             for s in BN_STAT_SUFFIXES
         }
         params = {n for n, _ in module.named_parameters()}
+        aliases = tied_aliases(module)
         interpolated, bn_stats, copied = [], [], []
         for name, tensor in module.state_dict().items():
+            if name in aliases:  # a tied weight's second name: same tensor, counted once
+                continue
             if name in bn_stat_names and not interpolate_bn_stats:
                 bn_stats.append(name)
             elif tensor.is_floating_point():
@@ -50,13 +55,33 @@ class TensorRoles:
         return cls(tuple(interpolated), tuple(bn_stats), tuple(copied), floating_params)
 
 
-class Interpolator:
-    """Holds theta_0, theta_T and their difference on the compute device.
+def tied_aliases(module: nn.Module) -> dict[str, str]:
+    """Second and later names of a shared parameter -> its first name (tied embeddings)."""
+    first: dict[int, str] = {}
+    out: dict[str, str] = {}
+    for name, p in module.named_parameters(remove_duplicate=False):
+        if id(p) in first:
+            out[name] = first[id(p)]
+        else:
+            first[id(p)] = name
+    return out
 
-    ``apply(alpha)`` writes theta(alpha) straight into the module's own tensors (no
-    ``load_state_dict``, no copies of the module); ``functional(alpha)`` returns the same
-    weights as a differentiable function of a tensor alpha, for ``torch.func``.
-    The endpoints are reproduced exactly: alpha = 0 copies theta_0, alpha = 1 copies theta_T.
+
+class Interpolator:
+    """Holds theta_0 and theta_T and writes theta(alpha) into the module's own tensors.
+
+    Memory discipline (large models): the endpoints are kept as given, in their stored dtype
+    and without copies when they already sit on the compute device, and the working weights
+    are the module's own tensors; nothing else of model size is held. ``apply(alpha)``
+    computes theta_0 + alpha (theta_T - theta_0) per tensor in the module's dtype (float32
+    or wider; for a bfloat16/float16 module in float32, then rounded), so at most one
+    tensor-sized temporary exists at a time. The difference theta_T - theta_0 is formed as a
+    whole (``delta``) only when a fast path asks for it (the second-order pass of small
+    sequential models).
+
+    ``functional(alpha)`` returns the same weights as a differentiable function of a tensor
+    alpha, for ``torch.func``. The endpoints are reproduced exactly: alpha = 0 copies
+    theta_0, alpha = 1 copies theta_T.
     """
 
     def __init__(
@@ -74,27 +99,60 @@ class Interpolator:
             p.requires_grad_(False)
         self.t0: dict[str, torch.Tensor] = {}
         self.t1: dict[str, torch.Tensor] = {}
-        self.delta: dict[str, torch.Tensor] = {}
         for k in roles.interpolated:
             like = self.targets[k]
-            a = theta0[k].to(device=like.device, dtype=like.dtype)
-            b = theta1[k].to(device=like.device, dtype=like.dtype)
-            self.t0[k], self.t1[k], self.delta[k] = a, b, b - a
+            self.t0[k] = _on_device(theta0[k], like)
+            self.t1[k] = _on_device(theta1[k], like)
+        self._delta: dict[str, torch.Tensor] | None = None
         with torch.no_grad():
             for k in roles.copied:
                 self.targets[k].copy_(theta0[k])
+
+    @property
+    def delta(self) -> dict[str, torch.Tensor]:
+        """theta_T - theta_0 in the module's dtype (formed on first use, then kept)."""
+        if self._delta is None:
+            self._delta = {
+                k: self.t1[k].to(self.targets[k].dtype) - self.t0[k].to(self.targets[k].dtype)
+                for k in self.t0
+            }
+        return self._delta
 
     @torch.no_grad()
     def apply(self, alpha: float) -> None:
         for k, target in self.targets.items():
             if k not in self.t0:
                 continue
+            a, b = self.t0[k], self.t1[k]
             if alpha == 0.0:
-                target.copy_(self.t0[k])
+                target.copy_(a)
             elif alpha == 1.0:
-                target.copy_(self.t1[k])
-            else:
-                torch.add(self.t0[k], self.delta[k], alpha=alpha, out=target)
+                target.copy_(b)
+            elif self._delta is not None:
+                torch.add(a, self._delta[k], alpha=alpha, out=target)
+            elif target.dtype in (torch.float32, torch.float64):
+                # theta_0 + alpha (theta_T - theta_0), in place in the working tensor
+                target.copy_(b).sub_(a).mul_(alpha).add_(a)
+            else:  # low-precision working weights: compute in float32, then round once
+                wide = b.float().sub_(a.float()).mul_(alpha).add_(a.float())
+                target.copy_(wide)
 
     def functional(self, alpha: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {k: self.t0[k] + alpha * self.delta[k] for k in self.t0}
+        if self._delta is not None:
+            return {k: self.t0[k] + alpha * self._delta[k] for k in self.t0}
+        out = {}
+        for k, a in self.t0.items():
+            dtype = self.targets[k].dtype
+            a = a.to(dtype)
+            out[k] = a + alpha * (self.t1[k].to(dtype) - a)
+        return out
+
+
+def _on_device(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``t`` on ``like``'s device; a float endpoint keeps its stored dtype unless it is wider
+    than the working dtype (then it is narrowed once, as loading into the module would)."""
+    if not t.is_floating_point():
+        return t.to(like.device)
+    if t.element_size() > like.element_size() or like.dtype == torch.float64:
+        return t.to(device=like.device, dtype=like.dtype)
+    return t.to(like.device)

@@ -47,6 +47,9 @@ def barrier(alphas: Sequence[float] | np.ndarray, losses: Sequence[float] | np.n
     return float(np.max(v - chord))
 
 
+_CHUNK = 1 << 20
+
+
 def weight_distance(
     theta0: Mapping[str, torch.Tensor], theta1: Mapping[str, torch.Tensor], keys: Iterable[str]
 ) -> tuple[float, float]:
@@ -58,10 +61,13 @@ def weight_distance(
     sq_diff = 0.0
     sq_init = 0.0
     for k in keys:
-        a = theta0[k].detach().to(torch.float64)
-        b = theta1[k].detach().to(torch.float64)
-        sq_diff += float(torch.sum((b - a) ** 2))
-        sq_init += float(torch.sum(a**2))
+        a = theta0[k].detach().reshape(-1)
+        b = theta1[k].detach().reshape(-1)
+        for start in range(0, a.numel(), _CHUNK):  # float64 in slices: no model-size copies
+            x = a[start : start + _CHUNK].to(torch.float64)
+            y = b[start : start + _CHUNK].to(torch.float64)
+            sq_diff += float(torch.sum((y - x) ** 2))
+            sq_init += float(torch.sum(x**2))
     dist = float(np.sqrt(sq_diff))
     norm0 = float(np.sqrt(sq_init))
     return dist, (dist / norm0 if norm0 > 0 else float("inf"))
