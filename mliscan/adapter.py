@@ -21,6 +21,8 @@ import torch
 from torch import nn
 
 from mliscan.errors import AdapterOptionError, CheckpointMismatchError, short_list
+from mliscan.interpolate import tied_aliases
+from mliscan.spec import EVAL_BATCH_CANDIDATES
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,23 @@ class DataInfo:
 
     input_shape: tuple[int, ...]
     num_classes: int
+
+
+@dataclass
+class DataHooks:
+    """What a model brings to the data it is measured on (hub models: a tokenizer, an
+    image transform). Built by :meth:`Adapter.data_hooks`; the data layer only calls them."""
+
+    tokenizer: Any = None
+    """A transformers tokenizer (text data)."""
+    objective: str | None = None
+    """'causal', 'masked' or 'classification': how text becomes inputs and targets."""
+    image_transform: Any = None
+    """PIL image -> float tensor [C, H, W] (image-folder data)."""
+    label_names: dict[str, int] | None = None
+    """A model's own label -> id map (sequence classification)."""
+    max_length: int | None = None
+    """The model's context length (text): longer sequences are refused."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +66,38 @@ class Adapter(ABC):
     default_data: ClassVar[str] = "digits"
     Options: ClassVar[type] = type("NoOptions", (), {})
     train_defaults: ClassVar[TrainDefaults] = TrainDefaults()
+    eval_batch_candidates: ClassVar[tuple[int, ...]] = EVAL_BATCH_CANDIDATES
+    """Evaluation batch sizes tried by the speed probe (large models: small ones)."""
+    trainable: ClassVar[bool] = True
+    """Whether ``mliscan train`` can train it (hub adapters evaluate only)."""
+
+    # ---- a small instance of itself (the contract test builds one of every adapter) --------
+    def example(self) -> tuple[dict[str, Any], DataInfo]:
+        """Options and data shape of a small, quickly built instance."""
+        if self.default_data == "digits":
+            return {}, DataInfo((1, 8, 8), 10)
+        return {}, DataInfo((3, 16, 16), 7)
+
+    def example_batch(self, info: DataInfo, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw inputs and labels of ``n`` examples of that shape (before prepare_*)."""
+        return torch.randn(n, *info.input_shape), torch.randint(0, info.num_classes, (n,))
+
+    # ---- checkpoints with a config.json (transformers, timm) -------------------------------
+    def claims_config(self, config: Mapping[str, Any]) -> bool:
+        """True when a checkpoint folder's ``config.json`` describes this architecture."""
+        return False
+
+    def options_from_config(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        """Options read off a ``config.json`` (used when --arch options are not given)."""
+        return {}
+
+    def unmap_keys(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The inverse of :meth:`map_keys`: module names back to the file's names."""
+        return dict(tensors)
+
+    def data_hooks(self, options: Any, folder: Any) -> DataHooks:
+        """Tokenizer / transform for the data, read from the checkpoint's folder."""
+        return DataHooks()
 
     # ---- options -------------------------------------------------------------------------
     def option_names(self) -> list[str]:
@@ -88,8 +139,11 @@ class Adapter(ABC):
     def build(self, options: Any, data: DataInfo) -> nn.Module:
         """A freshly initialised module (seed torch's global RNG beforehand)."""
 
-    def map_keys(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Translate foreign checkpoint names to the module's (identity by default)."""
+    def map_keys(
+        self, tensors: Mapping[str, torch.Tensor], options: Any = None
+    ) -> dict[str, torch.Tensor]:
+        """Translate foreign checkpoint names to the module's (identity by default); the
+        options, when known, may refine the mapping (renamed layers of hub models)."""
         return dict(tensors)
 
     def prepare_inputs(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -110,7 +164,8 @@ class Adapter(ABC):
         return output
 
     def correct(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
-        """Per-example correctness (bool [N]), or None when accuracy is undefined."""
+        """Per-example correctness (bool [N], or a fraction per example such as the share of
+        tokens predicted right), or None when accuracy is undefined."""
         return output.argmax(dim=1) == target
 
     def bn_modules(self, module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -170,8 +225,18 @@ def json_ready(obj: Any) -> Any:
 def load_into(
     module: nn.Module, tensors: Mapping[str, torch.Tensor], source: str, arch: str
 ) -> None:
-    """Strictly copy a state dict into ``module``: one error lists every problem, sorted."""
+    """Strictly copy a state dict into ``module``: one error lists every problem, sorted.
+
+    Tied weights (one tensor under two names, e.g. a language model's input embedding and
+    output head) may be stored once, as transformers does; the other name is filled in.
+    """
     expected = module.state_dict()
+    tensors = dict(tensors)
+    for alias, canonical in tied_aliases(module).items():
+        if alias not in tensors and canonical in tensors:
+            tensors[alias] = tensors[canonical]
+        elif canonical not in tensors and alias in tensors:
+            tensors[canonical] = tensors[alias]
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     mism = [

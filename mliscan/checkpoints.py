@@ -59,6 +59,14 @@ class Checkpoint:
     """The ``mliscan`` metadata object (empty for foreign files)."""
     notes: list[str] = field(default_factory=list)
     """What was unwrapped or stripped, for the report."""
+    config: dict[str, Any] | None = None
+    """``config.json`` beside the weights (transformers / timm folders), else None."""
+    source: Any = None
+    """The :class:`mliscan.sources.Resolved` it came from, when loaded through a source."""
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
 
     @property
     def name(self) -> str:
@@ -92,7 +100,26 @@ def load_checkpoint(path: str | os.PathLike[str], trust_pickle: bool = False) ->
     notes += [f"stripped prefix {s!r}" for s in stripped]
     if not tensors:
         raise CheckpointFormatError(f"{p}: holds no tensors; is it a model checkpoint?")
-    return Checkpoint(path=p, tensors=tensors, metadata=metadata, notes=notes)
+    config = read_config(p.parent / "config.json")
+    return Checkpoint(path=p, tensors=tensors, metadata=metadata, notes=notes, config=config)
+
+
+MAX_CONFIG_BYTES = 4 << 20
+
+
+def read_config(path: Path) -> dict[str, Any] | None:
+    """A transformers/timm ``config.json`` (a JSON object of at most 4 MiB), or None."""
+    if not path.is_file():
+        return None
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise CheckpointFormatError(f"{path}: larger than 4 MiB; not a model config")
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise CheckpointFormatError(f"{path}: not valid JSON ({exc}); fix or remove it") from exc
+    if not isinstance(value, dict):
+        raise CheckpointFormatError(f"{path}: not a JSON object; fix or remove it")
+    return value
 
 
 def _pick_in_directory(d: Path) -> Path:
@@ -171,11 +198,11 @@ def _load_sharded(index: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]
     tensors: dict[str, torch.Tensor] = {}
     metadata: dict[str, Any] = {}
     for shard_name in sorted(set(weight_map.values())):
-        shard = (index.parent / shard_name).resolve()
-        if index.parent.resolve() not in shard.parents:
+        if not is_safe_relative(shard_name):
             raise CheckpointFormatError(
                 f"{index}: shard {shard_name!r} points outside the checkpoint directory"
             )
+        shard = index.parent / shard_name
         if not shard.is_file():
             raise CheckpointNotFoundError(f"{index}: shard {shard_name} is missing; fetch it")
         if shard.suffix in SAFETENSORS_SUFFIXES:
@@ -338,6 +365,15 @@ def save_checkpoint(
     path = Path(path)
     with atomic_path(path) as tmp:
         save_file(clean, str(tmp), metadata=meta)
+
+
+def is_safe_relative(name: Any) -> bool:
+    """A relative file name that stays inside its folder (judged on the text, not by
+    following links: Hugging Face cache snapshots are symlinks into a blob store)."""
+    if not isinstance(name, str) or not name or "\\" in name or "\x00" in name:
+        return False
+    parts = name.split("/")
+    return not name.startswith("/") and ".." not in parts and ":" not in parts[0]
 
 
 def _first_line(exc: BaseException) -> str:

@@ -9,6 +9,14 @@
   usual dataset constants below, shape [N, 3, 32, 32]. The batches are pickles: they are read
   by an unpickler that admits only numpy array reconstruction, never arbitrary objects.
 
+* ``imagefolder``: ``DIR/CLASS/IMAGE`` (torchvision's ImageFolder layout; class folders
+  sorted by name are labels 0..K-1, so ImageNet's synset folders give the standard indices),
+  preprocessed by the model's own transform (timm models).
+* ``wikitext2``: ``DIR/wiki.train.tokens`` and ``wiki.test.tokens`` (WikiText-2's layout),
+  word-level, rows of ``seq_len`` (default 35) token ids with next-token targets;
+  ``tinytext``: a bundled 1,200-word corpus in the same layout (tests, demos).
+* ``text``: a local .txt/.jsonl/.csv file tokenized by the model's tokenizer (``text.py``).
+
 ``limit`` keeps the first N examples, so a subset is deterministic and easy to reproduce.
 """
 
@@ -18,6 +26,7 @@ import gzip
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,7 +34,18 @@ import torch
 from mliscan.errors import DataError, DataNotFoundError, UsageError
 from mliscan.spec import DataSpec
 
-DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100")
+DATASETS = (
+    "digits",
+    "mnist",
+    "fashion-mnist",
+    "cifar10",
+    "cifar100",
+    "wikitext2",
+    "tinytext",
+    "imagefolder",
+    "text",
+)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".gif", ".tif", ".tiff")
 CIFAR_STATS = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
@@ -54,14 +74,25 @@ class Dataset:
         return tuple(self.inputs.shape[1:])
 
 
-def load_dataset(spec: DataSpec) -> Dataset:
-    """Load the dataset a :class:`DataSpec` names."""
+def load_dataset(spec: DataSpec, hooks: Any = None) -> Dataset:
+    """Load the dataset a :class:`DataSpec` names (``hooks``: the model's tokenizer or
+    image transform, :class:`mliscan.adapter.DataHooks`, for text and image folders)."""
     if spec.name not in DATASETS:
         raise DataError(f"unknown dataset {spec.name!r}; choose one of {', '.join(DATASETS)}")
     if spec.limit is not None and spec.limit < 1:
         raise UsageError(f"--data-limit must be at least 1 (got {spec.limit})")
     if spec.name == "digits":
         ds = _digits(spec.split)
+    elif spec.name == "tinytext":
+        from mliscan.text import BUNDLED_TINYTEXT, load_wikitext
+
+        x, y, vocab = load_wikitext(BUNDLED_TINYTEXT, spec.split, spec.seq_len, spec.name)
+        ds = Dataset(spec.name, spec.split, x, y, vocab)
+    elif spec.name == "text":
+        from mliscan.text import load_text
+
+        x, y, classes = load_text(spec, hooks)
+        ds = Dataset("text", spec.split, x, y, classes)
     else:
         if spec.data_dir is None:
             raise UsageError(
@@ -69,7 +100,15 @@ def load_dataset(spec: DataSpec) -> Dataset:
                 "(torchvision's on-disk layout; nothing is downloaded)"
             )
         root = Path(spec.data_dir)
-        if spec.name in _IDX_FOLDERS:
+        if spec.name == "imagefolder":
+            ds = _imagefolder(root, spec, hooks)
+        elif spec.name == "wikitext2":
+            from mliscan.text import load_wikitext
+
+            folder = root / "wikitext-2" if (root / "wikitext-2").is_dir() else root
+            x, y, vocab = load_wikitext(folder, spec.split, spec.seq_len, spec.name)
+            ds = Dataset(spec.name, spec.split, x, y, vocab)
+        elif spec.name in _IDX_FOLDERS:
             ds = _idx_dataset(spec.name, root, spec.split)
         else:
             ds = _cifar(spec.name, root, spec.split)
@@ -193,3 +232,40 @@ def _cifar(name: str, root: Path, split: str) -> Dataset:
     x = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
     y = torch.from_numpy(np.concatenate(ys))
     return Dataset(name, split, x.contiguous(), y, classes)
+
+
+def _imagefolder(root: Path, spec: DataSpec, hooks: Any) -> Dataset:
+    if not root.is_dir():
+        raise DataNotFoundError(f"{root}: no such folder; pass --data-dir DIR (DIR/CLASS/IMAGE)")
+    transform = getattr(hooks, "image_transform", None)
+    if transform is None:
+        raise UsageError(
+            "--data imagefolder needs a model that defines its preprocessing (--arch timm)"
+        )
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise DataNotFoundError(f"{root}: no class subfolders; expected DIR/CLASS/IMAGE files")
+    files = [
+        (f, label)
+        for label, c in enumerate(classes)
+        for f in sorted((root / c).iterdir())
+        if f.suffix.lower() in IMAGE_SUFFIXES
+    ]
+    if spec.limit is not None:
+        files = files[: spec.limit]
+    if not files:
+        raise DataNotFoundError(
+            f"{root}: no images ({', '.join(IMAGE_SUFFIXES)}) in its class folders"
+        )
+    from PIL import Image, UnidentifiedImageError
+
+    xs = []
+    for f, _ in files:
+        try:
+            with Image.open(f) as im:
+                xs.append(transform(im.convert("RGB")))
+        except (UnidentifiedImageError, OSError) as exc:
+            raise DataError(f"{f}: not a readable image ({exc})") from exc
+    x = torch.stack(xs).float().contiguous()
+    y = torch.tensor([label for _, label in files], dtype=torch.int64)
+    return Dataset("imagefolder", spec.split, x, y, len(classes))

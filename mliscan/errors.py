@@ -47,6 +47,10 @@ class DataError(MliscanError, ValueError):
     """A dataset is unknown, malformed or does not fit the architecture."""
 
 
+class HubError(MliscanError, LookupError):
+    """A Hub repository, revision or cache entry cannot be resolved."""
+
+
 class UsageError(MliscanError, ValueError):
     """Options that contradict each other or are out of range."""
 

@@ -28,7 +28,17 @@ from mliscan.evaluate import (
     resolve_device,
 )
 from mliscan.registry import get_adapter, names
+from mliscan.sources import Resolved, resolve
 from mliscan.spec import DEFAULT_TOLERANCE, DataSpec, EvalSpec
+
+# Datasets whose preprocessing the model defines (tokenizer, image transform).
+MODEL_DEFINED_DATA = ("text", "imagefolder")
+DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
 
 
 @dataclass
@@ -38,19 +48,33 @@ class ModelChoice:
     adapter: Adapter
     options: Any
     source: str
-    """'cli', 'metadata' or 'inferred'."""
+    """'cli', 'metadata' or 'config'."""
+
+
+def open_source(text: str, trust_pickle: bool = False, offline: bool = False) -> Checkpoint:
+    """Resolve a source (path, hf:, timm:, init:) and load its weights."""
+    resolved = resolve(str(text), offline=offline)
+    ckpt = load_checkpoint(resolved.path, trust_pickle)
+    ckpt.source = resolved
+    return ckpt
 
 
 def choose_model(
     init: Checkpoint, arch: str | None, given_options: Mapping[str, Any]
 ) -> ModelChoice:
-    """``--arch`` and options given win; otherwise the file's mliscan metadata; options not
-    given are then read off the checkpoint's shapes where the adapter can."""
+    """``--arch`` and options given win; otherwise the file's mliscan metadata, or the
+    adapter that claims the folder's ``config.json``; options not given are then read off
+    the config and the checkpoint's shapes where the adapter can."""
     meta = init.metadata
     source = "cli"
     if arch is None:
         arch = meta.get("arch")
         source = "metadata"
+        if arch is None and init.config is not None:
+            from mliscan.registry import adapter_for_config
+
+            arch = adapter_for_config(init.config, str(init.folder / "config.json")).name
+            source = "config"
         if arch is None:
             raise UsageError(
                 f"{init.path} carries no mliscan metadata naming its architecture; pass "
@@ -60,6 +84,8 @@ def choose_model(
     opts: dict[str, Any] = {}
     if source == "metadata" or meta.get("arch") == arch:
         opts.update(meta.get("arch_options", {}))
+    elif init.config is not None:
+        opts.update(adapter.options_from_config(init.config))
     inferred = adapter.infer_options(adapter.map_keys(init.tensors))
     for k, v in inferred.items():
         if k not in given_options and k not in opts:
@@ -86,6 +112,8 @@ class PairResult:
     unrelated: list[Curve] = field(default_factory=list)
     """Curves from fresh initialisations (seeds ``unrelated_seeds``) to the same final."""
     unrelated_seeds: list[int] = field(default_factory=list)
+    sources: dict[str, Any] = field(default_factory=dict)
+    """How each endpoint was resolved (hub repository, revision, commit hash)."""
 
     @property
     def min_delta(self) -> float:
@@ -114,11 +142,16 @@ def resolve_data(init: Checkpoint, adapter: Adapter, given: Mapping[str, Any]) -
     limit = given.get("limit")
     if limit is None and meta.get("name") == name:
         limit = meta.get("limit")
+    text = {k: given[k] for k in ("seq_len", "max_tokens") if given.get(k) is not None}
+    if "seq_len" not in text and meta.get("name") == name and meta.get("seq_len"):
+        text["seq_len"] = meta["seq_len"]
     return DataSpec(
         name=name,
         data_dir=given.get("data_dir"),
         split=given.get("split") or "train",
         limit=limit,
+        data_file=given.get("data_file"),
+        **text,
     )
 
 
@@ -132,7 +165,7 @@ def build_module(
         raise DataError(
             f"--arch {choice.adapter.name} cannot be built for this data: {exc}"
         ) from exc
-    tensors = choice.adapter.map_keys(ckpt.tensors)
+    tensors = choice.adapter.map_keys(ckpt.tensors, choice.options)
     load_into(module, tensors, str(ckpt.path), choice.adapter.name)
     return module, tensors
 
@@ -153,13 +186,18 @@ class Setup:
         return DataInfo(self.dataset.input_shape, self.dataset.num_classes)
 
     def data_record(self) -> dict[str, Any]:
-        return {
+        out = {
             "name": self.dataset.name,
             "split": self.dataset.split,
             "examples": len(self.dataset),
             "limit": self.data_spec.limit,
             "data_dir": self.data_spec.data_dir,
         }
+        if self.data_spec.data_file is not None:
+            out["data_file"] = self.data_spec.data_file
+            out["seq_len"] = int(self.dataset.inputs.shape[-1])
+            out["max_tokens"] = self.data_spec.max_tokens
+        return out
 
 
 def setup(
@@ -174,10 +212,13 @@ def setup(
     data_spec = (
         data if isinstance(data, DataSpec) else resolve_data(first, choice.adapter, data or {})
     )
-    dataset = load_dataset(data_spec)
+    hooks = None
+    if data_spec.name in MODEL_DEFINED_DATA:
+        hooks = choice.adapter.data_hooks(choice.options, first.folder)
+    dataset = load_dataset(data_spec, hooks)
     module, _ = build_module(choice, dataset, first)
     device = resolve_device(spec.device)
-    dtype = torch.float64 if spec.dtype == "float64" else torch.float32
+    dtype = DTYPES[spec.dtype]
     module = module.to(device=device, dtype=dtype)
     prepared = prepare_data(choice.adapter, dataset.inputs, dataset.targets, device, dtype)
     return Setup(choice, dataset, data_spec, module, prepared, device)
@@ -195,19 +236,30 @@ def compare_pair(
     progress: ProgressFn | None = None,
     unrelated_seeds: Sequence[int] = (),
     trust_pickle: bool = False,
+    offline: bool = False,
 ) -> PairResult:
-    """Evaluate the straight path from ``init_path`` to ``final_path``."""
+    """Evaluate the straight path from ``init_path`` to ``final_path`` (paths or sources:
+    ``hf:ORG/NAME@REV``, ``timm:NAME``, ``init:SOURCE``).
+
+    Memory: theta_0 and theta_T are held once each, as loaded (stored dtype), plus the
+    module's working weights; the loaded dicts are not kept beside them.
+    """
     spec = spec or EvalSpec()
     t_start = time.perf_counter()
-    init = load_checkpoint(init_path, trust_pickle)
-    final = load_checkpoint(final_path, trust_pickle)
+    init = open_source(init_path, trust_pickle, offline)
+    final = open_source(final_path, trust_pickle, offline)
     check_pair(init, final)
     check_finite(init)
     check_finite(final)
+    notes = [f"init: {n}" for n in init.notes] + [f"final: {n}" for n in final.notes]
+    notes += integrity_notes(init, final)
+    sources = {"init": _source_record(init), "final": _source_record(final)}
     ctx = setup(init, arch, arch_options, data, spec)
     choice = ctx.choice
-    theta0 = choice.adapter.map_keys(init.tensors)
-    theta1 = choice.adapter.map_keys(final.tensors)
+    theta0 = choice.adapter.map_keys(init.tensors, choice.options)
+    theta1 = choice.adapter.map_keys(final.tensors, choice.options)
+    init_path_s, final_path_s = str(init.path), str(final.path)
+    del init, final  # the evaluator holds the tensors themselves; no second reference
     evaluator = PathEvaluator(choice.adapter, ctx.module, theta0, theta1, ctx.prepared, spec)
     distance, normalized = metrics.weight_distance(theta0, theta1, evaluator.roles.parameters)
     t_loaded = time.perf_counter()
@@ -222,12 +274,11 @@ def compare_pair(
         unrelated.append(ev.run(alpha_grid(spec.alphas), gauss=False))
     timing = {"load": t_loaded - t_start, **curve.timing}
     timing["total"] = time.perf_counter() - t_start
-    notes = [f"init: {n}" for n in init.notes] + [f"final: {n}" for n in final.notes]
     if all(torch.equal(theta0[k], theta1[k]) for k in evaluator.roles.interpolated):
         notes.append("init and final weights are identical: the path is a single point")
     return PairResult(
-        init_path=str(init.path),
-        final_path=str(final.path),
+        init_path=init_path_s,
+        final_path=final_path_s,
         arch=choice.adapter.name,
         arch_options=choice.adapter.options_to_dict(choice.options),
         data=ctx.data_record(),
@@ -241,4 +292,42 @@ def compare_pair(
         timing=timing,
         unrelated=unrelated,
         unrelated_seeds=list(unrelated_seeds),
+        sources=sources,
     )
+
+
+def _source_record(ckpt: Checkpoint) -> dict[str, Any]:
+    src = ckpt.source
+    return src.record() if isinstance(src, Resolved) else {"path": str(ckpt.path)}
+
+
+def integrity_notes(init: Checkpoint, final: Checkpoint) -> list[str]:
+    """Warnings about mislabelled endpoints: the same file, or the same commit."""
+    notes = []
+    a, b = init.source, final.source
+    same_commit = isinstance(a, Resolved) and isinstance(b, Resolved) and a.commit == b.commit
+    if same_commit and a.commit and a.kind == b.kind == "hf":
+        notes.append(
+            f"{a.text} and {b.text} resolve to the same commit {a.commit[:12]}: "
+            "the two revisions are one"
+        )
+    try:
+        same_file = init.path.samefile(final.path)
+    except OSError:
+        same_file = False
+    index = init.path.name.endswith(".index.json")
+    if not same_file and not index and _same_bytes(init.path, final.path):
+        notes.append(
+            f"{init.path.name} and {final.path.name} are byte-identical files: the revisions "
+            "may be mislabelled"
+        )
+    return notes
+
+
+def _same_bytes(a: Any, b: Any) -> bool:
+    import filecmp
+
+    try:
+        return a.stat().st_size == b.stat().st_size and filecmp.cmp(a, b, shallow=False)
+    except OSError:
+        return False

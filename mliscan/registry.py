@@ -80,3 +80,17 @@ def all_adapters() -> list[Adapter]:
         except UnknownAdapterError as exc:
             warnings.warn(str(exc), stacklevel=2)
     return out
+
+
+def adapter_for_config(config: dict, where: str) -> Adapter:
+    """The adapter that claims a checkpoint folder's ``config.json`` (transformers, timm)."""
+    from mliscan.errors import UsageError
+
+    claimed = [a for a in all_adapters() if a.claims_config(config)]
+    if not claimed:
+        what = config.get("architectures") or config.get("model_type") or config.get("architecture")
+        raise UsageError(
+            f"{where}: no adapter recognises this config ({what}); pass --arch (one of "
+            f"{', '.join(names())})"
+        )
+    return claimed[0]

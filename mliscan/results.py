@@ -57,6 +57,7 @@ def pair_to_dict(r: PairResult) -> dict[str, Any]:
         "notes": r.notes,
         "timing": {k: round(v, 4) for k, v in r.timing.items()},
         "unrelated": _unrelated(r) if r.unrelated else None,
+        "sources": r.sources,
     }
 
 

@@ -27,6 +27,14 @@ EVAL_BATCH_CANDIDATES = (64, 256, 1024, 4096)
 # Momentum of the paper code's batch-norm warm-up epoch (torch's default).
 PAPER_BN_MOMENTUM = 0.1
 
+# Text data: tokens per example, and the share of the corpus a language-model curve reads by
+# default (16384 tokens = 128 sequences of 128: a curve of a 100M model in minutes on a CPU).
+DEFAULT_SEQ_LEN = 128
+DEFAULT_MAX_TOKENS = 16384
+# Share of tokens masked for a masked-LM loss (BERT's 15%), chosen once with this seed.
+MLM_PROBABILITY = 0.15
+MLM_SEED = 0
+
 BNMode = Literal["exact", "paper", "interpolate"]
 
 
@@ -57,13 +65,20 @@ class DataSpec:
     """Which examples the loss is measured on."""
 
     name: str = "digits"
-    """digits (bundled), mnist, fashion-mnist, cifar10, cifar100."""
+    """digits (bundled), mnist, fashion-mnist, cifar10, cifar100, imagefolder, text."""
     data_dir: str | None = None
     """Folder in torchvision's on-disk layout (not needed for digits)."""
     split: Literal["train", "test"] = "train"
     """The paper reports training loss."""
     limit: int | None = None
     """Use only the first N examples (deterministic)."""
+    data_file: str | None = None
+    """Text data: a .txt corpus, or .jsonl/.csv with a 'text' (and 'label') field."""
+    seq_len: int | None = None
+    """Text data: tokens per sequence (one example); None: 128, or the model's context if
+    shorter."""
+    max_tokens: int | None = DEFAULT_MAX_TOKENS
+    """Text data (language models): use the first N tokens of the corpus."""
 
 
 @dataclass(frozen=True)
@@ -85,7 +100,9 @@ class EvalSpec:
     alpha_chunk: int = 1
     """Alphas evaluated per pass with torch.func.vmap (a GPU option for small models whose
     batch-norm statistics are not re-estimated; 1: one alpha at a time)."""
-    dtype: Literal["float32", "float64"] = "float32"
+    dtype: Literal["float32", "float64", "bfloat16", "float16"] = "float32"
+    """Working dtype of the module. The endpoints stay in their stored dtype; theta(alpha) is
+    computed per tensor in float32 (or float64) and rounded once into a low-precision module."""
     device: str = "auto"
 
     def to_dict(self) -> dict[str, Any]:

@@ -19,20 +19,24 @@ def test_adapter_contract(name: str) -> None:
     adapter = registry.get_adapter(name)
     assert isinstance(adapter, Adapter)
     assert adapter.name == name and adapter.description
-    opts = adapter.parse_options({})
-    info = DataInfo((3, 16, 16), 7) if adapter.default_data != "digits" else INFO["digits"]
+    given, info = adapter.example()
+    opts = adapter.parse_options(given)
     torch.manual_seed(0)
     module = adapter.build(opts, info)
     state = {k: v.clone() for k, v in module.state_dict().items()}
-    # keys map onto the module and load strictly
-    load_into(module, adapter.map_keys(state), "self", name)
-    x = adapter.prepare_inputs(torch.randn(5, *info.input_shape))
-    y = adapter.prepare_targets(x, torch.randint(0, info.num_classes, (5,)))
+    # the file's names (unmap_keys) map back onto the module and load strictly
+    file_names = adapter.unmap_keys(state)
+    load_into(module, adapter.map_keys(file_names, opts), "self", name)
+    torch.manual_seed(1)
+    raw_x, raw_y = adapter.example_batch(info, 5)
+    x = adapter.prepare_inputs(raw_x)
+    y = adapter.prepare_targets(x, raw_y)
     module.eval()
     out = module(x)
     loss = adapter.loss(out, y)
     assert loss.shape == (5,) and torch.isfinite(loss).all()
-    assert adapter.logits(out).shape[0] == 5
+    rows = adapter.logits(out)
+    assert rows.dim() == 2 and rows.shape[0] % 5 == 0  # one or more logit vectors per example
     ok = adapter.correct(out, y)
     assert ok is None or ok.shape == (5,)
     assert isinstance(adapter.bn_modules(module), list)

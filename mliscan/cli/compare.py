@@ -15,10 +15,15 @@ from mliscan.cli.errors import EXIT_GATE, EXIT_OK
 
 def compare(
     init: Annotated[
-        str, typer.Argument(help="Initial checkpoint (.safetensors, .pt/.bin, or a folder).")
+        str,
+        typer.Argument(
+            help="Initial checkpoint: a file (.safetensors, .pt/.bin) or folder, hf:ORG/NAME[@REV], "
+            "timm:NAME[.TAG] or init:SOURCE[?seed=S]."
+        ),
     ],
     final: Annotated[
-        str, typer.Argument(metavar="FINAL", help="Trained checkpoint, same architecture.")
+        str,
+        typer.Argument(metavar="FINAL", help="Trained checkpoint (same forms), same architecture."),
     ],
     arch: o.Arch = None,
     hidden: o.Hidden = None,
@@ -29,6 +34,9 @@ def compare(
     data: o.Data = None,
     data_dir: o.DataDir = None,
     data_limit: o.DataLimit = None,
+    data_file: o.DataFile = None,
+    seq_len: o.SeqLen = None,
+    max_tokens: o.MaxTokens = None,
     split: o.Split = "train",
     alphas: o.Alphas = o.DEFAULTS["alphas"],
     bn_batch_size: o.BnBatchSize = o.DEFAULTS["bn_batch_size"],
@@ -73,6 +81,7 @@ def compare(
         float | None, typer.Option(help="Exit 1 when min-Δ exceeds X.", metavar="X")
     ] = None,
     trust_pickle: o.TrustPickle = False,
+    offline: o.Offline = False,
     quiet: o.Quiet = False,
 ) -> int:
     """Interpolate from INIT to FINAL: min-Δ, monotonicity, distance, Gauss length, barrier.
@@ -84,6 +93,10 @@ def compare(
       mliscan compare init.pt final.pt --arch mlp --hidden 128,128 --data digits --json -
 
       mliscan compare i.safetensors f.safetensors --arch resnet20 --data cifar10 --data-dir ~/data --fail-on-nonmonotonic
+
+      mliscan compare hf:EleutherAI/pythia-70m@step0 hf:EleutherAI/pythia-70m@step143000 --data text --data-file corpus.txt
+
+      mliscan compare init:timm:resnet18 timm:resnet18.a1_in1k --data imagefolder --data-dir ~/imagenet-val --data-limit 512
     """
     from mliscan.errors import UsageError
     from mliscan.pipeline import compare_pair
@@ -92,8 +105,7 @@ def compare(
 
     if bn_mode not in ("exact", "paper", "interpolate"):
         raise UsageError(f"--bn-mode must be exact, paper or interpolate, got {bn_mode!r}")
-    if dtype not in ("float32", "float64"):
-        raise UsageError(f"--dtype must be float32 or float64, got {dtype!r}")
+    o.check_dtype(dtype)
     if gauss_method not in ("auto", "jvp"):
         raise UsageError(f"--gauss-method must be auto or jvp, got {gauss_method!r}")
     if alphas < 2:
@@ -120,12 +132,16 @@ def compare(
         "data_dir": str(data_dir) if data_dir else None,
         "limit": data_limit,
         "split": split,
+        "data_file": data_file,
+        "seq_len": seq_len,
+        "max_tokens": max_tokens,
     }
     given = o.arch_options(hidden, activation, bn, init_scheme, arch_opt)
 
     from mliscan.cli import ui
 
-    with ui.alpha_progress(alphas, f"{Path(final).name}", quiet) as progress:
+    label = final if final.startswith(("hf:", "timm:", "init:")) else Path(final).name
+    with ui.alpha_progress(alphas, label, quiet) as progress:
         result = compare_pair(
             init,
             final,
@@ -137,9 +153,10 @@ def compare(
             progress=progress,
             unrelated_seeds=list(unrelated_seed or range(unrelated)),
             trust_pickle=trust_pickle,
+            offline=offline,
         )
     record = pair_to_dict(result)
-    record["label"] = Path(final).name
+    record["label"] = label
     to_stdout = json_out == "-"
     console = ui.err if to_stdout else ui.out
     console.print(ui.result_table(record))

@@ -38,6 +38,7 @@ TABLE: list[tuple[type[BaseException], str]] = [
     (errors.AdapterOptionError, "bad architecture option"),
     (errors.DataNotFoundError, "data not found"),
     (errors.DataError, "bad data"),
+    (errors.HubError, "hub"),
     (errors.UsageError, "usage"),
     (errors.MliscanError, "error"),
 ]

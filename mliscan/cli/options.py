@@ -55,7 +55,7 @@ Data = Annotated[
     str | None,
     typer.Option(
         "--data",
-        help="digits (bundled), mnist, fashion-mnist, cifar10, cifar100; default: from metadata or the adapter.",
+        help="digits (bundled), mnist, fashion-mnist, cifar10, cifar100, wikitext2, tinytext (bundled), imagefolder (timm models), text (hf-* models); default: from metadata or the adapter.",
         rich_help_panel=DATA,
     ),
 ]
@@ -67,6 +67,35 @@ DataDir = Annotated[
 ]
 DataLimit = Annotated[
     int | None, typer.Option(help="Use only the first N examples.", rich_help_panel=DATA)
+]
+DataFile = Annotated[
+    str | None,
+    typer.Option(
+        help="--data text: a .txt corpus, or .jsonl/.csv with 'text' (and 'label').",
+        rich_help_panel=DATA,
+    ),
+]
+SeqLen = Annotated[
+    int | None,
+    typer.Option(
+        help="Tokens per sequence: wikitext2/tinytext [default: 35]; text [default: 128, or "
+        "the model's context if shorter].",
+        rich_help_panel=DATA,
+    ),
+]
+MaxTokens = Annotated[
+    int | None,
+    typer.Option(
+        help="--data text (language models): use the first N tokens [default: 16384].",
+        rich_help_panel=DATA,
+    ),
+]
+Offline = Annotated[
+    bool,
+    typer.Option(
+        "--offline",
+        help="Hub sources from the local cache only (as HF_HUB_OFFLINE=1).",
+    ),
 ]
 Split = Annotated[
     str, typer.Option(help="train (the paper reports training loss) or test.", rich_help_panel=DATA)
@@ -97,7 +126,24 @@ BnMode = Annotated[
     ),
 ]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda or mps.", rich_help_panel=EVAL)]
-Dtype = Annotated[str, typer.Option(help="float32 or float64.", rich_help_panel=EVAL)]
+Dtype = Annotated[
+    str,
+    typer.Option(
+        help="Working dtype: float32, float64, bfloat16 or float16 (interpolation itself is "
+        "always computed in float32 or wider).",
+        rich_help_panel=EVAL,
+    ),
+]
+DTYPE_CHOICES = ("float32", "float64", "bfloat16", "float16")
+
+
+def check_dtype(dtype: str) -> None:
+    from mliscan.errors import UsageError
+
+    if dtype not in DTYPE_CHOICES:
+        raise UsageError(f"--dtype must be one of {', '.join(DTYPE_CHOICES)}, got {dtype!r}")
+
+
 BatchSize = Annotated[
     int,
     typer.Option("--batch-size", help="Evaluation batch size (speed only).", rich_help_panel=EVAL),

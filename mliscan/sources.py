@@ -1,0 +1,353 @@
+"""Checkpoint sources -> local paths. Resolving stays separate from loading.
+
+* a plain path (file or folder), as before;
+* ``hf:ORG/NAME[@REVISION]``: a Hugging Face Hub repository at a branch, tag or commit,
+  fetched by ``huggingface_hub`` into its normal cache (weights, ``config.json`` and tokenizer
+  files only; safetensors preferred over ``pytorch_model.bin``). ``offline`` or
+  ``HF_HUB_OFFLINE=1`` reads the cache only;
+* ``timm:NAME[.TAG]``: timm's pretrained weights (their Hub repository, ``timm/NAME.TAG``);
+* ``init:SOURCE[?seed=S]``: a fresh initialisation of SOURCE's architecture, built by the
+  adapter that claims SOURCE's ``config.json`` (transformers: ``from_config``, which runs the
+  model's own ``_init_weights``; timm: ``create_model(pretrained=False)``), seeded with S
+  (default 0) and written once into mliscan's cache (``$MLISCAN_CACHE``, else
+  ``~/.cache/mliscan``), keyed by the source's resolved commit, the seed and library versions.
+
+Every resolver returns a :class:`Resolved`: the local path plus what is needed to reproduce
+it (repository, revision, resolved commit hash).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mliscan.errors import CheckpointNotFoundError, HubError, UsageError
+
+PREFIXES = ("hf:", "timm:", "init:")
+# Files fetched from a Hub repository: weights, their index, the config and the tokenizer.
+CONFIG_FILES = ("config.json", "pretrained_cfg.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
+_REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_REV_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_./-]*$")
+_COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+
+
+@dataclass
+class Resolved:
+    """Where a source's files lie, and what pins them."""
+
+    text: str
+    path: Path
+    kind: str
+    """'path', 'hf', 'timm' or 'init'."""
+    repo: str | None = None
+    revision: str | None = None
+    commit: str | None = None
+    """The resolved commit hash (hub sources)."""
+    seed: int | None = None
+    base: Resolved | None = None
+    """For init: the source whose architecture was initialised."""
+    files: list[str] = field(default_factory=list)
+
+    def record(self) -> dict[str, Any]:
+        out = {k: v for k, v in asdict(self).items() if k not in ("base", "files")}
+        out["path"] = str(self.path)
+        if self.base is not None:
+            out["base"] = self.base.record()
+        return {k: v for k, v in out.items() if v is not None}
+
+
+def is_offline(offline: bool = False) -> bool:
+    value = os.environ.get("HF_HUB_OFFLINE", "").strip().lower()
+    return offline or value in {"1", "true", "yes", "on"}
+
+
+def hub_cache_dir() -> Path:
+    """huggingface_hub's cache folder, read from the environment at call time."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface"
+    )
+    return Path(home) / "hub"
+
+
+def mliscan_cache_dir() -> Path:
+    if os.environ.get("MLISCAN_CACHE"):
+        return Path(os.environ["MLISCAN_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")) / "mliscan"
+
+
+def resolve(text: str, *, offline: bool = False) -> Resolved:
+    """Resolve one source string to local files (downloading hub files unless offline)."""
+    text = text.strip()
+    if text.startswith("hf:"):
+        return resolve_hf(text, offline=offline)
+    if text.startswith("timm:"):
+        return resolve_timm(text, offline=offline)
+    if text.startswith("init:"):
+        return resolve_init(text, offline=offline)
+    p = Path(text).expanduser()
+    if not p.exists():
+        if _REPO_RE.match(text.split("@")[0]) and not text.endswith(
+            (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+        ):
+            raise CheckpointNotFoundError(
+                f"{text}: no such file or directory; if it is a Hugging Face Hub id, write "
+                f"hf:{text} (or timm:NAME for timm weights)"
+            )
+        raise CheckpointNotFoundError(f"{text}: no such file or directory; check the path")
+    return Resolved(text=text, path=p, kind="path")
+
+
+def parse_hf(text: str) -> tuple[str, str]:
+    body = text.removeprefix("hf:")
+    repo, _, revision = body.partition("@")
+    revision = revision or "main"
+    if not _REPO_RE.match(repo) or ".." in repo:
+        raise UsageError(
+            f"{text}: not a Hub repository id; write hf:ORG/NAME or hf:ORG/NAME@REVISION"
+        )
+    if not _REV_RE.match(revision) or ".." in revision:
+        raise UsageError(f"{text}: {revision!r} is not a valid revision (branch, tag or commit)")
+    return repo, revision
+
+
+def resolve_hf(text: str, *, offline: bool = False) -> Resolved:
+    repo, revision = parse_hf(text)
+    folder = _snapshot(text, repo, revision, is_offline(offline))
+    commit = folder.name if _COMMIT_RE.match(folder.name) else None
+    files = sorted(str(f.relative_to(folder)) for f in folder.rglob("*") if f.is_file())
+    return Resolved(text, folder, "hf", repo=repo, revision=revision, commit=commit, files=files)
+
+
+def _snapshot(text: str, repo: str, revision: str, offline: bool) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    cache = hub_cache_dir()
+    try:
+        patterns = None if offline else _wanted_files(repo, revision)
+        folder = snapshot_download(
+            repo,
+            revision=revision,
+            cache_dir=str(cache),
+            local_files_only=offline,
+            allow_patterns=patterns,
+        )
+    except GatedRepoError as exc:
+        raise HubError(
+            f"{text}: the repository is gated; accept its terms on huggingface.co and log in "
+            "(`hf auth login`)"
+        ) from exc
+    except RevisionNotFoundError as exc:
+        raise HubError(f"{text}: the repository has no revision {revision!r}") from exc
+    except RepositoryNotFoundError as exc:
+        raise HubError(
+            f"{text}: no such repository on the Hub (or it is private: log in first)"
+        ) from exc
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:
+        repo_dir = cache / ("models--" + repo.replace("/", "--"))
+        if not repo_dir.is_dir():
+            raise HubError(
+                f"{text}: not in the local Hugging Face cache ({cache}) and offline mode is on; "
+                "run once with network access (unset HF_HUB_OFFLINE, drop --offline)"
+            ) from exc
+        raise HubError(
+            f"{text}: revision {revision!r} is not in the local Hugging Face cache ({repo_dir}); "
+            "check the name, or fetch it once with network access"
+        ) from exc
+    except (HfHubHTTPError, OSError) as exc:
+        raise HubError(f"{text}: cannot reach the Hub ({_first_line(exc)}); try --offline") from exc
+    return Path(folder)
+
+
+def _wanted_files(repo: str, revision: str) -> list[str]:
+    """The files worth fetching: safetensors when the repo has them, else torch .bin."""
+    from huggingface_hub import HfApi
+
+    from mliscan.checkpoints import is_safe_relative
+
+    info = HfApi().model_info(repo, revision=revision)
+    names = [s.rfilename for s in (info.siblings or [])]
+    bad = [n for n in names if not is_safe_relative(n)]
+    if bad:
+        raise HubError(
+            f"hf:{repo}@{revision}: refused: file names leave the repository: {bad[0]!r}"
+        )
+    top = [n for n in names if "/" not in n]
+    safetensors = [
+        n for n in top if n.endswith(".safetensors") or n.endswith(".safetensors.index.json")
+    ]
+    bins = [
+        n for n in top if n.startswith("pytorch_model") and n.endswith((".bin", ".bin.index.json"))
+    ]
+    weights = safetensors or bins
+    if not weights:
+        raise HubError(
+            f"hf:{repo}@{revision}: holds no model.safetensors or pytorch_model.bin at its top level"
+        )
+    keep = set(CONFIG_FILES) | set(TOKENIZER_FILES) | {"preprocessor_config.json"}
+    return sorted(weights + [n for n in top if n in keep])
+
+
+def resolve_timm(text: str, *, offline: bool = False) -> Resolved:
+    name = text.removeprefix("timm:")
+    try:
+        import timm.models
+    except ImportError as exc:  # pragma: no cover - timm is a dependency
+        raise UsageError("timm: sources need the timm package (pip install timm)") from exc
+    cfg = timm.models.get_pretrained_cfg(name) if name else None
+    if cfg is None:
+        raise UsageError(
+            f"{text}: timm has no pretrained weights named {name!r}; list them with "
+            'python -c "import timm; print(timm.list_models(pretrained=True))"'
+        )
+    hub_id = getattr(cfg, "hf_hub_id", None)
+    if not hub_id or hub_id.endswith("/"):
+        raise UsageError(
+            f"{text}: these weights are not on the Hugging Face Hub; download the file "
+            "yourself and pass its path with --arch timm --arch-opt model=" + name.split(".")[0]
+        )
+    repo, _, revision = hub_id.partition("@")
+    try:
+        inner = resolve_hf(f"hf:{repo}@{revision or 'main'}", offline=offline)
+    except HubError as exc:
+        raise HubError(
+            f"{text} (Hub repository {repo}): {exc}".replace(
+                f"hf:{repo}@{revision or 'main'}: ", ""
+            )
+        ) from exc
+    return Resolved(
+        text,
+        inner.path,
+        "timm",
+        repo=repo,
+        revision=inner.revision,
+        commit=inner.commit,
+        files=inner.files,
+    )
+
+
+def parse_init(text: str) -> tuple[str, int]:
+    body = text.removeprefix("init:")
+    base, _, query = body.partition("?")
+    seed = 0
+    if query:
+        key, _, value = query.partition("=")
+        if key != "seed" or not value.lstrip("-").isdigit():
+            raise UsageError(f"{text}: the only init: option is ?seed=INTEGER")
+        seed = int(value)
+    if not base:
+        raise UsageError(f"{text}: write init:SOURCE, e.g. init:timm:resnet18 or init:hf:gpt2")
+    return base, seed
+
+
+def resolve_init(text: str, *, offline: bool = False) -> Resolved:
+    base_text, seed = parse_init(text)
+    if base_text.startswith("init:"):
+        raise UsageError(f"{text}: init: cannot be nested")
+    base = resolve(base_text, offline=offline)
+    folder = base.path if base.path.is_dir() else base.path.parent
+    from mliscan.checkpoints import read_config
+
+    config = read_config(folder / "config.json")
+    if config is None:
+        raise UsageError(
+            f"{text}: {base_text} has no config.json to build a fresh model from; init: works "
+            "for hf:, timm: and transformers/timm folders (for mliscan's own checkpoints use "
+            "compare --unrelated K)"
+        )
+    from mliscan.registry import adapter_for_config
+
+    adapter = adapter_for_config(config, str(folder / "config.json"))
+    key = _init_key(base, folder, seed, adapter.name)
+    out = mliscan_cache_dir() / "init" / key
+    if not (out / "model.safetensors").is_file():
+        materialize_init(adapter, config, folder, seed, out)
+    return Resolved(text, out, "init", seed=seed, base=base, commit=base.commit)
+
+
+def _init_key(base: Resolved, folder: Path, seed: int, arch: str) -> str:
+    import torch
+
+    versions = {"torch": torch.__version__}
+    for mod in ("transformers", "timm"):
+        try:
+            versions[mod] = __import__(mod).__version__
+        except ImportError:  # pragma: no cover
+            versions[mod] = None
+    config_bytes = (folder / "config.json").read_bytes()
+    ident = {
+        "config": hashlib.sha256(config_bytes).hexdigest(),
+        "seed": seed,
+        "arch": arch,
+        "versions": versions,
+    }
+    digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", base.repo or folder.name).strip("-")[:60]
+    return f"{slug}-seed{seed}-{digest}"
+
+
+def materialize_init(adapter: Any, config: dict, folder: Path, seed: int, out: Path) -> None:
+    """Build the architecture fresh (seeded), save it with its config and tokenizer files,
+    and move the folder into place atomically."""
+    import tempfile
+
+    import torch
+    from safetensors.torch import save_file
+
+    from mliscan.adapter import DataInfo
+    from mliscan.interpolate import tied_aliases
+
+    options = adapter.parse_options(adapter.options_from_config(config))
+    torch.manual_seed(seed)
+    module = adapter.build(options, DataInfo((), 0))
+    aliases = tied_aliases(module)
+    state = {k: v for k, v in module.state_dict().items() if k not in aliases}
+    state = adapter.unmap_keys(state)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".init-", dir=out.parent))
+    try:
+        tensors = {k: v.detach().contiguous() for k, v in state.items()}
+        meta = {"mliscan_init": json.dumps({"seed": seed, "arch": adapter.name})}
+        save_file(tensors, str(tmp / "model.safetensors"), metadata=meta)
+        for name in (*CONFIG_FILES, *TOKENIZER_FILES, "preprocessor_config.json"):
+            if (folder / name).is_file():
+                shutil.copyfile(folder / name, tmp / name)
+        try:
+            os.replace(tmp, out)
+        except OSError:  # another process materialised it first
+            if not (out / "model.safetensors").is_file():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,331 @@
+"""hf:, timm: and init: sources through the real resolver, fully offline.
+
+A temporary Hugging Face cache is built by hand (``tests/hubcache.py``) with tiny GPT-2,
+GPT-NeoX and BERT models under two revisions (``step0`` and ``main``) and a tiny timm model;
+``HF_HUB_OFFLINE=1`` is set, so nothing can be downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests import hubcache
+from tests.conftest import run_cli, run_subprocess
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("hub")
+    cache = root / "cache"
+    for kind in ("gpt2", "neox", "bert", "bert-cls"):
+        hubcache.add_revision(
+            cache, f"org/tiny-{kind}", ["step0"], hubcache.hf_model_files(kind, 0)
+        )
+        hubcache.add_revision(
+            cache, f"org/tiny-{kind}", ["main"], hubcache.hf_model_files(kind, 0, steps=3)
+        )
+    hubcache.add_revision(
+        cache, "timm/test_resnet.r160_in1k", ["main"], hubcache.timm_model_files(0, steps=3)
+    )
+    (root / "corpus.txt").write_text(hubcache.CORPUS)
+    rows = ["text,label"] + [
+        f"{' '.join(hubcache.WORDS[i : i + 6])},{'pos' if i % 3 else 'neg'}" for i in range(30)
+    ]
+    (root / "reviews.csv").write_text("\n".join(rows) + "\n")
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in ("a", "b", "c"):
+        (root / "imgs" / c).mkdir(parents=True)
+        for i in range(3):
+            pixels = (rng.random((40, 40, 3)) * 255).astype("uint8")
+            Image.fromarray(pixels).save(root / "imgs" / c / f"{i}.png")
+    return root
+
+
+@pytest.fixture
+def offline(hub: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("MLISCAN_CACHE", str(hub / "mliscan-cache"))
+    return hub
+
+
+def _compare(args: list, capsys: pytest.CaptureFixture[str]) -> dict:
+    code, out, err = run_cli(["compare", *args, "--json", "-", "-q"], capsys)
+    assert code in (0, 1), err
+    return json.loads(out)
+
+
+def test_causal_lm_curve_matches_an_independent_computation(
+    offline: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rec = _compare(
+        [
+            "hf:org/tiny-gpt2@step0",
+            "hf:org/tiny-gpt2@main",
+            "--data",
+            "text",
+            "--data-file",
+            offline / "corpus.txt",
+            "--alphas",
+            3,
+            "--seq-len",
+            32,
+        ],
+        capsys,
+    )
+    assert rec["arch"] == "hf-causal-lm"  # read from config.json, no --arch
+    src = rec["sources"]
+    assert src["init"]["revision"] == "step0" and src["final"]["revision"] == "main"
+    assert len(src["init"]["commit"]) == 40 and src["init"]["commit"] != src["final"]["commit"]
+
+    # independent: transformers' own loader, interpolation by hand, token-level cross-entropy
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    a = AutoModelForCausalLM.from_pretrained(src["init"]["path"])
+    b = AutoModelForCausalLM.from_pretrained(src["final"]["path"])
+    tok = AutoTokenizer.from_pretrained(src["init"]["path"])
+    ids = tok(hubcache.CORPUS, add_special_tokens=False)["input_ids"][:16384]
+    n = len(ids) // 32
+    x = torch.tensor(ids[: n * 32]).view(n, 32)
+    sb = b.state_dict()
+    mid = {
+        k: v + 0.5 * (sb[k] - v) if v.is_floating_point() else v for k, v in a.state_dict().items()
+    }
+    for alpha, state, got in ((0.0, a.state_dict(), rec["loss"][0]), (0.5, mid, rec["loss"][1])):
+        a.load_state_dict(state)
+        with torch.no_grad():
+            logits = a(input_ids=x).logits
+        want = torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]).double(), x[:, 1:].reshape(-1)
+        )
+        assert got == pytest.approx(float(want), rel=1e-5), alpha
+    # the tied output head is counted once in the distance
+    params = {n for n, _ in b.named_parameters()}
+    d = sum(
+        float(((sb[k] - a0).double() ** 2).sum())
+        for k, a0 in AutoModelForCausalLM.from_pretrained(src["init"]["path"]).state_dict().items()
+        if k in params
+    )
+    assert rec["distance"] == pytest.approx(d**0.5, rel=1e-6)
+    assert rec["gauss_length"] is not None and rec["gauss_length"] >= 0
+
+
+def test_neox_masked_and_classifier_adapters(
+    offline: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    common = ["--alphas", 3, "--seq-len", 24, "--data", "text"]
+    neox = _compare(
+        [
+            "hf:org/tiny-neox@step0",
+            "hf:org/tiny-neox@main",
+            *common,
+            "--data-file",
+            offline / "corpus.txt",
+        ],
+        capsys,
+    )
+    assert neox["arch"] == "hf-causal-lm" and all(np.isfinite(neox["loss"]))
+    bert = _compare(
+        [
+            "hf:org/tiny-bert@step0",
+            "hf:org/tiny-bert@main",
+            *common,
+            "--data-file",
+            offline / "corpus.txt",
+        ],
+        capsys,
+    )
+    assert bert["arch"] == "hf-masked-lm"
+    # the masks are fixed: the curve is reproducible
+    again = _compare(
+        [
+            "hf:org/tiny-bert@step0",
+            "hf:org/tiny-bert@main",
+            *common,
+            "--data-file",
+            offline / "corpus.txt",
+            "--no-gauss",
+        ],
+        capsys,
+    )
+    assert again["loss"] == bert["loss"]
+    cls = _compare(
+        [
+            "hf:org/tiny-bert-cls@step0",
+            "hf:org/tiny-bert-cls@main",
+            *common,
+            "--data-file",
+            offline / "reviews.csv",
+        ],
+        capsys,
+    )
+    assert cls["arch"] == "hf-sequence-classification" and cls["data"]["examples"] == 30
+    assert all(0 <= v <= 1 for v in cls["accuracy"])
+
+
+def test_masked_lm_masks_are_seeded_and_equal_per_row(offline: Path) -> None:
+    from mliscan.adapters.hf import MaskedLMAdapter
+
+    from mliscan.spec import DataSpec
+    from mliscan.text import load_text
+
+    src = next((offline / "cache" / "models--org--tiny-bert" / "snapshots").iterdir())
+    adapter = MaskedLMAdapter()
+    opts = adapter.parse_options(
+        adapter.options_from_config(json.loads((src / "config.json").read_text()))
+    )
+    hooks = adapter.data_hooks(opts, src)
+    spec = DataSpec("text", data_file=str(offline / "corpus.txt"), seq_len=20)
+    x1, y1, _ = load_text(spec, hooks)
+    x2, y2, _ = load_text(spec, hooks)
+    assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    scored = (y1 != -100).sum(dim=1)
+    assert (scored == scored[0]).all() and scored[0] == round(0.15 * 18)
+    assert (x1[y1 != -100] == hooks.tokenizer.mask_token_id).all()
+    assert (x1[:, 0] == hooks.tokenizer.cls_token_id).all()
+
+
+def test_timm_init_source_and_imagefolder(
+    offline: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = [
+        "init:timm:test_resnet.r160_in1k",
+        "timm:test_resnet.r160_in1k",
+        "--data",
+        "imagefolder",
+        "--data-dir",
+        offline / "imgs",
+        "--alphas",
+        3,
+    ]
+    rec = _compare(args, capsys)
+    assert rec["arch"] == "timm" and rec["data"]["examples"] == 9
+    assert rec["sources"]["init"]["kind"] == "init" and rec["sources"]["init"]["seed"] == 0
+    assert rec["sources"]["final"]["repo"] == "timm/test_resnet.r160_in1k"
+    # the fresh initialisation is cached and deterministic
+    again = _compare(args, capsys)
+    assert again["loss"] == rec["loss"]
+    seeded = _compare(["init:timm:test_resnet.r160_in1k?seed=1", *args[1:]], capsys)
+    assert seeded["loss"][0] != rec["loss"][0] and seeded["loss"][-1] == rec["loss"][-1]
+
+
+def test_init_of_a_transformer_runs_its_own_init_weights(offline: Path, capsys) -> None:
+    rec = _compare(
+        [
+            "init:hf:org/tiny-gpt2@main",
+            "hf:org/tiny-gpt2@main",
+            "--data",
+            "text",
+            "--data-file",
+            offline / "corpus.txt",
+            "--alphas",
+            2,
+            "--no-gauss",
+            "--seq-len",
+            16,
+        ],
+        capsys,
+    )
+    from safetensors.torch import load_file
+
+    init = load_file(Path(rec["sources"]["init"]["path"]) / "model.safetensors")
+    # GPT-2's _init_weights: normal(0, 0.02) embeddings, LayerNorm weight 1
+    assert float(init["transformer.wte.weight"].std()) == pytest.approx(0.02, rel=0.1)
+    assert torch.equal(init["transformer.h.0.ln_1.weight"], torch.ones(32))
+
+
+def test_integrity_notes_for_the_same_revision(offline: Path, capsys) -> None:
+    rec = _compare(
+        [
+            "hf:org/tiny-gpt2@step0",
+            "hf:org/tiny-gpt2@step0",
+            "--data",
+            "text",
+            "--data-file",
+            offline / "corpus.txt",
+            "--alphas",
+            2,
+            "--no-gauss",
+            "--seq-len",
+            16,
+        ],
+        capsys,
+    )
+    assert any("same commit" in n for n in rec["notes"])
+    assert any("identical" in n for n in rec["notes"])
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("org/tiny-gpt2", "write hf:org/tiny-gpt2"),
+        ("hf:org/tiny-gpt2@nope", "revision 'nope' is not in the local Hugging Face cache"),
+        ("hf:org/absent", "not in the local Hugging Face cache"),
+        ("hf:../../etc", "not a Hub repository id"),
+    ],
+)
+def test_source_errors_are_one_line_exit_2(offline: Path, source: str, expected: str) -> None:
+    proc = run_subprocess(
+        [
+            "compare",
+            source,
+            "hf:org/tiny-gpt2@main",
+            "--data",
+            "text",
+            "--data-file",
+            offline / "corpus.txt",
+        ]
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("mliscan:")]
+    assert len(lines) == 1 and expected in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_offline_flag_reads_the_cache_only(hub: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub / "cache"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    rec = _compare(
+        [
+            "hf:org/tiny-gpt2@step0",
+            "hf:org/tiny-gpt2@main",
+            "--offline",
+            "--data",
+            "text",
+            "--data-file",
+            hub / "corpus.txt",
+            "--alphas",
+            2,
+            "--no-gauss",
+            "--seq-len",
+            16,
+        ],
+        capsys,
+    )
+    assert rec["sources"]["final"]["revision"] == "main"
+
+
+def test_low_precision_working_dtype_interpolates_in_float32(offline: Path, capsys) -> None:
+    base = [
+        "hf:org/tiny-gpt2@step0",
+        "hf:org/tiny-gpt2@main",
+        "--data",
+        "text",
+        "--data-file",
+        offline / "corpus.txt",
+        "--alphas",
+        3,
+        "--no-gauss",
+        "--seq-len",
+        16,
+    ]
+    f32 = _compare(base, capsys)
+    bf16 = _compare([*base, "--dtype", "bfloat16"], capsys)
+    assert bf16["loss"] == pytest.approx(f32["loss"], rel=2e-2)
