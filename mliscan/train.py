@@ -87,6 +87,11 @@ def train(spec: TrainSpec, out_dir: str | Path, on_epoch: EpochFn | None = None)
     out = Path(out_dir)
     t_start = time.perf_counter()
     adapter = get_adapter(spec.arch)
+    if not adapter.trainable:
+        raise UsageError(
+            f"--arch {adapter.name} evaluates existing models (hub checkpoints); mliscan train "
+            "trains the paper's architectures (see `mliscan adapters`)"
+        )
     options = adapter.parse_options(spec.arch_options)
     dataset = load_dataset(spec.data)
     device = resolve_device(spec.device)
@@ -96,7 +101,8 @@ def train(spec: TrainSpec, out_dir: str | Path, on_epoch: EpochFn | None = None)
     meta = {
         "arch": adapter.name,
         "arch_options": adapter.options_to_dict(options),
-        "data": {"name": dataset.name, "split": dataset.split, "limit": spec.data.limit},
+        "data": {"name": dataset.name, "split": dataset.split, "limit": spec.data.limit}
+        | ({"seq_len": spec.data.seq_len} if spec.data.seq_len is not None else {}),
         "seed": spec.seed,
         "mliscan_version": __version__,
     }
@@ -120,7 +126,7 @@ def train(spec: TrainSpec, out_dir: str | Path, on_epoch: EpochFn | None = None)
         if spec.switch_optimizer is not None and epoch == spec.switch_at:
             optimizer = make_optimizer(spec, module.parameters(), spec.switch_optimizer)
         order = torch.randperm(n, generator=gen).to(device)
-        total, correct = 0.0, 0
+        total, correct = 0.0, 0.0
         for s in batchnorm.batch_slices(n, spec.batch_size):
             idx = order[s]
             x, y = prepared.inputs[idx], prepared.targets[idx]
@@ -135,7 +141,7 @@ def train(spec: TrainSpec, out_dir: str | Path, on_epoch: EpochFn | None = None)
             optimizer.step()
             total += float(losses.detach().sum())
             ok = adapter.correct(output.detach(), y)
-            correct += int(ok.sum()) if ok is not None else 0
+            correct += float(ok.sum()) if ok is not None else 0.0
         with torch.no_grad():
             params = dict(module.named_parameters())
             dist = float(sum(torch.sum((params[k] - start[k]) ** 2) for k in param_names)) ** 0.5
@@ -193,7 +199,7 @@ def _test_accuracy(
             ok = adapter.correct(module(data.inputs[s]), data.targets[s])
             if ok is None:
                 return None
-            correct += int(ok.sum())
+            correct += float(ok.sum())
     return correct / len(data)
 
 

@@ -122,3 +122,33 @@ def test_cifar_pickle_with_arbitrary_global_is_refused(tmp_path: Path) -> None:
             pickle.dump({b"data": Payload(), b"labels": [1]}, f, protocol=2)
     with pytest.raises(DataError, match="not allowed"):
         load_dataset(DataSpec("cifar10", data_dir=str(tmp_path)))
+
+
+def test_wikitext2_layout_vocabulary_and_next_token_targets(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    folder = tmp_path / "wikitext-2"
+    folder.mkdir()
+    (folder / "wiki.train.tokens").write_text(" = A = \n the cat sat on the mat \n")
+    (folder / "wiki.test.tokens").write_text(" the dog sat \n")
+    from mliscan.data import load_dataset
+    from mliscan.spec import DataSpec
+
+    train = load_dataset(DataSpec("wikitext2", data_dir=str(tmp_path), seq_len=3))
+    # words in order of first appearance, <eos> after each line, <unk> appended
+    vocab = ["=", "A", "<eos>", "the", "cat", "sat", "on", "mat", "<unk>"]
+    ids = [0, 1, 0, 2, 3, 4, 5, 6, 3, 7, 2]
+    assert train.num_classes == len(vocab)
+    assert train.inputs.tolist() == [ids[0:3], ids[3:6], ids[6:9]]
+    assert train.targets.tolist() == [ids[1:4], ids[4:7], ids[7:10]]
+    test = load_dataset(DataSpec("wikitext2", data_dir=str(tmp_path), split="test", seq_len=2))
+    assert test.inputs.tolist() == [[3, 8]] and test.targets.tolist() == [[8, 5]]  # dog -> <unk>
+    with pytest.raises(DataNotFoundError, match=r"wiki\.train\.tokens"):
+        load_dataset(DataSpec("wikitext2", data_dir=str(tmp_path / "nowhere")))
+
+
+def test_tinytext_is_bundled() -> None:
+    from mliscan.data import load_dataset
+    from mliscan.spec import DataSpec
+
+    ds = load_dataset(DataSpec("tinytext"))
+    assert ds.inputs.shape[1] == 35 and ds.inputs.dtype == torch.int64 and len(ds) > 20
+    assert torch.equal(ds.inputs[:, 1:], ds.targets[:, :-1])

@@ -28,7 +28,10 @@ CASES = [
     ("simplecnn", {}),
     ("simplecnn", {"bn": True}),
     ("lenet5", {}),
+    ("lstm-lm", {"emb": 8, "hidden": 8, "layers": 2}),
+    ("transformer-lm", {"dim": 8, "heads": 2, "ff": 16, "layers": 2, "context": 16}),
 ]
+LMS = ("lstm-lm", "transformer-lm")
 SHAPES = {"mlp": (1, 8, 8), "autoencoder": (1, 8, 8), "simplecnn": (1, 8, 8), "lenet5": (1, 16, 16)}
 ALPHAS = alpha_grid(5)
 
@@ -36,7 +39,7 @@ ALPHAS = alpha_grid(5)
 def _endpoints(name: str, options: dict):  # type: ignore[no-untyped-def]
     adapter = registry.get_adapter(name)
     opts = adapter.parse_options(options)
-    info = DataInfo(SHAPES.get(name, (3, 8, 8)), 10)
+    info = adapter.example()[1] if name in LMS else DataInfo(SHAPES.get(name, (3, 8, 8)), 10)
     torch.manual_seed(0)
     t0 = {k: v.clone() for k, v in adapter.build(opts, info).state_dict().items()}
     torch.manual_seed(1)
@@ -51,6 +54,9 @@ def _endpoints(name: str, options: dict):  # type: ignore[no-untyped-def]
     n = 12 if name.startswith("resnet") else 37
     x = torch.randn(n, *info.input_shape, generator=g)
     y = torch.randint(0, 10, (n,), generator=g)
+    if name in LMS:
+        torch.manual_seed(5)
+        x, y = adapter.example_batch(info, n)
     return adapter, opts, info, t0, t1, x, y
 
 

@@ -78,8 +78,26 @@ def _tiny_mnist(root: Path) -> None:
         )
 
 
+LM_OPTIONS = {
+    "lstm-lm": {"emb": "16", "hidden": "16", "layers": "1"},
+    "transformer-lm": {"dim": "16", "heads": "2", "ff": "32", "layers": "1"},
+}
+
+
 @pytest.mark.parametrize(
-    "name", ["mlp", "autoencoder", "simplecnn", "lenet5", "resnet20", "alexnet", "vgg16", "vgg19"]
+    "name",
+    [
+        "mlp",
+        "autoencoder",
+        "simplecnn",
+        "lenet5",
+        "resnet20",
+        "alexnet",
+        "vgg16",
+        "vgg19",
+        "lstm-lm",
+        "transformer-lm",
+    ],
 )
 def test_every_architecture_trains_and_compares_without_arch(
     name: str, tmp_path: Path, capsys
@@ -89,15 +107,22 @@ def test_every_architecture_trains_and_compares_without_arch(
     if name in ("lenet5", "autoencoder"):
         _tiny_mnist(tmp_path / "data")
         data = DataSpec("mnist", data_dir=str(tmp_path / "data"))
+    elif name in LM_OPTIONS:  # WikiText-2's layout, filled with the bundled tiny corpus
+        import shutil
+
+        from mliscan.text import BUNDLED_TINYTEXT
+
+        shutil.copytree(BUNDLED_TINYTEXT, tmp_path / "data" / "wikitext-2")
+        data = DataSpec("wikitext2", data_dir=str(tmp_path / "data"), limit=8, seq_len=12)
     else:
         data = DataSpec("digits", limit=40)
-    options = {"encoder": "32,8"} if name == "autoencoder" else {}
+    options = {"encoder": "32,8"} if name == "autoencoder" else LM_OPTIONS.get(name, {})
     rec = train(
         TrainSpec(arch=name, arch_options=options, data=data, epochs=1, batch_size=16, lr=0.01),
         tmp_path / "run",
     )
-    if name == "lenet5":
-        assert rec["final_test_accuracy"] is not None  # MNIST has a test split
+    if name in ("lenet5", *LM_OPTIONS):
+        assert rec["final_test_accuracy"] is not None  # MNIST and WikiText have a test split
     extra = ["--data-dir", tmp_path / "data"] if data.data_dir else []
     code, out, err = run_cli(
         [

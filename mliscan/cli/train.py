@@ -57,9 +57,16 @@ def train(
         str | None, typer.Option(help="ResNet initialisation(s): default, block-identity, fixup.")
     ] = None,
     arch_opt: o.ArchOpt = None,
-    data: Annotated[str, typer.Option(help="Dataset (digits is bundled).")] = "digits",
+    data: Annotated[
+        str | None,
+        typer.Option(
+            help="Dataset (digits and tinytext are bundled) [default: the architecture's: "
+            "digits, or tinytext for lstm-lm/transformer-lm]."
+        ),
+    ] = None,
     data_dir: o.DataDir = None,
     data_limit: o.DataLimit = None,
+    seq_len: o.SeqLen = None,
     optimizer: Annotated[
         str, typer.Option(help="sgd, adam or rmsprop; a list (sgd,adam) sweeps.")
     ] = "sgd",
@@ -103,19 +110,28 @@ def train(
 
       mliscan train --out runs/ --optimizer sgd,adam --lr 0.001,0.01,0.1,1 --bn on,off --seeds 0-2 --epochs 600 --until-loss 0.01
 
+      mliscan train --out runs/lstm --arch lstm-lm --data wikitext2 --data-dir ~/data --optimizer sgd,adam --lr 0.001,0.01 --epochs 40
+
       mliscan compare runs/adam-bn/init.safetensors runs/adam-bn/final.safetensors
     """
     from mliscan.cli import ui
+    from mliscan.registry import get_adapter
     from mliscan.spec import DataSpec
     from mliscan.sweep import expand, parse_list, parse_onoff, parse_seeds, run_sweep
     from mliscan.train import TrainSpec
     from mliscan.train import train as run_train
 
     given = o.arch_options(hidden, None, bn, None, arch_opt)
+    data = data or get_adapter(arch).default_data
     base = TrainSpec(
         arch=arch,
         arch_options=given,
-        data=DataSpec(name=data, data_dir=str(data_dir) if data_dir else None, limit=data_limit),
+        data=DataSpec(
+            name=data,
+            data_dir=str(data_dir) if data_dir else None,
+            limit=data_limit,
+            seq_len=seq_len,
+        ),
         epochs=epochs,
         batch_size=batch_size,
         seed=seed,
