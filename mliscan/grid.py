@@ -26,7 +26,7 @@ from mliscan.adapter import Adapter, DataInfo
 from mliscan.checkpoints import check_finite, check_pair, content_hash, load_checkpoint
 from mliscan.errors import UsageError
 from mliscan.evaluate import PathEvaluator, PreparedData, alpha_grid
-from mliscan.paths import FINAL_FILE, INIT_FILE, RUN_FILE
+from mliscan.paths import FINAL_FILE, INIT_FILE
 from mliscan.spec import EvalSpec
 from mliscan.store import ResultStore, path_id
 
@@ -76,20 +76,6 @@ class PathTask:
     b: Endpoint
     own_pair: bool | None
     pid: str
-
-
-def find_runs(dirs: Sequence[str | Path]) -> list[Path]:
-    """Run folders (holding run.json, init and final) under the given folders, sorted."""
-    runs: set[Path] = set()
-    for d in dirs:
-        root = Path(d)
-        if not root.is_dir():
-            raise UsageError(f"{root}: not a folder of runs")
-        for run_json in root.rglob(RUN_FILE):
-            run = run_json.parent
-            if (run / INIT_FILE).is_file() and (run / FINAL_FILE).is_file():
-                runs.add(run)
-    return sorted(runs)
 
 
 def fresh_init(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -41,3 +41,19 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n")
+
+
+def find_runs(dirs: Iterable[str | Path]) -> list[Path]:
+    """Run folders (holding run.json, init and final) under the given folders, sorted."""
+    from mliscan.errors import UsageError
+
+    runs: set[Path] = set()
+    for d in dirs:
+        root = Path(d)
+        if not root.is_dir():
+            raise UsageError(f"{root}: not a folder of runs")
+        for run_json in root.rglob(RUN_FILE):
+            run = run_json.parent
+            if (run / INIT_FILE).is_file() and (run / FINAL_FILE).is_file():
+                runs.add(run)
+    return sorted(runs)

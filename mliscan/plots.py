@@ -134,3 +134,170 @@ def plot_plane(
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=110)
     plt.close(fig)
+
+
+# ---- report figures (Figures 2/4, 5, 7) and logit trajectories (Figure 3) -------------------
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig: Any, base: Path) -> list[Path]:
+    """Write ``base``.png and ``base``.svg atomically; returns both paths."""
+    plt = _pyplot()
+    written = []
+    for fmt in ("png", "svg"):
+        path = base.with_suffix(f".{fmt}")
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=110)
+        written.append(path)
+    plt.close(fig)
+    return written
+
+
+def _label(key: tuple, names: Sequence[str]) -> str:
+    return ", ".join(f"{n}={v}" for n, v in zip(names, key, strict=True))
+
+
+def plot_curve_panels(
+    rows: Sequence[dict[str, Any]], group_by: Sequence[str], tol: float, base: Path
+) -> list[Path]:
+    """Figures 2/4: every run's loss curve, one panel per group; non-monotonic runs in red."""
+    import math
+
+    plt = _pyplot()
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        if r.get("loss"):
+            groups.setdefault(tuple(r.get(k) for k in group_by), []).append(r)
+    keys = sorted(groups, key=lambda t: tuple(str(v) for v in t)) or [()]
+    cols = min(4, len(keys))
+    nrows = math.ceil(len(keys) / cols)
+    fig, axes = plt.subplots(
+        nrows, cols, figsize=(3.6 * cols, 2.9 * nrows), squeeze=False, sharex=True
+    )
+    for ax, key in zip(axes.flat, keys, strict=False):
+        for r in groups.get(key, []):
+            loss = [float("nan") if v is None else v for v in r["loss"]]
+            bad = r.get("min_delta") is not None and r["min_delta"] > tol
+            ax.plot(
+                r["alphas"],
+                loss,
+                color="tab:red" if bad else "tab:blue",
+                alpha=0.7,
+                linewidth=1,
+            )
+        ax.set_title(_label(key, group_by) if key else "all runs", fontsize=8)
+        ax.set_yscale("log")
+        ax.set_xlabel("α")
+    for ax in list(axes.flat)[len(keys) :]:
+        ax.axis("off")
+    axes[0][0].set_ylabel("training loss (log)")
+    fig.suptitle(f"Interpolation curves (red: non-monotonic, min-Δ > {tol:g})", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, base)
+
+
+def plot_delta_scatter(rows: Sequence[dict[str, Any]], tol: float, base: Path) -> list[Path]:
+    """Figure 5: min-Δ against normalized distance and against Gauss length."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, label in (
+        (axes[0], "normalized_distance", "‖θ_T − θ₀‖ / ‖θ₀‖"),
+        (axes[1], "gauss_length", "average Gauss length"),
+    ):
+        for mono, colour, name in (
+            (True, "tab:blue", "monotonic"),
+            (False, "tab:red", "non-monotonic"),
+        ):
+            pts = [
+                (r[key], r["min_delta"])
+                for r in rows
+                if r.get(key) is not None
+                and r.get("min_delta") is not None
+                and (r["min_delta"] <= tol) == mono
+            ]
+            if pts:
+                xs, ys = zip(*pts, strict=True)
+                ax.scatter(xs, ys, s=14, color=colour, alpha=0.75, label=f"{name} ({len(pts)})")
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel("min-Δ")
+        ax.legend(fontsize=8)
+    fig.suptitle("min-Δ against distance travelled and Gauss length (Figure 5)", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, base)
+
+
+def plot_power_law(rows: Sequence[dict[str, Any]], fit: dict[str, float], base: Path) -> list[Path]:
+    """Figure 7: log Gauss length against log normalized distance, with the least-squares fit."""
+    import numpy as np
+
+    plt = _pyplot()
+    pts = [
+        (r["normalized_distance"], r["gauss_length"])
+        for r in rows
+        if (r.get("normalized_distance") or 0) > 0 and (r.get("gauss_length") or 0) > 0
+    ]
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    if pts:
+        xs, ys = (np.asarray(v, dtype=float) for v in zip(*pts, strict=True))
+        ax.scatter(xs, ys, s=14, color="tab:blue", alpha=0.75, label=f"runs ({len(pts)})")
+        if np.isfinite(fit.get("slope", np.nan)):
+            grid = np.geomspace(xs.min(), xs.max(), 50)
+            ax.plot(grid, fit["prefactor"] * grid ** fit["slope"], color="black", linewidth=1)
+            ax.text(
+                0.03,
+                0.95,
+                f"Gauss length ≈ {fit['prefactor']:.3g} · d^{fit['slope']:.3f}\nR² = {fit['r2']:.3f}",
+                transform=ax.transAxes,
+                va="top",
+                fontsize=9,
+            )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("normalized distance ‖θ_T − θ₀‖ / ‖θ₀‖")
+    ax.set_ylabel("average Gauss length")
+    ax.set_title("Figure 7: power law", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, base)
+
+
+def plot_logit_pca(
+    points: Any,
+    labels: Sequence[int],
+    alphas: Sequence[float],
+    explained: Sequence[float],
+    base: Path,
+) -> list[Path]:
+    """Figure 3: 2D PCA of each example's logit trajectory, coloured by class; α = 0 marked
+    with a circle, α = 1 with a star."""
+    import numpy as np
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 5))
+    cmap = plt.get_cmap("tab10")
+    seen: set[int] = set()
+    for j, label in enumerate(labels):
+        colour = cmap(int(label) % 10)
+        xy = np.asarray(points[:, j, :])
+        ax.plot(
+            xy[:, 0],
+            xy[:, 1],
+            color=colour,
+            linewidth=1.2,
+            label=f"class {label}" if label not in seen else None,
+        )
+        seen.add(int(label))
+        ax.scatter(xy[0, 0], xy[0, 1], color=colour, marker="o", s=25)
+        ax.scatter(xy[-1, 0], xy[-1, 1], color=colour, marker="*", s=70)
+    ax.set_xlabel(f"PC 1 ({explained[0]:.0%} of variance)")
+    ax.set_ylabel(f"PC 2 ({explained[1]:.0%} of variance)")
+    ax.set_title(f"Logits along the path, {len(alphas)} alphas (o: α=0, *: α=1)", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, base)

@@ -101,7 +101,17 @@ def row_of(folder: Path, metrics: dict[str, Any]) -> dict[str, Any]:
     row["final_train_accuracy"] = run.get("final_train_accuracy")
     for k in ("min_delta", "distance", "normalized_distance", "gauss_length", "barrier"):
         row[k] = metrics.get(k)
+    for k in CURVE_KEYS:  # for the figures; not table columns
+        row[k] = metrics.get(k)
     return row
+
+
+# Row entries that hold a run's curve (used by the figures, left out of the tables).
+CURVE_KEYS = ("alphas", "loss")
+
+
+def table_columns(row: dict[str, Any]) -> list[str]:
+    return [k for k in row if k not in CURVE_KEYS]
 
 
 def default_threshold(rows: Sequence[dict[str, Any]]) -> float:
@@ -192,3 +202,44 @@ def _cell(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.3g}"
     return str(v)
+
+
+def html_page(
+    title: str,
+    tables: Sequence[tuple[str, Sequence[dict[str, Any]]]],
+    figures: Sequence[Path],
+    notes: Sequence[str] = (),
+) -> str:
+    """One self-contained HTML page: tables as HTML, figures embedded as base64 PNG."""
+    import base64
+    import html
+
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title>",
+        "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;"
+        "padding:0 1em}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid "
+        "#ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}img{max-width:100%}"
+        "</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+    ]
+    parts += [f"<p>{html.escape(n)}</p>" for n in notes]
+    for heading, table in tables:
+        parts.append(f"<h2>{html.escape(heading)}</h2>")
+        if not table:
+            parts.append("<p>(no runs)</p>")
+            continue
+        cols = list(table[0])
+        parts.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cols) + "</tr>")
+        for r in table:
+            cells = "".join(f"<td>{html.escape(_cell(r[c]))}</td>" for c in cols)
+            parts.append(f"<tr>{cells}</tr>")
+        parts.append("</table>")
+    for fig in figures:
+        data = base64.b64encode(fig.read_bytes()).decode("ascii")
+        parts.append(
+            f"<h2>{html.escape(fig.stem)}</h2><img alt='{html.escape(fig.stem)}' "
+            f"src='data:image/png;base64,{data}'>"
+        )
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"

@@ -60,6 +60,8 @@ def _fake_run(
         "normalized_distance": 1.0 + lr,
         "gauss_length": 0.5 + lr,
         "barrier": 0.0,
+        "alphas": [0.0, 0.5, 1.0],
+        "loss": [2.3, loss + min_delta + 0.1, loss],
     }
     (d / f"mli-{rp.cache_key(EvalSpec())}.json").write_text(json.dumps(metrics))
     return d
@@ -117,3 +119,25 @@ def test_metrics_are_computed_once_and_cached(tmp_path: Path) -> None:
     assert rp.run_metrics(tmp_path / "r", spec) == first
     rp.run_metrics(tmp_path / "r", EvalSpec(alphas=6))  # other settings, another cache file
     assert len(list((tmp_path / "r").glob("mli-*.json"))) == 2
+
+
+def test_figures_and_self_contained_html(tmp_path: Path, capsys) -> None:
+    for i, (opt, bn, lr, delta) in enumerate(
+        [("adam", True, 0.1, 0.2), ("sgd", False, 0.01, 0.0), ("sgd", True, 0.3, 0.0)]
+    ):
+        _fake_run(tmp_path / "runs", f"r{i}", opt, bn, lr, 0.01, delta)
+    out = tmp_path / "rep"
+    code, _, err = run_cli(
+        ["report", tmp_path / "runs", "--out", out, "-q", "--html", out / "sweep.html"], capsys
+    )
+    assert code == 0, err
+    for name in ("curves", "delta_scatter", "power_law"):
+        png, svg = out / f"{name}.png", out / f"{name}.svg"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+        assert "<svg" in svg.read_text()
+    fit = pl.read_csv(out / "powerlaw.csv").row(0, named=True)
+    assert fit["points"] == 3 and 0 <= fit["r2"] <= 1
+    page = (out / "sweep.html").read_text()
+    assert page.count("data:image/png;base64,") == 3
+    assert "Table 1 form" in page and "<table>" in page and "power-law" in page
+    assert "src='http" not in page and "<link" not in page  # nothing fetched from elsewhere

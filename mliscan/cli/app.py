@@ -12,6 +12,7 @@ from mliscan.cli import check as check_cmd
 from mliscan.cli import compare as compare_cmd
 from mliscan.cli import demo as demo_cmd
 from mliscan.cli import grid as grid_cmd
+from mliscan.cli import logits as logits_cmd
 from mliscan.cli import plane as plane_cmd
 from mliscan.cli import report as report_cmd
 from mliscan.cli import train as train_cmd
@@ -47,6 +48,7 @@ app.command("demo")(demo_cmd.demo)
 app.command("grid")(grid_cmd.grid)
 app.command("plane")(plane_cmd.plane)
 app.command("report")(report_cmd.report)
+app.command("logits")(logits_cmd.logits)
 
 
 # typer vendors click: its usage errors share the base class of the public typer.BadParameter.

@@ -84,11 +84,12 @@ def grid(
     from mliscan.checkpoints import load_checkpoint
     from mliscan.cli import ui
     from mliscan.errors import UsageError
+    from mliscan.paths import find_runs
     from mliscan.pipeline import setup
     from mliscan.spec import BNSpec, EvalSpec
     from mliscan.store import ResultStore
 
-    run_dirs = g.find_runs(runs or [])
+    run_dirs = find_runs(runs or [])
     explicit_inits, explicit_optima = list(init or []), list(optimum or [])
     n_inits = inits if inits is not None else len(explicit_inits) + len(run_dirs)
     n_optima = optima if optima is not None else len(explicit_optima) + len(run_dirs)

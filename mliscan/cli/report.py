@@ -37,6 +37,17 @@ def report(
         bool, typer.Option("--no-gauss", help="Skip the Gauss length (faster).")
     ] = False,
     device: o.Device = "auto",
+    html: Annotated[
+        Path | None,
+        typer.Option(
+            "--html",
+            help="Also write one self-contained HTML page (tables + figures).",
+            metavar="PATH",
+        ),
+    ] = None,
+    no_figures: Annotated[
+        bool, typer.Option("--no-figures", help="Tables only (no matplotlib figures).")
+    ] = False,
     quiet: o.Quiet = False,
 ) -> int:
     """Table 1 / Table 2 forms and the Gauss-length power law over trained runs.
@@ -46,14 +57,16 @@ def report(
       mliscan report runs/ --out report
 
       mliscan report runs/ --group-by optimizer,bn,lr --tol 1e-3 --loss-threshold 0.1
-    """
-    import csv
 
+      mliscan report runs/ --out report --html report/sweep.html
+
+    Writes OUT/runs.parquet, table1/table2/powerlaw .md and .csv, and the figures
+    curves (Figures 2/4), delta_scatter (Figure 5) and power_law (Figure 7) as PNG and SVG.
+    """
     from mliscan import report as rp
     from mliscan.cli import ui
     from mliscan.errors import UsageError
-    from mliscan.grid import find_runs
-    from mliscan.paths import atomic_path, atomic_write_text
+    from mliscan.paths import atomic_write_text, find_runs
     from mliscan.spec import EvalSpec
     from mliscan.store import ResultStore
 
@@ -92,8 +105,9 @@ def report(
             else "str"
         )
         for k, v in rows[0].items()
+        if k in rp.table_columns(rows[0])
     }
-    store.write_parquet("runs.parquet", rows, schema)
+    store.write_parquet("runs.parquet", [{k: r[k] for k in schema} for r in rows], schema)
     tables = {
         "table1": (
             ["optimizer", "bn", "lr"],
@@ -114,22 +128,63 @@ def report(
             raise UsageError(
                 f"--group-by: unknown column(s) {', '.join(unknown)}; columns: {', '.join(rows[0])}"
             )
+    written_tables: list[tuple[str, list]] = []
     for name, (cols, title) in tables.items():
         table = rp.proportion_table(rows, cols, threshold, tolerance)
-        text = rp.markdown(table, f"{title} (loss < {threshold:g}, min-Δ > {tolerance:g})")
-        atomic_write_text(out / f"{name}.md", text)
-        with atomic_path(out / f"{name}.csv") as tmp, open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(table[0]) if table else cols)
-            writer.writeheader()
-            writer.writerows(table)
-        ui.out.print(text)
+        heading = f"{title} (loss < {threshold:g}, min-Δ > {tolerance:g})"
+        _write_table(out, name, table, cols, rp.markdown(table, heading))
+        written_tables.append((heading, table))
+        ui.out.print(rp.markdown(table, heading))
+    fit = None
     if not no_gauss:
         fit = rp.power_law_fit(
             [r["normalized_distance"] for r in rows], [r["gauss_length"] for r in rows]
         )
+        fit_table = [{"fit": "Gauss length = prefactor x distance^slope", **fit}]
+        heading = "Figure 7: power-law fit of Gauss length against normalized distance"
+        _write_table(
+            out, "powerlaw", fit_table, list(fit_table[0]), rp.markdown(fit_table, heading)
+        )
+        written_tables.append((heading, fit_table))
         ui.out.print(
             f"Gauss length ~ {fit['prefactor']:.3g} x (normalized distance)^{fit['slope']:.3f}, "
             f"R^2 = {fit['r2']:.3f} over {fit['points']} runs (Figure 7)"
         )
-    ui.err.print(f"results: {out / 'runs.parquet'}, {out}/table1.md, {out}/table2.md")
+    figures = []
+    if not no_figures:
+        from mliscan import plots
+
+        panels = tables["grouped"][0] if group_by else ["optimizer", "bn"]
+        figures.append(plots.plot_curve_panels(rows, panels, tolerance, out / "curves")[0])
+        figures.append(plots.plot_delta_scatter(rows, tolerance, out / "delta_scatter")[0])
+        if fit is not None:
+            figures.append(plots.plot_power_law(rows, fit, out / "power_law")[0])
+    if html is not None:
+        page = rp.html_page(
+            f"mliscan report: {len(rows)} runs",
+            written_tables,
+            figures,
+            notes=[
+                f"runs: {', '.join(str(r) for r in runs)}",
+                f"{len(rows)} runs, {spec.alphas} alphas",
+            ],
+        )
+        atomic_write_text(html, page)
+    done = [str(out / "runs.parquet"), *(f"{out}/{n}.md" for n in tables)]
+    done += [str(f.with_suffix(".{png,svg}")) for f in figures]
+    if html is not None:
+        done.append(str(html))
+    ui.err.print("results: " + ", ".join(done))
     return 0
+
+
+def _write_table(out: Path, name: str, table: list, cols: list, text: str) -> None:
+    import csv
+
+    from mliscan.paths import atomic_path, atomic_write_text
+
+    atomic_write_text(out / f"{name}.md", text)
+    with atomic_path(out / f"{name}.csv") as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(table[0]) if table else cols)
+        writer.writeheader()
+        writer.writerows(table)
