@@ -146,6 +146,26 @@ def _pyplot() -> Any:
     return plt
 
 
+def _no_ticks() -> Any:
+    from matplotlib.ticker import NullLocator as _NullLocator
+
+    return _NullLocator()
+
+
+def _log_axis(axis: Any, values: Sequence[float]) -> None:
+    """Cheap, readable log ticks: decades only over wide ranges, 1-2-5 labels over narrow
+    ones (matplotlib's labelled minor ticks cost about a second per figure)."""
+    import math
+
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    pos = [v for v in values if v and v > 0 and math.isfinite(v)]
+    narrow = bool(pos) and math.log10(max(pos) / min(pos)) < 2
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if narrow else (1.0,)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_locator(_no_ticks())
+
+
 def save_figure(fig: Any, base: Path) -> list[Path]:
     """Write ``base``.png and ``base``.svg atomically; returns both paths."""
     plt = _pyplot()
@@ -177,22 +197,25 @@ def plot_curve_panels(
     keys = sorted(groups, key=lambda t: tuple(str(v) for v in t)) or [()]
     cols = min(4, len(keys))
     nrows = math.ceil(len(keys) / cols)
-    fig, axes = plt.subplots(
-        nrows, cols, figsize=(3.6 * cols, 2.9 * nrows), squeeze=False, sharex=True
-    )
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.6 * cols, 2.9 * nrows), squeeze=False)
+    from matplotlib.collections import LineCollection
+
     for ax, key in zip(axes.flat, keys, strict=False):
-        for r in groups.get(key, []):
-            loss = [float("nan") if v is None else v for v in r["loss"]]
-            bad = r.get("min_delta") is not None and r["min_delta"] > tol
-            ax.plot(
-                r["alphas"],
-                loss,
-                color="tab:red" if bad else "tab:blue",
-                alpha=0.7,
-                linewidth=1,
-            )
+        # one collection per colour: hundreds of curves draw as two artists, not hundreds
+        for bad, colour in ((False, "tab:blue"), (True, "tab:red")):
+            segments = [
+                list(
+                    zip(r["alphas"], [math.nan if v is None else v for v in r["loss"]], strict=True)
+                )
+                for r in groups.get(key, [])
+                if (r.get("min_delta") is not None and r["min_delta"] > tol) == bad
+            ]
+            if segments:
+                ax.add_collection(LineCollection(segments, colors=colour, alpha=0.7, linewidths=1))
+        ax.autoscale_view()
         ax.set_title(_label(key, group_by) if key else "all runs", fontsize=8)
         ax.set_yscale("log")
+        ax.yaxis.set_minor_locator(_no_ticks())  # minor log ticks cost seconds per figure
         ax.set_xlabel("α")
     for ax in list(axes.flat)[len(keys) :]:
         ax.axis("off")
@@ -225,6 +248,7 @@ def plot_delta_scatter(rows: Sequence[dict[str, Any]], tol: float, base: Path) -
                 xs, ys = zip(*pts, strict=True)
                 ax.scatter(xs, ys, s=14, color=colour, alpha=0.75, label=f"{name} ({len(pts)})")
         ax.set_xscale("log")
+        _log_axis(ax.xaxis, [r[key] for r in rows if r.get(key) is not None])
         ax.set_xlabel(label)
         ax.set_ylabel("min-Δ")
         ax.legend(fontsize=8)
@@ -260,6 +284,8 @@ def plot_power_law(rows: Sequence[dict[str, Any]], fit: dict[str, float], base: 
             )
     ax.set_xscale("log")
     ax.set_yscale("log")
+    _log_axis(ax.xaxis, [p[0] for p in pts])
+    _log_axis(ax.yaxis, [p[1] for p in pts])
     ax.set_xlabel("normalized distance ‖θ_T − θ₀‖ / ‖θ₀‖")
     ax.set_ylabel("average Gauss length")
     ax.set_title("Figure 7: power law", fontsize=10)

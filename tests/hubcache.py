@@ -120,7 +120,7 @@ def tiny_config(kind: str):
     raise ValueError(kind)
 
 
-def hf_model_files(kind: str, seed: int, steps: int = 0) -> Path:
+def hf_model_files(kind: str, seed: int, steps: int = 0, parent: Path | None = None) -> Path:
     """A folder with a tiny transformers model (seeded init, then ``steps`` noisy updates
     standing in for training), its config and tokenizer."""
     import transformers
@@ -138,13 +138,15 @@ def hf_model_files(kind: str, seed: int, steps: int = 0) -> Path:
         for _ in range(steps):
             for p in model.parameters():
                 p.mul_(0.9).add_(0.05 * torch.randn_like(p))
-    folder = Path(tempfile.mkdtemp(prefix="hfmodel-"))
+    folder = Path(tempfile.mkdtemp(prefix="hfmodel-", dir=parent))
     model.save_pretrained(str(folder))
     tokenizer(folder)
     return folder
 
 
-def timm_model_files(seed: int, steps: int = 0, name: str = "test_resnet.r160_in1k") -> Path:
+def timm_model_files(
+    seed: int, steps: int = 0, name: str = "test_resnet.r160_in1k", parent: Path | None = None
+) -> Path:
     """A timm folder as the Hub holds it: model.safetensors and config.json."""
     import json
 
@@ -158,7 +160,7 @@ def timm_model_files(seed: int, steps: int = 0, name: str = "test_resnet.r160_in
         for _ in range(steps):
             for p in model.parameters():
                 p.mul_(0.9).add_(0.05 * torch.randn_like(p))
-    folder = Path(tempfile.mkdtemp(prefix="timmmodel-"))
+    folder = Path(tempfile.mkdtemp(prefix="timmmodel-", dir=parent))
     save_file(
         {k: v.contiguous() for k, v in model.state_dict().items()}, folder / "model.safetensors"
     )

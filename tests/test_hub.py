@@ -22,15 +22,23 @@ from tests.conftest import run_cli, run_subprocess
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("hub")
     cache = root / "cache"
+    src = root / "models"  # the saved folders, copied into the cache below
+    src.mkdir()
     for kind in ("gpt2", "neox", "bert", "bert-cls"):
         hubcache.add_revision(
-            cache, f"org/tiny-{kind}", ["step0"], hubcache.hf_model_files(kind, 0)
+            cache, f"org/tiny-{kind}", ["step0"], hubcache.hf_model_files(kind, 0, parent=src)
         )
         hubcache.add_revision(
-            cache, f"org/tiny-{kind}", ["main"], hubcache.hf_model_files(kind, 0, steps=3)
+            cache,
+            f"org/tiny-{kind}",
+            ["main"],
+            hubcache.hf_model_files(kind, 0, steps=3, parent=src),
         )
     hubcache.add_revision(
-        cache, "timm/test_resnet.r160_in1k", ["main"], hubcache.timm_model_files(0, steps=3)
+        cache,
+        "timm/test_resnet.r160_in1k",
+        ["main"],
+        hubcache.timm_model_files(0, steps=3, parent=src),
     )
     (root / "corpus.txt").write_text(hubcache.CORPUS)
     rows = ["text,label"] + [
