@@ -103,7 +103,11 @@ def reestimate(
         with torch.no_grad():
             if spec.mode == "paper":
                 _paper(layers, inputs, slices, run)
-            elif forward is None and _layerwise_ok(module, layers):
+            elif (
+                forward is None
+                and isinstance(inputs, torch.Tensor)  # streamed data is never held whole
+                and _layerwise_ok(module, layers)
+            ):
                 _exact_layerwise(module, layers, inputs, slices)
             else:
                 _exact(layers, inputs, slices, run)

@@ -23,6 +23,8 @@
 from __future__ import annotations
 
 import gzip
+import math
+import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +67,9 @@ class Dataset:
     targets: torch.Tensor
     """int64 class labels, [N]."""
     num_classes: int
+    streamed: bool = False
+    """True when ``inputs`` is a file-backed tensor too large to hold in memory: it is
+    evaluated batch by batch, never copied whole (see ``evaluate.StreamedInputs``)."""
 
     def __len__(self) -> int:
         return int(self.targets.shape[0])
@@ -259,13 +264,59 @@ def _imagefolder(root: Path, spec: DataSpec, hooks: Any) -> Dataset:
         )
     from PIL import Image, UnidentifiedImageError
 
-    xs = []
-    for f, _ in files:
+    def decode(f: Path) -> torch.Tensor:
         try:
             with Image.open(f) as im:
-                xs.append(transform(im.convert("RGB")))
+                return transform(im.convert("RGB")).float()
         except (UnidentifiedImageError, OSError) as exc:
             raise DataError(f"{f}: not a readable image ({exc})") from exc
-    x = torch.stack(xs).float().contiguous()
+
     y = torch.tensor([label for _, label in files], dtype=torch.int64)
-    return Dataset("imagefolder", spec.split, x, y, len(classes))
+    first = decode(files[0][0])
+    total = len(files) * first.numel() * first.element_size()
+    if total <= data_memory_budget():
+        x = torch.stack([first, *(decode(f) for f, _ in files[1:])]).contiguous()
+        return Dataset("imagefolder", spec.split, x, y, len(classes))
+    x = _decoded_file(root, files, transform, first, decode)
+    return Dataset("imagefolder", spec.split, x, y, len(classes), streamed=True)
+
+
+def data_memory_budget() -> int:
+    """Bytes of decoded data held in memory before it is streamed from a disk cache instead:
+    ``$MLISCAN_DATA_MEMORY``, else a quarter of physical memory."""
+    if os.environ.get("MLISCAN_DATA_MEMORY"):
+        return int(float(os.environ["MLISCAN_DATA_MEMORY"]))
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return 4 << 30
+
+
+def _decoded_file(
+    root: Path, files: list[tuple[Path, int]], transform: Any, first: torch.Tensor, decode: Any
+) -> torch.Tensor:
+    """Decode the images once, in order, into a float32 file in mliscan's cache (keyed by
+    the file list, sizes, times and the transform) and map it back without reading it."""
+    import hashlib
+
+    from mliscan.paths import atomic_path, mliscan_cache_dir
+
+    h = hashlib.sha256(repr(transform).encode())
+    for f, label in files:
+        st = f.stat()
+        h.update(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}|{label}\n".encode())
+    shape = (len(files), *first.shape)
+    path = mliscan_cache_dir() / "data" / f"imagefolder-{h.hexdigest()[:20]}.f32"
+    if not path.is_file() or path.stat().st_size != math.prod(shape) * 4:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp, open(tmp, "wb") as out:
+            out.write(first.numpy().tobytes())
+            for f, _ in files[1:]:
+                x = decode(f)
+                if tuple(x.shape) != tuple(first.shape):
+                    raise DataError(
+                        f"{f}: decodes to {tuple(x.shape)}, others to {tuple(first.shape)}"
+                    )
+                out.write(x.numpy().tobytes())
+    flat = torch.from_file(str(path), shared=False, size=math.prod(shape), dtype=torch.float32)
+    return flat.view(shape)

@@ -31,6 +31,7 @@ from torch.func import functional_call, jvp
 
 from mliscan import batchnorm, metrics, taylor
 from mliscan.adapter import Adapter
+from mliscan.errors import UsageError
 from mliscan.interpolate import Interpolator, TensorRoles
 from mliscan.spec import BNSpec, EvalSpec
 
@@ -54,13 +55,40 @@ def resolve_device(name: str) -> torch.device:
 
 @dataclass
 class PreparedData:
-    """Inputs shaped for the module and placed on the device once, reused at every alpha."""
+    """Inputs shaped for the module and placed on the device once, reused at every alpha
+    (or, for data streamed from disk, a :class:`StreamedInputs` that prepares each batch)."""
 
     inputs: torch.Tensor
     targets: torch.Tensor
 
     def __len__(self) -> int:
         return int(self.targets.shape[0])
+
+
+class StreamedInputs:
+    """Inputs too large for memory: a file-backed CPU tensor whose batches are shaped, cast
+    and moved to the device when sliced. Only the batch in use is resident (the OS pages
+    the file in and out), so evaluation needs memory for one batch, not the dataset."""
+
+    def __init__(
+        self, base: torch.Tensor, adapter: Adapter, device: torch.device, dtype: torch.dtype
+    ) -> None:
+        self.base = base
+        self.adapter = adapter
+        self.device = device
+        self.dtype = dtype
+        first = self._prepare(base[:1])
+        self.shape = (base.shape[0], *first.shape[1:])
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.adapter.prepare_inputs(x).to(device=self.device)
+        return (x.to(self.dtype) if x.is_floating_point() else x).contiguous()
+
+    def __len__(self) -> int:
+        return int(self.base.shape[0])
+
+    def __getitem__(self, index: object) -> torch.Tensor:
+        return self._prepare(self.base[index])  # type: ignore[index]
 
 
 @dataclass
@@ -356,7 +384,16 @@ def prepare_data(
     targets: torch.Tensor,
     device: torch.device,
     dtype: torch.dtype,
+    streamed: bool = False,
 ) -> PreparedData:
+    if streamed:
+        if type(adapter).prepare_targets is not Adapter.prepare_targets:
+            raise UsageError(
+                f"--arch {adapter.name} derives its targets from the inputs, which cannot be "
+                "streamed; use --data-limit to fit the data in memory"
+            )
+        lazy = StreamedInputs(inputs, adapter, device, dtype)
+        return PreparedData(lazy, targets.to(device))  # type: ignore[arg-type]
     x = adapter.prepare_inputs(inputs).to(device=device)
     if x.is_floating_point():  # token ids stay integers
         x = x.to(dtype)

@@ -57,3 +57,11 @@ def find_runs(dirs: Iterable[str | Path]) -> list[Path]:
             if (run / INIT_FILE).is_file() and (run / FINAL_FILE).is_file():
                 runs.add(run)
     return sorted(runs)
+
+
+def mliscan_cache_dir() -> Path:
+    """mliscan's own cache (fresh initialisations, streamed datasets): ``$MLISCAN_CACHE``,
+    else ``$XDG_CACHE_HOME/mliscan`` or ``~/.cache/mliscan``."""
+    if os.environ.get("MLISCAN_CACHE"):
+        return Path(os.environ["MLISCAN_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")) / "mliscan"

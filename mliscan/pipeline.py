@@ -220,7 +220,9 @@ def setup(
     device = resolve_device(spec.device)
     dtype = DTYPES[spec.dtype]
     module = module.to(device=device, dtype=dtype)
-    prepared = prepare_data(choice.adapter, dataset.inputs, dataset.targets, device, dtype)
+    prepared = prepare_data(
+        choice.adapter, dataset.inputs, dataset.targets, device, dtype, streamed=dataset.streamed
+    )
     return Setup(choice, dataset, data_spec, module, prepared, device)
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from mliscan.errors import CheckpointNotFoundError, HubError, UsageError
+from mliscan.paths import mliscan_cache_dir
 
 PREFIXES = ("hf:", "timm:", "init:")
 # Files fetched from a Hub repository: weights, their index, the config and the tokenizer.
@@ -86,12 +87,6 @@ def hub_cache_dir() -> Path:
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface"
     )
     return Path(home) / "hub"
-
-
-def mliscan_cache_dir() -> Path:
-    if os.environ.get("MLISCAN_CACHE"):
-        return Path(os.environ["MLISCAN_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")) / "mliscan"
 
 
 def resolve(text: str, *, offline: bool = False) -> Resolved:

@@ -337,3 +337,34 @@ def test_low_precision_working_dtype_interpolates_in_float32(offline: Path, caps
     f32 = _compare(base, capsys)
     bf16 = _compare([*base, "--dtype", "bfloat16"], capsys)
     assert bf16["loss"] == pytest.approx(f32["loss"], rel=2e-2)
+
+
+def test_image_folder_larger_than_the_memory_budget_is_streamed(
+    offline: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    args = [
+        "init:timm:test_resnet.r160_in1k",
+        "timm:test_resnet.r160_in1k",
+        "--data",
+        "imagefolder",
+        "--data-dir",
+        offline / "imgs",
+        "--alphas",
+        3,
+        "--batch-size",
+        4,
+    ]
+    in_memory = _compare(args, capsys)
+    monkeypatch.setenv("MLISCAN_DATA_MEMORY", "1000")  # bytes: far below 9 decoded images
+    from mliscan.evaluate import StreamedInputs
+    from mliscan.pipeline import open_source, setup
+    from mliscan.spec import DataSpec, EvalSpec
+
+    ckpt = open_source("timm:test_resnet.r160_in1k")
+    ctx = setup(ckpt, None, {}, DataSpec("imagefolder", data_dir=str(offline / "imgs")), EvalSpec())
+    assert ctx.dataset.streamed and isinstance(ctx.prepared.inputs, StreamedInputs)
+    streamed = _compare(args, capsys)
+    # batch-norm statistics, loss and Gauss length agree with the in-memory evaluation
+    assert streamed["loss"] == pytest.approx(in_memory["loss"], rel=1e-6)
+    assert streamed["gauss_length"] == pytest.approx(in_memory["gauss_length"], rel=1e-6)
+    assert list((offline / "mliscan-cache" / "data").glob("imagefolder-*.f32"))
