@@ -203,38 +203,59 @@ class PathEvaluator:
         return float(total) / n, (float(correct) / n if has_acc else None)
 
     def gauss_integrand(self, alpha: float) -> float:
-        """Average over examples of ||d/dalpha (z'/||z'||)|| at ``alpha`` (BN stats fixed)."""
+        """Average over examples of ||d/dalpha (z'/||z'||)|| at ``alpha`` (BN stats fixed).
+
+        Call after :meth:`set_alpha` (``alpha``): the module holds theta(alpha)."""
         inputs = self.data.inputs
         if self.spec.gauss_examples is not None:
             inputs = inputs[: self.spec.gauss_examples]
+        # theta_T - theta_0 for nested jvp: held by small models, formed here (one copy, freed
+        # after this alpha) for large ones
+        delta = None if self.fast_gauss else self._delta_for_jvp()
         total, rows = 0.0, 0
         for s in batchnorm.batch_slices(len(inputs), self.batch_size):
-            vel, acc = self._derivatives(alpha, inputs[s])
+            vel, acc = self._derivatives(inputs[s], delta)
             total += float(metrics.gauss_integrand(vel, acc).sum())
             rows += vel.shape[0]
         return total / rows
 
-    def _derivatives(self, alpha: float, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(z', z'') of the logits of a batch: second-order pass, or nested jvp."""
+    def _delta_for_jvp(self) -> dict[str, torch.Tensor]:
+        interp = self.interp
+        if interp._delta is not None:
+            return interp._delta
+        return {
+            k: interp.t1[k].to(interp.targets[k].dtype) - interp.t0[k].to(interp.targets[k].dtype)
+            for k in interp.t0
+        }
+
+    def _derivatives(
+        self, x: torch.Tensor, delta: dict[str, torch.Tensor] | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z', z'') of the logits of a batch at the module's current weights: the
+        second-order pass, or nested jvp.
+
+        theta(alpha) is linear in alpha, so z' = J(theta) delta and z'' is the derivative of
+        that along delta: nested ``torch.func.jvp`` over the weights themselves, with the
+        module's working tensors as primals and delta as the tangent at both levels. No copy
+        of the weights is made (the duals wrap existing tensors), which keeps the Gauss length
+        of large models at about one extra copy of their weights (delta)."""
         if self.fast_gauss:
             with torch.inference_mode():
                 _, vel, acc = taylor.forward2(self.module, self.interp.delta, x)
             return vel, acc
-        dtype = self._working_dtype
-        a0 = torch.tensor(alpha, dtype=dtype, device=x.device)
-        one = torch.ones_like(a0)
+        assert delta is not None
+        weights = {k: self.interp.targets[k].detach() for k in self.interp.t0}
 
-        def logits(a: torch.Tensor) -> torch.Tensor:
-            out = functional_call(self.module, self.interp.functional(a), (x,))
-            return self.adapter.logits(out)
+        def logits(w: dict[str, torch.Tensor]) -> torch.Tensor:
+            return self.adapter.logits(functional_call(self.module, w, (x,)))
 
-        def first(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            return jvp(logits, (a,), (one,))
+        def velocity(w: dict[str, torch.Tensor]) -> torch.Tensor:
+            return jvp(logits, (w,), (delta,))[1]
 
         # a module may switch to kernels that support forward-mode AD (hub transformers)
         context = getattr(self.module, "forward_ad_context", contextlib.nullcontext)
         with context():
-            (_, vel), (_, acc) = jvp(first, (a0,), (one,))
+            vel, acc = jvp(velocity, (weights,), (delta,))
         return vel, acc
 
     @torch.inference_mode()

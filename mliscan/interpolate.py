@@ -55,6 +55,11 @@ class TensorRoles:
         return cls(tuple(interpolated), tuple(bn_stats), tuple(copied), floating_params)
 
 
+# Below this many bytes of weights the difference theta_T - theta_0 is formed up front (one
+# add per tensor and alpha); above it, memory wins and theta(alpha) is formed in place.
+SMALL_MODEL_BYTES = 64 << 20
+
+
 def tied_aliases(module: nn.Module) -> dict[str, str]:
     """Second and later names of a shared parameter -> its first name (tied embeddings)."""
     first: dict[int, str] = {}
@@ -76,8 +81,8 @@ class Interpolator:
     computes theta_0 + alpha (theta_T - theta_0) per tensor in the module's dtype (float32
     or wider; for a bfloat16/float16 module in float32, then rounded), so at most one
     tensor-sized temporary exists at a time. The difference theta_T - theta_0 is formed as a
-    whole (``delta``) only when a fast path asks for it (the second-order pass of small
-    sequential models).
+    whole (``delta``) up front for small models (under ``SMALL_MODEL_BYTES``), and otherwise
+    only when a fast path asks for it.
 
     ``functional(alpha)`` returns the same weights as a differentiable function of a tensor
     alpha, for ``torch.func``. The endpoints are reproduced exactly: alpha = 0 copies
@@ -104,6 +109,10 @@ class Interpolator:
             self.t0[k] = _on_device(theta0[k], like)
             self.t1[k] = _on_device(theta1[k], like)
         self._delta: dict[str, torch.Tensor] | None = None
+        size = sum(t.numel() * self.targets[k].element_size() for k, t in self.t0.items())
+        wide = all(self.targets[k].dtype in (torch.float32, torch.float64) for k in self.t0)
+        if wide and size <= SMALL_MODEL_BYTES:  # small models: one fused add per tensor
+            _ = self.delta
         with torch.no_grad():
             for k in roles.copied:
                 self.targets[k].copy_(theta0[k])
