@@ -23,7 +23,7 @@ import torch
 
 from mliscan import metrics
 from mliscan.adapter import Adapter, DataInfo
-from mliscan.checkpoints import check_finite, check_pair, content_hash, load_checkpoint
+from mliscan.checkpoints import check_finite, check_pair, content_hash
 from mliscan.errors import UsageError
 from mliscan.evaluate import PathEvaluator, PreparedData, alpha_grid
 from mliscan.paths import FINAL_FILE, INIT_FILE
@@ -92,7 +92,9 @@ def _endpoint(label: str, kind: str, run: str | None, tensors: dict[str, torch.T
 
 
 def load_endpoint(path: Path, kind: str, label: str, run: str | None, adapter: Adapter) -> Endpoint:
-    ckpt = load_checkpoint(path)
+    from mliscan.pipeline import open_source
+
+    ckpt = open_source(str(path))  # a path, or an hf:/timm:/init: source
     check_finite(ckpt)
     return _endpoint(label, kind, run, adapter.map_keys(ckpt.tensors))
 

@@ -81,11 +81,10 @@ def grid(
       torchrun --nproc-per-node 4 -m mliscan.cli.app grid runs/ --inits 10 --optima 10 --out g
     """
     from mliscan import grid as g
-    from mliscan.checkpoints import load_checkpoint
     from mliscan.cli import ui
     from mliscan.errors import UsageError
     from mliscan.paths import find_runs
-    from mliscan.pipeline import setup
+    from mliscan.pipeline import open_source, setup
     from mliscan.spec import BNSpec, EvalSpec
     from mliscan.store import ResultStore
 
@@ -129,7 +128,7 @@ def grid(
             spec = EvalSpec(**{**spec.__dict__, "device": f"cuda:{local}"})
     given = {"name": data, "data_dir": str(data_dir) if data_dir else None, "limit": data_limit}
     ctx = setup(
-        load_checkpoint(first),
+        open_source(str(first)),
         arch,
         o.arch_options(hidden, activation, bn, init_scheme, arch_opt),
         given,

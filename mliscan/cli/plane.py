@@ -52,18 +52,18 @@ def plane(
     import json
 
     from mliscan import plane as pl
-    from mliscan.checkpoints import check_pair, content_hash, load_checkpoint
+    from mliscan.checkpoints import check_pair, content_hash
     from mliscan.cli import ui
     from mliscan.errors import UsageError
     from mliscan.evaluate import PathEvaluator
     from mliscan.paths import atomic_write_json
-    from mliscan.pipeline import setup
+    from mliscan.pipeline import open_source, setup
     from mliscan.spec import BNSpec, EvalSpec
     from mliscan.store import ResultStore, path_id
 
     if resolution < 2:
         raise UsageError("--resolution must be at least 2")
-    ckpts = [load_checkpoint(p) for p in (a, b, c)]
+    ckpts = [open_source(str(p)) for p in (a, b, c)]  # paths or hf:/timm:/init: sources
     check_pair(ckpts[0], ckpts[1])
     check_pair(ckpts[0], ckpts[2])
     spec = EvalSpec(
