@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import json
 import re
 from collections.abc import Iterator, Mapping
@@ -39,6 +40,9 @@ PREFIX = "model."
 # Token positions per sequence (evenly spaced, first and last included) whose logit vectors
 # enter the Gauss length of a language model.
 GAUSS_POSITIONS = 4
+# Causal LMs compute their logits only at those positions during the Gauss pass (exactly the
+# same numbers, far less memory); a switch for the test that proves the equality.
+SPARSE_GAUSS_LOGITS = True
 # Buffers that older transformers versions saved and newer ones recreate (causal masks,
 # rotary tables): dropped on load, never interpolated.
 _STALE_BUFFERS = re.compile(
@@ -69,6 +73,13 @@ class HFOptions:
     attn: str = option("sdpa", "attention implementation: sdpa or eager")
 
 
+def gauss_positions(length: int, device: torch.device) -> torch.Tensor:
+    """GAUSS_POSITIONS evenly spaced positions of a sequence, first and last included (all of
+    them when the sequence is that short)."""
+    k = min(GAUSS_POSITIONS, length)
+    return torch.linspace(0, length - 1, k, device=device).round().long()
+
+
 class HFWrapper(nn.Module):
     """Calls the transformers model and returns its logits tensor."""
 
@@ -76,23 +87,34 @@ class HFWrapper(nn.Module):
         super().__init__()
         self.model = model
         self.paired_inputs = paired_inputs
+        self.gauss_only = False
+        """Inside the Gauss-length pass: a causal LM computes logits only at the
+        GAUSS_POSITIONS positions the Gauss length reads (``logits_to_keep``)."""
+        params = inspect.signature(model.forward).parameters
+        self._can_keep = SPARSE_GAUSS_LOGITS and not paired_inputs and "logits_to_keep" in params
 
     @contextlib.contextmanager
     def forward_ad_context(self) -> Iterator[None]:
-        """Eager attention while forward-mode AD runs (fused SDPA kernels lack forward AD)."""
+        """During forward-mode AD: eager attention (fused SDPA kernels lack forward AD), and
+        logits only at the positions the Gauss length uses (the output head over every
+        position would dominate the memory of the derivative pass)."""
         before = self.model.config._attn_implementation
-        if before == "eager":
-            yield
-            return
-        self.model.set_attn_implementation("eager")
+        if before != "eager":
+            self.model.set_attn_implementation("eager")
+        self.gauss_only = self._can_keep
         try:
             yield
         finally:
-            self.model.set_attn_implementation(before)
+            self.gauss_only = False
+            if before != "eager":
+                self.model.set_attn_implementation(before)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.paired_inputs:  # [N, 2, L]: token ids and attention mask
             out = self.model(input_ids=x[:, 0], attention_mask=x[:, 1], use_cache=False)
+        elif self.gauss_only:
+            keep = gauss_positions(x.shape[1], x.device)
+            out = self.model(input_ids=x, use_cache=False, logits_to_keep=keep)
         else:
             out = self.model(input_ids=x, use_cache=False)
         logits = getattr(out, "logits", None)
@@ -197,10 +219,11 @@ class _HFAdapter(Adapter):
         )
 
     def logits(self, output: torch.Tensor) -> torch.Tensor:
+        """The logit vectors at GAUSS_POSITIONS evenly spaced positions of each sequence (an
+        output already restricted to them, inside the Gauss pass, is taken whole)."""
         if output.dim() == 2:
             return output
-        k = min(GAUSS_POSITIONS, output.shape[1])
-        idx = torch.linspace(0, output.shape[1] - 1, k, device=output.device).round().long()
+        idx = gauss_positions(output.shape[1], output.device)
         return output[:, idx, :].reshape(-1, output.shape[-1])
 
 

@@ -63,6 +63,10 @@ class Checkpoint:
     """``config.json`` beside the weights (transformers / timm folders), else None."""
     source: Any = None
     """The :class:`mliscan.sources.Resolved` it came from, when loaded through a source."""
+    reader: Any = None
+    """For safetensors files: ``reader(name)`` reads one tensor again from disk (a fresh
+    copy; None for torch pickles). Lets a large model's endpoint be restored exactly without
+    keeping it in memory."""
 
     @property
     def folder(self) -> Path:
@@ -101,7 +105,37 @@ def load_checkpoint(path: str | os.PathLike[str], trust_pickle: bool = False) ->
     if not tensors:
         raise CheckpointFormatError(f"{p}: holds no tensors; is it a model checkpoint?")
     config = read_config(p.parent / "config.json")
-    return Checkpoint(path=p, tensors=tensors, metadata=metadata, notes=notes, config=config)
+    reader = (
+        _safetensors_reader(p, "".join(stripped))
+        if p.suffix != ".bin"
+        and (p.name.endswith(".safetensors.index.json") or p.suffix in SAFETENSORS_SUFFIXES)
+        else None
+    )
+    return Checkpoint(
+        path=p, tensors=tensors, metadata=metadata, notes=notes, config=config, reader=reader
+    )
+
+
+def _safetensors_reader(p: Path, prefix: str) -> Any:
+    """``read(name)``: one tensor read afresh from a safetensors file or sharded index."""
+    from safetensors import safe_open
+
+    if p.name.endswith(".index.json"):
+        weight_map = json.loads(p.read_text())["weight_map"]
+
+        def shard(name: str) -> Path:
+            return p.parent / weight_map[name]
+    else:
+
+        def shard(name: str) -> Path:
+            return p
+
+    def read(name: str) -> torch.Tensor:
+        full = prefix + name
+        with safe_open(str(shard(full)), framework="pt", device="cpu") as f:
+            return f.get_tensor(full).clone()
+
+    return read
 
 
 MAX_CONFIG_BYTES = 4 << 20

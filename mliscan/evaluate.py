@@ -112,13 +112,14 @@ class PathEvaluator:
         theta1: dict[str, torch.Tensor],
         data: PreparedData,
         spec: EvalSpec,
+        theta1_reader: Callable[[str], torch.Tensor] | None = None,
     ) -> None:
         self.adapter = adapter
         self.module = module.eval()
         self.spec = spec
         self.data = data
         self.roles = TensorRoles.of(module, interpolate_bn_stats=spec.bn.mode == "interpolate")
-        self.interp = Interpolator(module, theta0, theta1, self.roles)
+        self.interp = Interpolator(module, theta0, theta1, self.roles, theta1_reader)
         self.bn_layers = adapter.bn_modules(module) if self.roles.bn_stats else []
         self._batch_size: int | None = spec.batch_size
         # The hand-written second-order pass is used when every layer has a rule and the

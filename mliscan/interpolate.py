@@ -14,7 +14,7 @@ The distance metric uses the parameters only (batch-norm affine weights included
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -95,9 +95,11 @@ class Interpolator:
         theta0: Mapping[str, torch.Tensor],
         theta1: Mapping[str, torch.Tensor],
         roles: TensorRoles,
+        theta1_reader: Callable[[str], torch.Tensor] | None = None,
     ) -> None:
         self.module = module
         self.roles = roles
+        self.theta1_reader = theta1_reader
         live = module.state_dict(keep_vars=True)
         self.targets = {k: live[k] for k in roles.interpolated + roles.copied}
         for p in module.parameters():
@@ -113,9 +115,30 @@ class Interpolator:
         wide = all(self.targets[k].dtype in (torch.float32, torch.float64) for k in self.t0)
         if wide and size <= SMALL_MODEL_BYTES:  # small models: one fused add per tensor
             _ = self.delta
+        elif theta1_reader is not None:
+            self._to_difference()
         with torch.no_grad():
             for k in roles.copied:
                 self.targets[k].copy_(theta0[k])
+
+    @torch.no_grad()
+    def _to_difference(self) -> None:
+        """Large models whose theta_T can be read again from disk: hold theta_T - theta_0
+        instead of theta_T (in theta_T's own memory when the dtypes allow: the caller's
+        tensors are consumed), so theta_0, the difference and the working weights are all
+        that is held, the Gauss length included. alpha = 1 reads theta_T back, tensor by
+        tensor, so the endpoint stays exact."""
+        delta = {}
+        for k in list(self.t1):
+            b, dtype = self.t1.pop(k), self.targets[k].dtype
+            if dtype not in (torch.float32, torch.float64):
+                dtype = torch.float32  # low-precision working weights: the difference in float32
+            if b.dtype == dtype and b.is_floating_point():
+                delta[k] = b.sub_(self.t0[k])
+            else:
+                delta[k] = b.to(dtype) - self.t0[k].to(dtype)
+        self._delta = delta
+        self.t1 = {}
 
     @property
     def delta(self) -> dict[str, torch.Tensor]:
@@ -132,13 +155,15 @@ class Interpolator:
         for k, target in self.targets.items():
             if k not in self.t0:
                 continue
-            a, b = self.t0[k], self.t1[k]
+            a, b = self.t0[k], self.t1.get(k)
             if alpha == 0.0:
                 target.copy_(a)
             elif alpha == 1.0:
-                target.copy_(b)
-            elif self._delta is not None:
+                target.copy_(b if b is not None else self.theta1_reader(k))  # type: ignore[misc]
+            elif self._delta is not None and target.dtype == self._delta[k].dtype:
                 torch.add(a, self._delta[k], alpha=alpha, out=target)
+            elif self._delta is not None:  # float32 difference, low-precision working copy
+                target.copy_(torch.add(a.float(), self._delta[k], alpha=alpha))
             elif target.dtype in (torch.float32, torch.float64):
                 # theta_0 + alpha (theta_T - theta_0), in place in the working tensor
                 target.copy_(b).sub_(a).mul_(alpha).add_(a)

@@ -7,7 +7,7 @@ data -> :class:`~mliscan.evaluate.PathEvaluator` -> metrics -> :class:`PairResul
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +27,7 @@ from mliscan.evaluate import (
     prepare_data,
     resolve_device,
 )
+from mliscan.interpolate import TensorRoles
 from mliscan.registry import get_adapter, names
 from mliscan.sources import Resolved, resolve
 from mliscan.spec import DEFAULT_TOLERANCE, DataSpec, EvalSpec
@@ -261,9 +262,18 @@ def compare_pair(
     theta0 = choice.adapter.map_keys(init.tensors, choice.options)
     theta1 = choice.adapter.map_keys(final.tensors, choice.options)
     init_path_s, final_path_s = str(init.path), str(final.path)
+    roles = TensorRoles.of(ctx.module, interpolate_bn_stats=spec.bn.mode == "interpolate")
+    distance, normalized = metrics.weight_distance(theta0, theta1, roles.parameters)
+    identical = all(torch.equal(theta0[k], theta1[k]) for k in roles.interpolated)
+    # Large models: theta_T is re-read from disk at alpha = 1 instead of being kept (its
+    # memory then holds theta_T - theta_0); not when unrelated paths also need theta_T.
+    reader = None if unrelated_seeds else _module_reader(final, theta1)
     del init, final  # the evaluator holds the tensors themselves; no second reference
-    evaluator = PathEvaluator(choice.adapter, ctx.module, theta0, theta1, ctx.prepared, spec)
-    distance, normalized = metrics.weight_distance(theta0, theta1, evaluator.roles.parameters)
+    evaluator = PathEvaluator(
+        choice.adapter, ctx.module, theta0, theta1, ctx.prepared, spec, theta1_reader=reader
+    )
+    if reader is not None:
+        del theta1  # consumed: may now hold theta_T - theta_0
     t_loaded = time.perf_counter()
     curve = evaluator.run(alpha_grid(spec.alphas), progress=progress)
     unrelated = []
@@ -276,7 +286,7 @@ def compare_pair(
         unrelated.append(ev.run(alpha_grid(spec.alphas), gauss=False))
     timing = {"load": t_loaded - t_start, **curve.timing}
     timing["total"] = time.perf_counter() - t_start
-    if all(torch.equal(theta0[k], theta1[k]) for k in evaluator.roles.interpolated):
+    if identical:
         notes.append("init and final weights are identical: the path is a single point")
     return PairResult(
         init_path=init_path_s,
@@ -296,6 +306,21 @@ def compare_pair(
         unrelated_seeds=list(unrelated_seeds),
         sources=sources,
     )
+
+
+def _module_reader(
+    ckpt: Checkpoint, mapped: dict[str, torch.Tensor]
+) -> Callable[[str], torch.Tensor] | None:
+    """Module name -> that tensor read again from the checkpoint file (None when the file
+    cannot be re-read per tensor, or the adapter's key mapping does not pass tensors through)."""
+    if ckpt.reader is None:
+        return None
+    by_id = {id(t): name for name, t in ckpt.tensors.items()}
+    names = {k: by_id.get(id(t)) for k, t in mapped.items()}
+    if any(v is None for v in names.values()):
+        return None
+    read = ckpt.reader
+    return lambda k: read(names[k])
 
 
 def _source_record(ckpt: Checkpoint) -> dict[str, Any]:

@@ -368,3 +368,27 @@ def test_image_folder_larger_than_the_memory_budget_is_streamed(
     assert streamed["loss"] == pytest.approx(in_memory["loss"], rel=1e-6)
     assert streamed["gauss_length"] == pytest.approx(in_memory["gauss_length"], rel=1e-6)
     assert list((offline / "mliscan-cache" / "data").glob("imagefolder-*.f32"))
+
+
+def test_sparse_gauss_logits_equal_the_full_output(offline: Path, monkeypatch, capsys) -> None:
+    import mliscan.adapters.hf as hf
+
+    args = [
+        "hf:org/tiny-gpt2@step0",
+        "hf:org/tiny-gpt2@main",
+        "--data",
+        "text",
+        "--data-file",
+        offline / "corpus.txt",
+        "--alphas",
+        3,
+        "--seq-len",
+        24,
+        "--data-limit",
+        8,
+    ]
+    sparse = _compare(args, capsys)
+    monkeypatch.setattr(hf, "SPARSE_GAUSS_LOGITS", False)
+    full = _compare(args, capsys)
+    assert sparse["gauss_integrand"] == pytest.approx(full["gauss_integrand"], rel=1e-5)
+    assert sparse["loss"] == full["loss"]

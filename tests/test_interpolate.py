@@ -63,3 +63,24 @@ def test_tied_weights_are_interpolated_once() -> None:
     roles = TensorRoles.of(m)
     assert roles.interpolated == ("emb.weight",) and roles.parameters == ("emb.weight",)
     assert interpolate.tied_aliases(m) == {"head.weight": "emb.weight"}
+
+
+def test_large_models_hold_the_difference_and_read_the_endpoint_back(monkeypatch) -> None:
+    monkeypatch.setattr(interpolate, "SMALL_MODEL_BYTES", 0)
+    m, t0, t1 = _pair()
+    exact = {k: v.clone() for k, v in t1.items()}
+    reads: list[str] = []
+
+    def reader(k: str) -> torch.Tensor:
+        reads.append(k)
+        return exact[k].clone()
+
+    interp = Interpolator(m, t0, t1, TensorRoles.of(m), theta1_reader=reader)
+    assert interp.t1 == {} and interp._delta is not None  # theta_T itself is not kept
+    live = m.state_dict()
+    interp.apply(1.0)
+    assert all(torch.equal(live[k], exact[k]) for k in interp.t0)  # exact, read from "disk"
+    assert sorted(reads) == sorted(interp.t0)
+    interp.apply(0.25)
+    for k in interp.t0:
+        torch.testing.assert_close(live[k], t0[k] + 0.25 * (exact[k] - t0[k]), rtol=0, atol=1e-6)
