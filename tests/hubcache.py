@@ -80,7 +80,7 @@ VOCAB = 6 + len(set(WORDS))
 
 
 def tiny_config(kind: str):
-    from transformers import BertConfig, GPT2Config, GPTNeoXConfig
+    from transformers import BertConfig, GPT2Config, GPTNeoXConfig, LlamaConfig
 
     if kind == "gpt2":
         return GPT2Config(
@@ -102,6 +102,17 @@ def tiny_config(kind: str):
             intermediate_size=64,
             max_position_embeddings=64,
             architectures=["GPTNeoXForCausalLM"],
+        )
+    if kind == "llama":
+        return LlamaConfig(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            intermediate_size=64,
+            max_position_embeddings=64,
+            architectures=["LlamaForCausalLM"],
         )
     if kind in ("bert", "bert-cls"):
         arch = "BertForMaskedLM" if kind == "bert" else "BertForSequenceClassification"
@@ -129,6 +140,7 @@ def hf_model_files(kind: str, seed: int, steps: int = 0, parent: Path | None = N
     auto = {
         "gpt2": "AutoModelForCausalLM",
         "neox": "AutoModelForCausalLM",
+        "llama": "AutoModelForCausalLM",
         "bert": "AutoModelForMaskedLM",
         "bert-cls": "AutoModelForSequenceClassification",
     }[kind]

@@ -24,7 +24,7 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cache = root / "cache"
     src = root / "models"  # the saved folders, copied into the cache below
     src.mkdir()
-    for kind in ("gpt2", "neox", "bert", "bert-cls"):
+    for kind in ("gpt2", "neox", "llama", "bert", "bert-cls"):
         hubcache.add_revision(
             cache, f"org/tiny-{kind}", ["step0"], hubcache.hf_model_files(kind, 0, parent=src)
         )
@@ -140,6 +140,17 @@ def test_neox_masked_and_classifier_adapters(
         capsys,
     )
     assert neox["arch"] == "hf-causal-lm" and all(np.isfinite(neox["loss"]))
+    llama = _compare(
+        [
+            "hf:org/tiny-llama@step0",
+            "hf:org/tiny-llama@main",
+            *common,
+            "--data-file",
+            offline / "corpus.txt",
+        ],
+        capsys,
+    )
+    assert llama["arch"] == "hf-causal-lm" and llama["gauss_length"] > 0
     bert = _compare(
         [
             "hf:org/tiny-bert@step0",
