@@ -64,6 +64,21 @@ def offline(hub: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return hub
 
 
+def _quick_text(root: Path) -> list:
+    """Options of a quick text evaluation: 2 alphas over 16-token sequences, no Gauss."""
+    return [
+        "--data",
+        "text",
+        "--data-file",
+        root / "corpus.txt",
+        "--alphas",
+        2,
+        "--no-gauss",
+        "--seq-len",
+        16,
+    ]
+
+
 def _compare(args: list, capsys: pytest.CaptureFixture[str]) -> dict:
     code, out, err = run_cli(["compare", *args, "--json", "-", "-q"], capsys)
     assert code in (0, 1), err
@@ -240,15 +255,7 @@ def test_init_of_a_transformer_runs_its_own_init_weights(offline: Path, capsys) 
         [
             "init:hf:org/tiny-gpt2@main",
             "hf:org/tiny-gpt2@main",
-            "--data",
-            "text",
-            "--data-file",
-            offline / "corpus.txt",
-            "--alphas",
-            2,
-            "--no-gauss",
-            "--seq-len",
-            16,
+            *_quick_text(offline),
         ],
         capsys,
     )
@@ -265,15 +272,7 @@ def test_integrity_notes_for_the_same_revision(offline: Path, capsys) -> None:
         [
             "hf:org/tiny-gpt2@step0",
             "hf:org/tiny-gpt2@step0",
-            "--data",
-            "text",
-            "--data-file",
-            offline / "corpus.txt",
-            "--alphas",
-            2,
-            "--no-gauss",
-            "--seq-len",
-            16,
+            *_quick_text(offline),
         ],
         capsys,
     )
