@@ -29,6 +29,7 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from mliscan.spec import PAPER_BN_MOMENTUM, BNSpec
 
@@ -201,19 +202,21 @@ def _normalise_batches(
     g: torch.Tensor, bn: BNLayer
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Train-mode batch norm of each of B batches in g = [B, size, C, ...]; returns the output
-    and each batch's per-channel mean and population variance ([B, C])."""
-    dims = [1, *range(3, g.ndim)]
-    mean = g.mean(dims, keepdim=True)
-    centred = g - mean
-    var = (centred * centred).mean(dims, keepdim=True)
-    scale = torch.rsqrt(var + bn.eps)
-    shape = (1, 1, -1) + (1,) * (g.ndim - 3)
-    if bn.weight is not None:
-        scale = scale * bn.weight.view(shape)
-    y = centred * scale
-    if bn.bias is not None:
-        y = y + bn.bias.view(shape)
-    return y, mean.flatten(1), var.flatten(1)
+    and each batch's per-channel mean and population variance ([B, C]).
+
+    Each batch goes through torch's fused kernel with momentum 1 into fresh buffers, which
+    then hold exactly that batch's mean and unbiased variance (rescaled to the population
+    variance): one pass per batch instead of six elementwise passes."""
+    batches, channels = g.shape[0], g.shape[2]
+    means = g.new_zeros(batches, channels)
+    variances = g.new_ones(batches, channels)
+    outs = [
+        F.batch_norm(g[b], means[b], variances[b], bn.weight, bn.bias, True, 1.0, bn.eps)
+        for b in range(batches)
+    ]
+    n = g[0].numel() // channels  # values per channel in one batch (>= 2: see batch_slices)
+    variances.mul_((n - 1) / n)
+    return torch.stack(outs), means, variances
 
 
 def _paper(layers, inputs, slices, run) -> None:  # type: ignore[no-untyped-def]
