@@ -33,13 +33,19 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from mliscan.adapter import Adapter, DataHooks, DataInfo, option
+from mliscan.adapter import (
+    Adapter,
+    DataHooks,
+    DataInfo,
+    gauss_positions,
+    option,
+    sequence_logits,
+)
 from mliscan.errors import AdapterOptionError, DataError
 
 PREFIX = "model."
 # Token positions per sequence (evenly spaced, first and last included) whose logit vectors
 # enter the Gauss length of a language model.
-GAUSS_POSITIONS = 4
 # Causal LMs compute their logits only at those positions during the Gauss pass (exactly the
 # same numbers, far less memory); a switch for the test that proves the equality.
 SPARSE_GAUSS_LOGITS = True
@@ -71,13 +77,6 @@ class HFOptions:
         "", "the model's config.json (read from the checkpoint folder)", _parse_config
     )
     attn: str = option("sdpa", "attention implementation: sdpa or eager")
-
-
-def gauss_positions(length: int, device: torch.device) -> torch.Tensor:
-    """GAUSS_POSITIONS evenly spaced positions of a sequence, first and last included (all of
-    them when the sequence is that short)."""
-    k = min(GAUSS_POSITIONS, length)
-    return torch.linspace(0, length - 1, k, device=device).round().long()
 
 
 class HFWrapper(nn.Module):
@@ -223,8 +222,7 @@ class _HFAdapter(Adapter):
         output already restricted to them, inside the Gauss pass, is taken whole)."""
         if output.dim() == 2:
             return output
-        idx = gauss_positions(output.shape[1], output.device)
-        return output[:, idx, :].reshape(-1, output.shape[-1])
+        return sequence_logits(output)
 
 
 class CausalLMAdapter(_HFAdapter):

@@ -23,10 +23,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mliscan.adapter import Adapter, DataInfo, TrainDefaults, option, parse_bool
+from mliscan.adapter import (
+    Adapter,
+    DataInfo,
+    TrainDefaults,
+    option,
+    parse_bool,
+    sequence_logits,
+)
 from mliscan.errors import AdapterOptionError
-
-GAUSS_POSITIONS = 4
 
 
 def _positive(value: Any) -> int:
@@ -189,9 +194,7 @@ class _WordLMAdapter(Adapter):
         return (output.argmax(-1) == target).double().mean(dim=1)
 
     def logits(self, output: torch.Tensor) -> torch.Tensor:
-        k = min(GAUSS_POSITIONS, output.shape[1])
-        idx = torch.linspace(0, output.shape[1] - 1, k, device=output.device).round().long()
-        return output[:, idx, :].reshape(-1, output.shape[-1])
+        return sequence_logits(output)
 
 
 @dataclass(frozen=True)

@@ -173,6 +173,23 @@ class Adapter(ABC):
         return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
+# Sequence models (language models): the Gauss length reads the logit vectors at this many
+# evenly spaced token positions of each sequence, first and last included.
+GAUSS_POSITIONS = 4
+
+
+def gauss_positions(length: int, device: torch.device) -> torch.Tensor:
+    """GAUSS_POSITIONS evenly spaced positions of a sequence (all of them if it is shorter)."""
+    k = min(GAUSS_POSITIONS, length)
+    return torch.linspace(0, length - 1, k, device=device).round().long()
+
+
+def sequence_logits(output: torch.Tensor) -> torch.Tensor:
+    """[N, L, V] logits -> the [N * k, V] logit vectors at :func:`gauss_positions`."""
+    idx = gauss_positions(output.shape[1], output.device)
+    return output[:, idx, :].reshape(-1, output.shape[-1])
+
+
 def option(default: Any, help: str, parse: Any = None) -> Any:
     """A dataclass field with help text and an optional string parser."""
     meta = {"help": help}
