@@ -30,6 +30,16 @@ def test_digits_is_sklearn_order_over_16() -> None:
     assert float(ds.inputs.max()) == 1.0
 
 
+def test_digits_falls_back_to_sklearn_loader(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from mliscan import data
+
+    direct = data._digits_table()
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    np.testing.assert_array_equal(data._digits_table(), direct)
+
+
 def test_limit_takes_the_first_examples() -> None:
     full = load_dataset(DataSpec("digits"))
     part = load_dataset(DataSpec("digits", limit=100))

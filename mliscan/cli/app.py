@@ -74,6 +74,16 @@ def _sigterm(signum: int, frame: object) -> None:
     raise KeyboardInterrupt  # finish like Ctrl-C: finished results stay saved, resume hint
 
 
+def _forget_interrupt() -> None:
+    """Keep exit code 130 after a handled Ctrl-C that landed inside string-exec'd code.
+
+    CPython remembers a KeyboardInterrupt that escaped code run by ``exec``/``eval`` of a string
+    (dataclass and namedtuple bodies, made while modules import) and, at exit, kills the process
+    with SIGINT even though we caught it. Running any string code resets that memory.
+    """
+    exec("")  # a constant empty string: resets the unhandled-interrupt flag
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; library errors become one line and exit code 2 (MLISCAN_DEBUG=1: traceback)."""
     import signal
@@ -99,8 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         if debug():
             raise
         return report(exc)
-    if rv == EXIT_INTERRUPTED and not InterruptState.reported:
-        print(INTERRUPTED_MESSAGE, file=sys.stderr)  # typer turns Ctrl-C into a silent 130
+    if rv == EXIT_INTERRUPTED:
+        _forget_interrupt()
+        if not InterruptState.reported:
+            print(INTERRUPTED_MESSAGE, file=sys.stderr)  # typer turns Ctrl-C into a silent 130
     return rv if isinstance(rv, int) else 0
 
 

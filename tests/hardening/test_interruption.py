@@ -81,3 +81,24 @@ def test_compare_interrupted_writes_no_partial_json(tmp_path: Path, mlp_bn_pair:
     assert "interrupted" in err, err
     assert not target.exists()
     assert not list(tmp_path.glob(".*"))
+
+
+def test_interrupt_inside_string_exec_code_still_exits_130(tmp_path: Path) -> None:
+    """Ctrl-C while a module import runs exec'd text (dataclass bodies) must still give 130.
+
+    Under ``python -m`` CPython remembers such an interrupt even after we handled it and kills
+    the process with SIGINT at exit (returncode -2) unless the CLI clears that memory.
+    """
+    probe = tmp_path / "ki_probe.py"
+    probe.write_text(
+        "import sys\n"
+        "from mliscan.cli import app\n"
+        "app.app.command('probe')(lambda: exec('raise KeyboardInterrupt'))\n"
+        "sys.exit(app.main(['probe']))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    proc = subprocess.run(
+        [sys.executable, "-m", "ki_probe"], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
+    assert proc.returncode == 130, proc.stderr
+    assert "interrupted" in proc.stderr
