@@ -22,6 +22,7 @@ from torch.nn import functional as F
 
 from mliscan.adapter import Adapter, DataInfo, TrainDefaults, option, parse_bool, parse_choice
 from mliscan.errors import AdapterOptionError
+from mliscan.taylor import Stack, Tracer
 
 INITS = ("default", "block-identity", "fixup")
 
@@ -41,6 +42,9 @@ class _Bias(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.bias
+
+    def taylor_forward(self, t: Tracer, st: Stack) -> Stack:
+        return t.shift(self, "bias", st)
 
 
 class BasicBlock(nn.Module):
@@ -75,6 +79,17 @@ class BasicBlock(nn.Module):
             out = self.bn2(self.conv2(out))
         return F.relu(out + self.shortcut(x))
 
+    def taylor_forward(self, t: Tracer, x: Stack) -> Stack:
+        """The same forward pass in second-order rules (mliscan.taylor): z, z', z''."""
+        if self.fixup:
+            x = t(self.bias1a, x)
+            out = t.relu(t(self.bias1b, t(self.conv1, x)))
+            out = t(self.bias2b, t.scale(self, "scale", t(self.conv2, t(self.bias2a, out))))
+        else:
+            out = t.relu(t(self.bn1, t(self.conv1, x)))
+            out = t(self.bn2, t(self.conv2, out))
+        return t.relu(t.add(out, t.linear(self.shortcut, x)))
+
 
 class CifarResNet(nn.Module):
     def __init__(self, depth: int, in_channels: int, num_classes: int, bn: bool, fixup: bool):
@@ -99,6 +114,12 @@ class CifarResNet(nn.Module):
         x = self.layers(x)
         x = F.adaptive_avg_pool2d(x, 1).flatten(1)
         return self.fc(self.bias2(x))
+
+    def taylor_forward(self, t: Tracer, x: Stack) -> Stack:
+        x = t.relu(t(self.bias1, t(self.bn1, t(self.conv1, x))))
+        x = t(self.layers, x)
+        x = t.linear(lambda v: F.adaptive_avg_pool2d(v, 1).flatten(1), x)
+        return t(self.fc, t(self.bias2, x))
 
 
 class ResNetAdapter(Adapter):

@@ -8,7 +8,9 @@ Times, interleaved over --repeats rounds, for 50 alphas:
   (b) paper-style   deepcopy + load_state_dict per alpha, one warm-up epoch at momentum 0.1
                     (batches of 256), evaluation in batches of 256; Gauss length by double
                     backward (as in the paper's released code)
-  (c) mliscan       PathEvaluator.run (loss and accuracy curve)
+  (c) mliscan       PathEvaluator.run (loss and accuracy curve); with batch norm, the default
+                    full-data statistics: one full-batch train-mode pass per alpha that is
+                    also the evaluation (--bn-batch-size N times the pooled per-batch mode)
   (d) mliscan+gauss the same with the average Gauss length
   (e) loss-landscapes linear_interpolation, when that package is installed (no BN
                     re-estimation, so its curve differs on BN models)
@@ -36,7 +38,7 @@ from mliscan.batchnorm import batch_slices
 from mliscan.data import load_dataset
 from mliscan.evaluate import PathEvaluator, alpha_grid, prepare_data
 from mliscan.registry import get_adapter
-from mliscan.spec import DataSpec, EvalSpec
+from mliscan.spec import BNSpec, DataSpec, EvalSpec
 
 ALPHAS = 50  # set by --alphas
 
@@ -179,6 +181,11 @@ def main() -> None:
     )
     p.add_argument("--gauss", action="store_true", help="also time Gauss length (d, and b with it)")
     p.add_argument("--alphas", type=int, default=50, help="alphas per path (the paper: 50)")
+    p.add_argument(
+        "--bn-batch-size",
+        default="all",
+        help="mliscan's BN statistics: all (default: the whole data as one batch) or N",
+    )
     args = p.parse_args()
     global ALPHAS
     ALPHAS = args.alphas
@@ -188,9 +195,10 @@ def main() -> None:
     has_bn = bool(adapter.bn_modules(module))
     bs = best_batch_size(module, adapter, data, device)
     template = copy.deepcopy(module)
-    engine = PathEvaluator(adapter, module, theta0, theta1, data, EvalSpec(gauss=False))
+    bn = BNSpec(batch_size=None if args.bn_batch_size == "all" else int(args.bn_batch_size))
+    engine = PathEvaluator(adapter, module, theta0, theta1, data, EvalSpec(bn=bn, gauss=False))
     alphas = alpha_grid(ALPHAS)
-    _ = engine.batch_size  # the one-off batch-size probe, like the floor's, is not timed
+    _ = engine.batch_size, engine.bn_chunk  # one-off probes (like the floor's): not timed
 
     methods: dict[str, Callable[[], object]] = {
         "(a) floor": lambda: floor(template, adapter, data, bs, has_bn),
@@ -223,6 +231,9 @@ def main() -> None:
     print(
         f"workload {args.workload} ({len(data)} examples, BN {'on' if has_bn else 'off'}), "
         f"device {device}, threads {args.threads}, {ALPHAS} alphas, floor batch size {bs}, "
+        f"mliscan batch size {engine.batch_size}, BN statistics "
+        f"{'whole data' if bn.batch_size is None else f'batches of {bn.batch_size}'}"
+        f"{'' if engine.bn_chunk is None else f' (chunked by {engine.bn_chunk})'}, "
         f"median of {args.repeats} interleaved runs"
     )
     print(f"{'method':45s} {'median s':>10s} {'x floor':>8s} {'x paper':>8s}")

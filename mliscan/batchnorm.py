@@ -1,11 +1,21 @@
 """Batch-norm statistics at one point of the path.
 
-``exact`` (default): reset, then one train-mode pass over the training data in batches of
-``batch_size`` (each batch normalised by its own statistics, as in training). Every BN
-layer's per-channel input mean and *population* variance are accumulated over all examples:
-the per-batch moments are combined in float64 by the parallel (Chan et al.) formula,
-algebraically the running sums and sums of squares without their cancellation, so batches
-weigh by their size. The result is stored as the layers' running statistics.
+``exact`` with ``batch_size=None`` (the default): the training set's own activation statistics.
+Each BN layer's running mean and *population* variance are those of its input over all the
+data, with every earlier BN layer normalising by the data's statistics too. This is one
+train-mode pass with the whole data as a single batch, and it is self-consistent: in eval
+mode with these statistics each BN layer's input over the data has exactly the stored mean
+and variance, so the train-mode output of that pass *is* the eval-mode output. The pass
+therefore doubles as the evaluation (``reestimate`` returns its output): one forward pass per
+alpha instead of two. When the whole data does not fit one batch (streamed data, or too
+large for memory) the same statistics are computed in chunks, one pass per BN layer in
+forward order, each stopping at that layer (exact, slower).
+
+``exact`` with ``batch_size=B``: one train-mode pass in batches of B (each batch normalised by
+its own statistics, as in training). Every BN layer's per-channel input mean and population
+variance are accumulated over all examples: the per-batch moments are combined in float64 by
+the parallel (Chan et al.) formula, algebraically the running sums and sums of squares
+without their cancellation, so batches weigh by their size.
 
 This avoids the flaw of torch's ``momentum=None`` cumulative average (used by
 ``torch.optim.swa_utils.update_bn``), which weighs every batch equally.
@@ -25,6 +35,7 @@ computation as the batched pass, reordered.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import torch
@@ -77,45 +88,72 @@ def combine_moments(
     return mean, var
 
 
+class _Reached(Exception):
+    """Stops a chunked pass once the BN layer it measures has seen its input."""
+
+
 def reestimate(
     module: nn.Module,
     layers: list[BNLayer],
     inputs: torch.Tensor,
     spec: BNSpec,
     forward: Callable[[torch.Tensor], object] | None = None,
-) -> None:
+    chunk: int | None = None,
+) -> object | None:
     """Set every layer's running statistics for the module's current weights.
 
-    Leaves the module in eval mode. ``forward`` defaults to ``module``.
+    Leaves the module in eval mode. ``forward`` defaults to ``module``. With full-data
+    statistics (``spec.batch_size is None``) ``chunk`` asks for the chunked computation
+    (batches of ``chunk``) instead of one full batch; streamed inputs are always chunked.
+
+    Returns the module's output over all of ``inputs`` when the pass was one full batch and
+    every BN module keeps running statistics: that output equals the eval-mode output with
+    the statistics just stored (see the module docstring), so callers may use it as the
+    evaluation. Otherwise None.
     """
     layers = [m for m in layers if m.running_mean is not None]
     module.eval()
     if spec.mode == "interpolate" or not layers:
-        return
+        return None
     run = forward or module
-    slices = batch_slices(len(inputs), spec.batch_size, spec.max_batches)
+    full = spec.mode == "exact" and spec.batch_size is None
+    held = isinstance(inputs, torch.Tensor)  # streamed data is never held whole
     # Integer buffers are copied from theta_0, never advanced by the re-estimation pass.
     counters = [
         (m, m.num_batches_tracked.clone()) for m in layers if m.num_batches_tracked is not None
     ]
+    if full and (chunk is not None or not held):
+        try:
+            with torch.no_grad():
+                _exact_chunked(layers, inputs, chunk or 256, run)
+        finally:
+            module.eval()
+            for m, count in counters:
+                m.num_batches_tracked.copy_(count)
+        return None
+    slices = batch_slices(len(inputs), spec.batch_size, spec.max_batches)
     for m in layers:
         m.train()
+    out = None
     try:
         with torch.no_grad():
             if spec.mode == "paper":
                 _paper(layers, inputs, slices, run)
-            elif (
-                forward is None
-                and isinstance(inputs, torch.Tensor)  # streamed data is never held whole
-                and _layerwise_ok(module, layers)
-            ):
-                _exact_layerwise(module, layers, inputs, slices)
+            elif forward is None and held and _layerwise_ok(module, layers):
+                out = _exact_layerwise(module, layers, inputs, slices)
             else:
-                _exact(layers, inputs, slices, run)
+                out = _exact(layers, inputs, slices, run)
     finally:
         module.eval()
         for m, count in counters:
             m.num_batches_tracked.copy_(count)
+    whole = len(slices) == 1 and slices[0].stop == len(inputs)
+    return out if whole and _all_bn_keep_stats(module) else None
+
+
+def _all_bn_keep_stats(module: nn.Module) -> bool:
+    """No BN module normalises by the batch in eval mode (track_running_stats=False)."""
+    return all(m.running_mean is not None for m in module.modules() if isinstance(m, BNLayer))
 
 
 def _store(m: BNLayer, mean: torch.Tensor, var: torch.Tensor) -> None:
@@ -124,7 +162,7 @@ def _store(m: BNLayer, mean: torch.Tensor, var: torch.Tensor) -> None:
     m.running_var.copy_(var.to(m.running_var.dtype))
 
 
-def _exact(layers, inputs, slices, run) -> None:  # type: ignore[no-untyped-def]
+def _exact(layers, inputs, slices, run) -> object:  # type: ignore[no-untyped-def]
     # With momentum 1 torch's own train-mode kernel leaves each batch's mean and unbiased
     # variance in the running buffers, so no second reduction over the activations is
     # needed: a forward hook copies them (per-channel vectors); they are combined at the end.
@@ -145,9 +183,10 @@ def _exact(layers, inputs, slices, run) -> None:  # type: ignore[no-untyped-def]
         m.reset_running_stats()
         m.momentum = 1.0
     hooks = [m.register_forward_hook(hook) for m in layers]
+    out = None
     try:
         for s in slices:
-            run(inputs[s])
+            out = run(inputs[s])
     finally:
         for h in hooks:
             h.remove()
@@ -157,6 +196,7 @@ def _exact(layers, inputs, slices, run) -> None:  # type: ignore[no-untyped-def]
         means, variances, counts = seen[id(m)]
         if counts:  # a layer the forward pass never reached keeps its reset statistics
             _store(m, *combine_moments(torch.stack(means), torch.stack(variances), counts))
+    return out
 
 
 def _layerwise_ok(module: nn.Module, layers: list[BNLayer]) -> bool:
@@ -172,7 +212,7 @@ def _layerwise_ok(module: nn.Module, layers: list[BNLayer]) -> bool:
     return True
 
 
-def _exact_layerwise(module: nn.Sequential, layers, inputs, slices) -> None:  # type: ignore[no-untyped-def]
+def _exact_layerwise(module: nn.Sequential, layers, inputs, slices) -> torch.Tensor:  # type: ignore[no-untyped-def]
     x = inputs[: slices[-1].stop]
     for child in module:
         if not isinstance(child, BNLayer):
@@ -196,6 +236,7 @@ def _exact_layerwise(module: nn.Sequential, layers, inputs, slices) -> None:  # 
         cat = torch.cat if len(outs) > 1 else (lambda t: t[0])
         _store(child, *combine_moments(cat(means), cat(variances), counts))
         x = cat(outs)
+    return x
 
 
 def _normalise_batches(
@@ -217,6 +258,55 @@ def _normalise_batches(
     n = g[0].numel() // channels  # values per channel in one batch (>= 2: see batch_slices)
     variances.mul_((n - 1) / n)
     return torch.stack(outs), means, variances
+
+
+def _exact_chunked(layers, inputs, chunk: int, run) -> None:  # type: ignore[no-untyped-def]
+    """Full-data statistics without holding the data as one batch: one pass per BN layer.
+
+    Each pass runs the data in chunks with the layers already measured in eval mode (they
+    normalise by the data's statistics, as in the full batch); the first unmeasured layer the
+    forward reaches accumulates its input's moments (Chan combination across chunks) and
+    stops the forward there. Layers the forward never reaches keep their reset statistics."""
+    todo = list(layers)
+    for m in todo:
+        m.reset_running_stats()
+    slices = batch_slices(len(inputs), chunk)
+    while todo:
+        measured = _measure_first(todo, inputs, slices, run)
+        if measured is None:
+            return  # the remaining layers are never reached by the forward pass
+        layer, means, variances, counts = measured
+        _store(layer, *combine_moments(torch.stack(means), torch.stack(variances), counts))
+        todo.remove(layer)
+
+
+def _measure_first(todo, inputs, slices, run):  # type: ignore[no-untyped-def]
+    """Per-chunk input moments of the first layer of ``todo`` that the forward reaches."""
+    target: list[nn.Module] = []
+    means: list[torch.Tensor] = []
+    variances: list[torch.Tensor] = []
+    counts: list[int] = []
+
+    def pre(mod: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        if target and mod is not target[0]:
+            raise _Reached  # a later unmeasured layer: its input is not final yet
+        target[:1] = [mod]
+        x = args[0]
+        var, mean = torch.var_mean(x.double(), dim=[0, *range(2, x.ndim)], correction=0)
+        means.append(mean)
+        variances.append(var)
+        counts.append(x.numel() // x.shape[1])
+        raise _Reached
+
+    hooks = [m.register_forward_pre_hook(pre) for m in todo]
+    try:
+        for s in slices:
+            with contextlib.suppress(_Reached):
+                run(inputs[s])
+    finally:
+        for h in hooks:
+            h.remove()
+    return (target[0], means, variances, counts) if target else None
 
 
 def _paper(layers, inputs, slices, run) -> None:  # type: ignore[no-untyped-def]

@@ -122,6 +122,8 @@ class PathEvaluator:
         self.interp = Interpolator(module, theta0, theta1, self.roles, theta1_reader)
         self.bn_layers = adapter.bn_modules(module) if self.roles.bn_stats else []
         self._batch_size: int | None = spec.batch_size
+        self._bn_chunk: int | bool | None = False  # False: not chosen yet
+        self._bn_output: object | None = None  # the full-batch BN pass's output (the evaluation)
         # The hand-written second-order pass is used when every layer has a rule and the
         # adapter's logits are the module output; nested jvp is the general fallback.
         self.fast_gauss = (
@@ -175,16 +177,66 @@ class PathEvaluator:
     def set_alpha(self, alpha: float) -> None:
         """Write theta(alpha) and its batch-norm statistics into the module."""
         self.interp.apply(alpha)
-        if self.bn_layers:
-            batchnorm.reestimate(self.module, self.bn_layers, self.data.inputs, self.spec.bn)
+        self._reestimate_bn()
 
     def set_state(self, state: dict[str, torch.Tensor]) -> None:
         """Write arbitrary weights (for the interpolated tensors) and re-estimate BN."""
         with torch.no_grad():
             for k in self.roles.interpolated:
                 self.interp.targets[k].copy_(state[k])
-        if self.bn_layers:
-            batchnorm.reestimate(self.module, self.bn_layers, self.data.inputs, self.spec.bn)
+        self._reestimate_bn()
+
+    def _reestimate_bn(self) -> None:
+        self._bn_output = None
+        if not self.bn_layers:
+            return
+        try:
+            self._bn_output = batchnorm.reestimate(
+                self.module, self.bn_layers, self.data.inputs, self.spec.bn, chunk=self.bn_chunk
+            )
+        except torch.cuda.OutOfMemoryError:
+            if self.bn_chunk is not None:
+                raise
+            self._bn_chunk = self.batch_size  # same statistics, computed in chunks
+            torch.cuda.empty_cache()
+            warnings.warn(
+                "CUDA out of memory in the full-batch BN pass: the same statistics are now "
+                f"computed in chunks of {self._bn_chunk} (slower)",
+                stacklevel=2,
+            )
+            self._reestimate_bn()
+
+    @property
+    def bn_chunk(self) -> int | None:
+        """Full-data BN statistics: None for one full-batch pass (it is also the evaluation),
+        else the chunk size of the chunked computation (data too large to hold as a batch)."""
+        if self._bn_chunk is False:
+            self._bn_chunk = self._choose_bn_chunk()
+        return self._bn_chunk  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def _choose_bn_chunk(self) -> int | None:
+        if not self.bn_layers or self.spec.bn.mode != "exact" or self.spec.bn.batch_size:
+            return None
+        if not isinstance(self.data.inputs, torch.Tensor):
+            return self.batch_size  # streamed data is never held whole
+        # Peak memory of one full-batch pass: a few live activations of the largest layer.
+        largest = [0]
+
+        def hook(_m: nn.Module, _a: object, out: object) -> None:
+            if isinstance(out, torch.Tensor):
+                largest[0] = max(largest[0], out.numel() * out.element_size())
+
+        leaves = [m for m in self.module.modules() if not list(m.children())]
+        hooks = [m.register_forward_hook(hook) for m in leaves]
+        try:
+            self.module(self.data.inputs[:2])
+        finally:
+            for h in hooks:
+                h.remove()
+        n = len(self.data)
+        peak = 4 * largest[0] * n // min(2, n)
+        return None if peak <= activation_budget(self.data.inputs.device) else self.batch_size
 
     @torch.inference_mode()
     def loss_and_accuracy(self) -> tuple[float, float | None]:
@@ -192,10 +244,17 @@ class PathEvaluator:
         total = torch.zeros((), dtype=torch.float64, device=self.data.inputs.device)
         correct = torch.zeros((), dtype=torch.float64, device=self.data.inputs.device)
         has_acc = True
-        for s in batchnorm.batch_slices(len(self.data), self.batch_size):
-            out = self.module(self.data.inputs[s])
-            total += self.adapter.loss(out, self.data.targets[s]).double().sum()
-            ok = self.adapter.correct(out, self.data.targets[s])
+        merged, self._bn_output = self._bn_output, None
+        if merged is not None:  # the full-batch BN pass already evaluated every example
+            parts = [(merged, self.data.targets)]
+        else:
+            parts = (
+                (self.module(self.data.inputs[s]), self.data.targets[s])
+                for s in batchnorm.batch_slices(len(self.data), self.batch_size)
+            )
+        for out, y in parts:
+            total += self.adapter.loss(out, y).double().sum()
+            ok = self.adapter.correct(out, y)
             if ok is None:
                 has_acc = False
             else:
@@ -262,6 +321,7 @@ class PathEvaluator:
     @torch.inference_mode()
     def loss_accuracy_gauss(self) -> tuple[float, float | None, float]:
         """Loss, accuracy and mean Gauss integrand from one second-order pass (fast path)."""
+        self._bn_output = None
         n = len(self.data)
         limit = n if self.spec.gauss_examples is None else min(n, self.spec.gauss_examples)
         total = torch.zeros((), dtype=torch.float64, device=self.data.inputs.device)
@@ -391,6 +451,17 @@ class PathEvaluator:
         return Curve(
             np.asarray(alphas, dtype=np.float64), np.asarray(losses), acc_arr, None, timing
         )
+
+
+def activation_budget(device: torch.device) -> int:
+    """Bytes a full-batch pass may hold: half the free GPU memory, or on the CPU the data
+    memory budget (``$MLISCAN_DATA_MEMORY``, else a quarter of physical memory)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free) // 2
+    from mliscan.data import data_memory_budget
+
+    return data_memory_budget()
 
 
 def alpha_grid(n: int) -> np.ndarray:

@@ -18,8 +18,11 @@ DEFAULT_ALPHAS = 50
 # the exact definition (0); the paper's MLP tables (Table 1) used Delta > 1e-3 as "non-monotonic".
 DEFAULT_TOLERANCE = 0.0
 PAPER_MLP_TOLERANCE = 1e-3
-# Batch size of the train-mode pass that re-estimates batch-norm statistics at each alpha.
-DEFAULT_BN_BATCH_SIZE = 256
+# Batch size of the train-mode pass that re-estimates batch-norm statistics at each alpha:
+# None is the whole data as one batch (the training set's own activation statistics).
+DEFAULT_BN_BATCH_SIZE: int | None = None
+# The paper code's warm-up epoch runs in training batches; ours are of this size.
+PAPER_BN_BATCH_SIZE = 256
 # Batch size of the evaluation passes (no effect on results, only on speed and memory):
 # None means "auto", a short timing probe of a few candidates on the first use.
 DEFAULT_EVAL_BATCH_SIZE: int | None = None
@@ -43,14 +46,20 @@ class BNSpec:
     """How batch-norm running statistics are obtained at each alpha."""
 
     mode: BNMode = "exact"
-    """exact: reset, then one train-mode pass accumulating every BN layer's input mean and
-    population variance over all examples (batches weigh by their size). paper: one epoch of
-    train-mode passes at momentum 0.1, as in the paper's code. interpolate: interpolate the
-    stored running statistics like any other tensor (no re-estimation)."""
+    """exact: every BN layer's input mean and population variance over all examples, from a
+    train-mode pass (one full batch by default, else batches of ``batch_size`` that weigh by
+    their size). paper: one epoch of train-mode passes at momentum 0.1 in batches of 256, as
+    in the paper's code. interpolate: interpolate the stored running statistics like any
+    other tensor (no re-estimation)."""
     batch_size: int | None = DEFAULT_BN_BATCH_SIZE
-    """Batch size of the re-estimation pass; None means one full-batch pass."""
+    """Batch size of the re-estimation pass; None means the whole data as one batch (paper
+    mode: 256)."""
     max_batches: int | None = None
     """Cap on the number of batches of the re-estimation pass (None: the whole set)."""
+
+    def __post_init__(self) -> None:
+        if self.mode == "paper" and self.batch_size is None:
+            object.__setattr__(self, "batch_size", PAPER_BN_BATCH_SIZE)
 
     def describe(self) -> dict[str, Any]:
         return {

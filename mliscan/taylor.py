@@ -16,14 +16,17 @@ Batch norm in eval mode is affine in x with fixed statistics (held fixed along a
 paper's code).
 
 Modules built only from Sequential, Linear, Conv1d/2d, BatchNorm (eval), ReLU, Tanh, GELU,
-Identity, Flatten and Dropout (eval) are handled here; for anything else :func:`supports`
-returns False and the engine falls back to nested ``torch.func.jvp``.
+Identity, Flatten and Dropout (eval) are handled here, and so is any module that states its
+forward pass through a :class:`Tracer` in a ``taylor_forward(t, st)`` method (residual
+blocks: children, ReLU, the residual add, parameter-free linear maps such as a shortcut or
+pooling, a learnt shift or scale). For anything else :func:`supports` returns False and the
+engine falls back to nested ``torch.func.jvp``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
@@ -44,10 +47,84 @@ _LEAVES = (
 )
 
 
+Stack = tuple[torch.Tensor, int]
+_RELU = nn.ReLU()
+
+
+class Tracer:
+    """The second-order rules, for a module's ``taylor_forward(t, st)``.
+
+    ``st`` is a stack: (tensor of k blocks [x; x'; x''] of n rows, k). Every call leaves its
+    input stack untouched (a block's input also feeds its shortcut)."""
+
+    def __init__(self, root: nn.Module, delta: Mapping[str, torch.Tensor], n: int) -> None:
+        self.names = {id(m): name for name, m in root.named_modules()}
+        self.delta = delta
+        self.n = n
+
+    def _prefix(self, module: nn.Module) -> str:
+        name = self.names[id(module)]
+        return f"{name}." if name else ""
+
+    def __call__(self, module: nn.Module, st: Stack) -> Stack:
+        """A child module, by its own rule."""
+        s, k = st
+        return _run(module, self._prefix(module), self.delta, s, k, self.n, s.data_ptr(), self)
+
+    def relu(self, st: Stack) -> Stack:
+        s, k = st
+        return _run(_RELU, "", self.delta, s, k, self.n, s.data_ptr(), self)
+
+    def linear(self, fn: Callable[[torch.Tensor], torch.Tensor], st: Stack) -> Stack:
+        """A parameter-free map acting linearly on each example (the same map for z, z', z'')."""
+        s, k = st
+        return fn(s), k
+
+    def add(self, a: Stack, b: Stack) -> Stack:
+        """The residual add: blocks beyond a stack's k are zero."""
+        (sa, ka), (sb, kb) = a, b
+        if ka == kb:
+            return sa + sb, ka
+        (big, kbig), (small, _) = (a, b) if ka > kb else (b, a)
+        out = big.clone()
+        out[: small.shape[0]] += small
+        return out, kbig
+
+    def shift(self, module: nn.Module, name: str, st: Stack) -> Stack:
+        """y = x + p for a learnt parameter p: y' = x' + p', y'' = x''."""
+        s, k = st
+        dp = self.delta.get(self._prefix(module) + name)
+        blocks = list(s.split(self.n))
+        blocks[0] = blocks[0] + getattr(module, name)
+        if dp is not None:
+            if k == 1:
+                blocks.append(torch.zeros_like(blocks[0]))
+            blocks[1] = blocks[1] + dp
+        return torch.cat(blocks), len(blocks)
+
+    def scale(self, module: nn.Module, name: str, st: Stack) -> Stack:
+        """y = c x for a learnt parameter c: y' = c x' + c' x, y'' = c x'' + 2 c' x'."""
+        s, k = st
+        n = self.n
+        c = getattr(module, name)
+        dc = self.delta.get(self._prefix(module) + name)
+        blocks = [b * c for b in s.split(n)]
+        if dc is not None:
+            if k == 1:
+                blocks.append(s[:n] * dc)
+            else:
+                blocks[1] = blocks[1] + s[:n] * dc
+                if k == 2:
+                    blocks.append(2 * s[n : 2 * n] * dc)
+                else:
+                    blocks[2] = blocks[2] + 2 * s[n : 2 * n] * dc
+        return torch.cat(blocks), len(blocks)
+
+
 def supports(module: nn.Module, delta: Mapping[str, torch.Tensor]) -> bool:
     """True when every submodule has a rule here and BN statistics are not interpolated."""
     for name, m in module.named_modules():
-        if isinstance(m, nn.Sequential):
+        if isinstance(m, nn.Sequential) or hasattr(m, "taylor_forward"):
             continue
         if not isinstance(m, _LEAVES):
             return False
@@ -67,7 +144,7 @@ def forward2(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(z, dz/dalpha, d2z/dalpha2) at the module's current weights (eval mode)."""
     n = x.shape[0]
-    stack, _k = _run(module, "", delta, x, 1, n, x.data_ptr())
+    stack, _k = _run(module, "", delta, x, 1, n, x.data_ptr(), Tracer(module, delta, n))
     blocks = list(stack.split(n))
     while len(blocks) < 3:
         blocks.append(torch.zeros_like(blocks[0]))
@@ -82,11 +159,14 @@ def _run(
     k: int,
     n: int,
     owner_ptr: int = 0,
+    tracer: Tracer | None = None,
 ) -> tuple[torch.Tensor, int]:
     """``owner_ptr`` is the input data's storage pointer: that tensor is never written to."""
+    if hasattr(m, "taylor_forward") and tracer is not None:
+        return m.taylor_forward(tracer, (s, k))  # type: ignore[operator]
     if isinstance(m, nn.Sequential):
         for name, child in m.named_children():
-            s, k = _run(child, f"{prefix}{name}.", delta, s, k, n, owner_ptr)
+            s, k = _run(child, f"{prefix}{name}.", delta, s, k, n, owner_ptr, tracer)
         return s, k
     if isinstance(m, nn.Linear) and s.ndim == 2:
         return _linear(

@@ -170,3 +170,71 @@ def test_only_batch_norm_layers_train_during_the_pass() -> None:
     a = net[4].running_mean.clone()
     batchnorm.reestimate(net, [net[1], net[4]], x, BNSpec(batch_size=None))
     torch.testing.assert_close(net[4].running_mean, a)  # dropout off: deterministic
+
+
+class _Residual(nn.Module):
+    """Two branches with BN on each (like a ResNet downsampling block)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.stem = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
+        self.main = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
+        self.short = nn.Sequential(nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4))
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(4 * 4 * 4, 3), nn.BatchNorm1d(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        return self.head(self.main(h) + self.short(h))
+
+
+NETS = {"sequential": _multi_bn_net, "residual": _Residual}
+
+
+@pytest.mark.parametrize("net_name", list(NETS))
+def test_full_data_pass_output_is_the_eval_mode_output(net_name: str) -> None:
+    """With the whole data as one batch, the train-mode output equals the eval-mode output
+    under the statistics just stored, so the pass doubles as the evaluation."""
+    net = NETS[net_name]()
+    x = torch.randn(53, 2, 4, 4) * 2 + 0.5
+    ref = _full_batch_reference(net, x)  # (a momentum-0.1 train pass: before ours)
+    layers = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for forward in (None, lambda b: net(b)):
+        out = batchnorm.reestimate(net, layers, x, BNSpec(batch_size=None), forward=forward)
+        assert isinstance(out, torch.Tensor) and not net.training
+        with torch.no_grad():
+            torch.testing.assert_close(out, net(x), rtol=1e-5, atol=1e-5)
+    for (mean, var), (rm, rv) in zip(ref, _stats(net), strict=True):
+        torch.testing.assert_close(rm, mean, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(rv, var, rtol=1e-5, atol=1e-6)
+    # in batches the statistics are pooled, not the evaluation: nothing is returned
+    assert batchnorm.reestimate(net, layers, x, BNSpec(batch_size=16)) is None
+
+
+@pytest.mark.parametrize("net_name", list(NETS))
+@pytest.mark.parametrize("chunk", [2, 7, 52, 53, 1000])
+def test_chunked_full_data_statistics_equal_the_full_batch(net_name: str, chunk: int) -> None:
+    net = NETS[net_name]()
+    x = torch.randn(53, 2, 4, 4) * 2 + 0.5
+    layers = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    ref = _full_batch_reference(net, x)
+    for m in layers:
+        m.num_batches_tracked.fill_(7)
+    out = batchnorm.reestimate(net, layers, x, BNSpec(batch_size=None), chunk=chunk)
+    assert out is None and not net.training
+    for (mean, var), (rm, rv) in zip(ref, _stats(net), strict=True):
+        torch.testing.assert_close(rm, mean, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(rv, var, rtol=1e-5, atol=1e-6)
+    assert all(int(m.num_batches_tracked) == 7 for m in layers)
+
+
+def test_no_merged_evaluation_when_a_bn_layer_normalises_by_the_batch() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Linear(4, 6),
+        nn.BatchNorm1d(6),
+        nn.Linear(6, 3),
+        nn.BatchNorm1d(3, track_running_stats=False),
+    )
+    x = torch.randn(30, 4)
+    assert batchnorm.reestimate(net, [net[1], net[3]], x, BNSpec(batch_size=None)) is None

@@ -94,6 +94,10 @@ def test_fast_paths_match_simple_path(name: str, options: dict) -> None:
     fast = PathEvaluator(adapter, module, t0, t1, data, EvalSpec(bn=bn, gauss=True))
     curve = fast.run(ALPHAS)
     np.testing.assert_allclose(curve.loss, simple, rtol=1e-5)
+    if name.startswith("resnet") or name == "mlp":  # residual blocks have second-order rules
+        assert fast.fast_gauss
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules()):
+        _check_full_data_statistics(adapter, opts, info, t0, t1, x, y, module, data)
     if name in ("resnet32", "resnet44", "resnet56"):
         return  # same blocks as resnet20: the nested-jvp comparison below is slow on CPU
     # the Gauss integrand of the default path (second-order pass or jvp) equals nested jvp
@@ -106,3 +110,19 @@ def test_fast_paths_match_simple_path(name: str, options: dict) -> None:
     if fast.can_vmap:  # several alphas per pass
         chunked = PathEvaluator(adapter, module, t0, t1, data, EvalSpec(alpha_chunk=3, gauss=False))
         np.testing.assert_allclose(chunked.run(ALPHAS).loss, simple, rtol=1e-5)
+
+
+def _check_full_data_statistics(adapter, opts, info, t0, t1, x, y, module, data) -> None:  # type: ignore[no-untyped-def]
+    """The default BN statistics (the whole data as one batch): the pass that doubles as the
+    evaluation, and the chunked computation for data too large to hold, both equal the
+    simple path (full-batch hooked pass, then evaluation in batches of 8)."""
+    full = BNSpec()
+    simple = _simple_losses(adapter, opts, info, t0, t1, x, y, full)
+    merged = PathEvaluator(adapter, module, t0, t1, data, EvalSpec(bn=full, gauss=False))
+    assert merged.bn_chunk is None
+    np.testing.assert_allclose(merged.run(ALPHAS).loss, simple, rtol=1e-5)
+    chunked = PathEvaluator(
+        adapter, module, t0, t1, data, EvalSpec(bn=full, gauss=False, batch_size=5)
+    )
+    chunked._bn_chunk = 5
+    np.testing.assert_allclose(chunked.run(ALPHAS).loss, simple, rtol=1e-5)

@@ -374,9 +374,10 @@ def test_image_folder_larger_than_the_memory_budget_is_streamed(
     ctx = setup(ckpt, None, {}, DataSpec("imagefolder", data_dir=str(offline / "imgs")), EvalSpec())
     assert ctx.dataset.streamed and isinstance(ctx.prepared.inputs, StreamedInputs)
     streamed = _compare(args, capsys)
-    # batch-norm statistics, loss and Gauss length agree with the in-memory evaluation
-    assert streamed["loss"] == pytest.approx(in_memory["loss"], rel=1e-6)
-    assert streamed["gauss_length"] == pytest.approx(in_memory["gauss_length"], rel=1e-6)
+    # batch-norm statistics, loss and Gauss length agree with the in-memory evaluation (the
+    # streamed data's full-data statistics are computed in chunks: float32 rounding differs)
+    assert streamed["loss"] == pytest.approx(in_memory["loss"], rel=1e-5)
+    assert streamed["gauss_length"] == pytest.approx(in_memory["gauss_length"], rel=1e-5)
     assert list((offline / "mliscan-cache" / "data").glob("imagefolder-*.f32"))
 
 

@@ -78,7 +78,7 @@ def check(
     from mliscan.gates import evaluate, load_config, markdown_summary, read_config, write_junit
     from mliscan.pipeline import compare_pair
     from mliscan.results import pair_to_dict, write_json
-    from mliscan.spec import BNSpec, EvalSpec
+    from mliscan.spec import EvalSpec
 
     if config is not None:
         if not config.is_file():
@@ -118,7 +118,7 @@ def check(
         )
     spec = EvalSpec(
         alphas=int(s.get("alphas", CHECK_ALPHAS)),
-        bn=BNSpec(batch_size=o.parse_bn_batch_size(str(s.get("bn_batch_size", 256)))),
+        bn=o.bn_spec("exact", str(s.get("bn_batch_size", o.DEFAULTS["bn_batch_size"])), None),
         gauss=limits["max_gauss_length"] is not None,
         device=device,
     )

@@ -101,10 +101,8 @@ def compare(
     from mliscan.errors import UsageError
     from mliscan.pipeline import compare_pair
     from mliscan.results import pair_to_dict, write_json
-    from mliscan.spec import BNSpec, EvalSpec
+    from mliscan.spec import EvalSpec
 
-    if bn_mode not in ("exact", "paper", "interpolate"):
-        raise UsageError(f"--bn-mode must be exact, paper or interpolate, got {bn_mode!r}")
     o.check_dtype(dtype)
     if gauss_method not in ("auto", "jvp"):
         raise UsageError(f"--gauss-method must be auto or jvp, got {gauss_method!r}")
@@ -114,11 +112,7 @@ def compare(
         raise UsageError(f"--split must be train or test, got {split!r}")
     spec = EvalSpec(
         alphas=alphas,
-        bn=BNSpec(
-            mode=bn_mode,  # type: ignore[arg-type]
-            batch_size=o.parse_bn_batch_size(bn_batch_size),
-            max_batches=bn_warmup_batches,
-        ),
+        bn=o.bn_spec(bn_mode, bn_batch_size, bn_warmup_batches),
         gauss=not no_gauss,
         gauss_examples=gauss_examples,
         gauss_method=gauss_method,  # type: ignore[arg-type]

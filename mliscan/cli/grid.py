@@ -85,7 +85,7 @@ def grid(
     from mliscan.errors import UsageError
     from mliscan.paths import find_runs
     from mliscan.pipeline import open_source, setup
-    from mliscan.spec import BNSpec, EvalSpec
+    from mliscan.spec import EvalSpec
     from mliscan.store import ResultStore
 
     run_dirs = find_runs(runs or [])
@@ -109,11 +109,7 @@ def grid(
         raise UsageError("no endpoints found: the folders hold no runs (run.json, init and final)")
     spec = EvalSpec(
         alphas=alphas,
-        bn=BNSpec(
-            mode=bn_mode,
-            batch_size=o.parse_bn_batch_size(bn_batch_size),
-            max_batches=bn_warmup_batches,
-        ),  # type: ignore[arg-type]
+        bn=o.bn_spec(bn_mode, bn_batch_size, bn_warmup_batches),  # type: ignore[arg-type]
         gauss=False,
         batch_size=batch_size,
         device=device,

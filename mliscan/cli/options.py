@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from mliscan.spec import DEFAULT_ALPHAS, DEFAULT_BN_BATCH_SIZE
+from mliscan.spec import DEFAULT_ALPHAS, DEFAULT_BN_BATCH_SIZE, BNSpec
 
 ARCH = "Architecture"
 DATA = "Data"
@@ -110,13 +110,17 @@ Alphas = Annotated[
 BnBatchSize = Annotated[
     str,
     typer.Option(
-        help="Batch size of the per-alpha BN re-estimation pass, or 'all' for one full-batch pass.",
+        help="Batch size of the per-alpha BN re-estimation pass: 'all' (the whole data as one "
+        "batch: the training set's own statistics) or N (batches of N, pooled).",
         rich_help_panel=EVAL,
     ),
 ]
 BnWarmupBatches = Annotated[
     int | None,
-    typer.Option(help="Cap the BN re-estimation pass at K batches.", rich_help_panel=EVAL),
+    typer.Option(
+        help="Cap the BN re-estimation pass at its first K batches (needs --bn-batch-size N).",
+        rich_help_panel=EVAL,
+    ),
 ]
 BnMode = Annotated[
     str,
@@ -171,7 +175,7 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.", r
 
 DEFAULTS = {
     "alphas": DEFAULT_ALPHAS,
-    "bn_batch_size": str(DEFAULT_BN_BATCH_SIZE),
+    "bn_batch_size": "all" if DEFAULT_BN_BATCH_SIZE is None else str(DEFAULT_BN_BATCH_SIZE),
 }
 
 
@@ -200,6 +204,24 @@ def arch_options(
             raise UsageError(f"--arch-opt expects KEY=VALUE, got {item!r}")
         given[key.strip()] = value.strip()
     return given
+
+
+def bn_spec(mode: str, batch_size: str, warmup_batches: int | None) -> BNSpec:
+    """The BN options of compare, grid and check, checked."""
+    from mliscan.errors import UsageError
+
+    if mode not in ("exact", "paper", "interpolate"):
+        raise UsageError(f"--bn-mode must be exact, paper or interpolate, got {mode!r}")
+    size = parse_bn_batch_size(batch_size)
+    if warmup_batches is not None:
+        if warmup_batches < 1:
+            raise UsageError("--bn-warmup-batches must be at least 1")
+        if size is None and mode == "exact":
+            raise UsageError(
+                "--bn-warmup-batches K takes the first K batches of --bn-batch-size N; "
+                "give --bn-batch-size too (the default 'all' is a single batch)"
+            )
+    return BNSpec(mode=mode, batch_size=size, max_batches=warmup_batches)  # type: ignore[arg-type]
 
 
 def parse_bn_batch_size(text: str) -> int | None:

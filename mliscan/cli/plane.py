@@ -58,7 +58,7 @@ def plane(
     from mliscan.evaluate import PathEvaluator
     from mliscan.paths import atomic_write_json
     from mliscan.pipeline import open_source, setup
-    from mliscan.spec import BNSpec, EvalSpec
+    from mliscan.spec import EvalSpec
     from mliscan.store import ResultStore, path_id
 
     if resolution < 2:
@@ -67,7 +67,7 @@ def plane(
     check_pair(ckpts[0], ckpts[1])
     check_pair(ckpts[0], ckpts[2])
     spec = EvalSpec(
-        bn=BNSpec(mode=bn_mode, batch_size=o.parse_bn_batch_size(bn_batch_size)),  # type: ignore[arg-type]
+        bn=o.bn_spec(bn_mode, bn_batch_size, None),
         gauss=False,
         batch_size=batch_size,
         device=device,
