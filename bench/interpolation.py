@@ -228,12 +228,17 @@ def main() -> None:
             times[name].append(_time(fn, device))
     med = {k: statistics.median(v) for k, v in times.items()}
     fl, paper = med["(a) floor"], med["(b) paper-style loop"]
+    bn_text = "no BN"
+    if has_bn:
+        bn_text = "BN statistics " + (
+            "of the whole data" if bn.batch_size is None else f"in batches of {bn.batch_size}"
+        )
+        if engine.bn_chunk is not None:
+            bn_text += f" (chunked by {engine.bn_chunk})"
     print(
         f"workload {args.workload} ({len(data)} examples, BN {'on' if has_bn else 'off'}), "
         f"device {device}, threads {args.threads}, {ALPHAS} alphas, floor batch size {bs}, "
-        f"mliscan batch size {engine.batch_size}, BN statistics "
-        f"{'whole data' if bn.batch_size is None else f'batches of {bn.batch_size}'}"
-        f"{'' if engine.bn_chunk is None else f' (chunked by {engine.bn_chunk})'}, "
+        f"mliscan batch size {engine.batch_size}, {bn_text}, "
         f"median of {args.repeats} interleaved runs"
     )
     print(f"{'method':45s} {'median s':>10s} {'x floor':>8s} {'x paper':>8s}")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -124,6 +124,10 @@ class PathEvaluator:
         self._batch_size: int | None = spec.batch_size
         self._bn_chunk: int | bool | None = False  # False: not chosen yet
         self._bn_output: object | None = None  # the full-batch BN pass's output (the evaluation)
+        # the evaluation forward: the module, or its torch.compile'd wrapper (same weights)
+        self.forward: Callable[[torch.Tensor], object] = (
+            torch.compile(module) if spec.compile else module  # type: ignore[assignment]
+        )
         # The hand-written second-order pass is used when every layer has a rule and the
         # adapter's logits are the module output; nested jvp is the general fallback.
         self.fast_gauss = (
@@ -249,7 +253,7 @@ class PathEvaluator:
             parts = [(merged, self.data.targets)]
         else:
             parts = (
-                (self.module(self.data.inputs[s]), self.data.targets[s])
+                (self.forward(self.data.inputs[s]), self.data.targets[s])
                 for s in batchnorm.batch_slices(len(self.data), self.batch_size)
             )
         for out, y in parts:
@@ -361,8 +365,34 @@ class PathEvaluator:
     # ---- several alphas per pass -----------------------------------------------------------
     @property
     def can_vmap(self) -> bool:
-        """Alphas can share a pass when no statistics must be re-estimated between them."""
-        return not self.bn_layers
+        """Alphas can share a pass when no statistics must be re-estimated between them, or
+        when they are the data's own statistics in one full batch: each alpha's batch-norm
+        layers then normalise the whole data by its statistics inside the vmapped pass."""
+        return not self.bn_layers or self._bn_in_pass
+
+    @property
+    def _bn_in_pass(self) -> bool:
+        return (
+            bool(self.bn_layers)
+            and self.spec.bn.mode == "exact"
+            and self.spec.bn.batch_size is None
+            and self.bn_chunk is None
+            and batchnorm._all_bn_keep_stats(self.module)
+        )
+
+    @contextlib.contextmanager
+    def _batch_statistics(self) -> Iterator[None]:
+        """BN layers normalise each forward's batch by its own statistics (no buffers)."""
+        saved = [(m, m.running_mean, m.running_var) for m in self.bn_layers]
+        try:
+            for m, _, _ in saved:
+                m.running_mean = None
+                m.running_var = None
+            yield
+        finally:
+            for m, mean, var in saved:
+                m.running_mean = mean
+                m.running_var = var
 
     @torch.inference_mode()
     def loss_and_accuracy_chunk(
@@ -381,16 +411,20 @@ class PathEvaluator:
             return functional_call(self.module, self.interp.functional(alpha), (x,))
 
         batched = vmap(outputs, in_dims=(0, None))
-        for s in batchnorm.batch_slices(len(self.data), self.batch_size):
-            out = batched(a, self.data.inputs[s])  # [K, B, ...]
-            y = self.data.targets[s]
-            for j in range(len(alphas)):
-                totals[j] += self.adapter.loss(out[j], y).double().sum()
-                ok = self.adapter.correct(out[j], y)
-                if ok is None:
-                    has_acc = False
-                else:
-                    correct[j] += ok.sum().double()
+        in_pass = self._bn_in_pass
+        size = None if in_pass else self.batch_size  # BN in the pass: the whole data at once
+        context = self._batch_statistics() if in_pass else contextlib.nullcontext()
+        with context:
+            for s in batchnorm.batch_slices(len(self.data), size):
+                out = batched(a, self.data.inputs[s])  # [K, B, ...]
+                y = self.data.targets[s]
+                for j in range(len(alphas)):
+                    totals[j] += self.adapter.loss(out[j], y).double().sum()
+                    ok = self.adapter.correct(out[j], y)
+                    if ok is None:
+                        has_acc = False
+                    else:
+                        correct[j] += ok.sum().double()
         n = len(self.data)
         losses = (totals / n).cpu().numpy()
         accs = (correct.double() / n).cpu().numpy() if has_acc else None

@@ -107,12 +107,16 @@ class EvalSpec:
     batch_size: int | None = DEFAULT_EVAL_BATCH_SIZE
     """Evaluation batch size (speed and memory only); None: chosen by a timing probe."""
     alpha_chunk: int = 1
-    """Alphas evaluated per pass with torch.func.vmap (a GPU option for small models whose
-    batch-norm statistics are not re-estimated; 1: one alpha at a time)."""
+    """Alphas evaluated per pass with torch.func.vmap (a GPU option for small models without
+    batch norm, or with the default full-data BN statistics held as one batch; 1: one alpha
+    at a time)."""
     dtype: Literal["float32", "float64", "bfloat16", "float16"] = "float32"
     """Working dtype of the module. The endpoints stay in their stored dtype; theta(alpha) is
     computed per tensor in float32 (or float64) and rounded once into a low-precision module."""
     device: str = "auto"
+    compile: bool = False
+    """Run the evaluation passes through ``torch.compile`` (speed only: the first alpha pays
+    the compilation; the full-batch BN pass and the Gauss-length pass stay eager)."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

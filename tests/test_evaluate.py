@@ -143,3 +143,19 @@ def test_integer_buffers_are_copied_and_bn_stats_re_estimated() -> None:
         module[1].running_mean,
         t0["1.running_mean"] + 0.5 * (t1["1.running_mean"] - t0["1.running_mean"]),
     )
+
+
+def test_compiled_evaluation_gives_the_same_curve() -> None:
+    """--compile changes speed only: the same curve as the eager passes (pooled BN, so the
+    evaluation pass is separate from the BN pass and goes through the compiled module)."""
+    adapter, module, t0, t1, data = _pair({"hidden": "8", "bn": True}, dtype=torch.float32)
+    bn = BNSpec(batch_size=64)
+    eager = PathEvaluator(adapter, module, t0, t1, data, EvalSpec(bn=bn, gauss=False)).run(
+        alpha_grid(4)
+    )
+    spec = EvalSpec(bn=bn, gauss=False, compile=True, batch_size=100)
+    compiled = PathEvaluator(adapter, module, t0, t1, data, spec)
+    assert compiled.forward is not module
+    curve = compiled.run(alpha_grid(4))
+    np.testing.assert_allclose(curve.loss, eager.loss, rtol=1e-5)
+    np.testing.assert_allclose(curve.accuracy, eager.accuracy)

@@ -126,3 +126,12 @@ def _check_full_data_statistics(adapter, opts, info, t0, t1, x, y, module, data)
     )
     chunked._bn_chunk = 5
     np.testing.assert_allclose(chunked.run(ALPHAS).loss, simple, rtol=1e-5)
+    # several alphas per vmapped pass, each normalising the whole data by its own statistics
+    vmapped = PathEvaluator(
+        adapter, module, t0, t1, data, EvalSpec(bn=full, gauss=False, alpha_chunk=3)
+    )
+    assert vmapped.can_vmap
+    curve = vmapped.run(ALPHAS)
+    np.testing.assert_allclose(curve.loss, simple, rtol=1e-5)
+    if curve.accuracy is not None:
+        np.testing.assert_allclose(curve.accuracy, merged.run(ALPHAS).accuracy)

@@ -49,6 +49,14 @@ def compare(
         float, typer.Option(help="Monotonic when min-Δ <= TOL (the paper's MLP tables used 1e-3).")
     ] = 0.0,
     no_gauss: Annotated[bool, typer.Option("--no-gauss", help="Skip the Gauss length.")] = False,
+    compile_: Annotated[
+        bool,
+        typer.Option(
+            "--compile",
+            help="torch.compile the evaluation passes (speed only; the first alpha compiles).",
+            rich_help_panel=o.EVAL,
+        ),
+    ] = False,
     gauss_examples: Annotated[
         int | None, typer.Option(help="Average the Gauss length over the first N examples.")
     ] = None,
@@ -58,7 +66,8 @@ def compare(
     alpha_chunk: Annotated[
         int,
         typer.Option(
-            help="Alphas per vmapped pass (GPU, small models without BN re-estimation; 1: off).",
+            help="Alphas per vmapped pass (GPU, small models; with BN only for the default "
+            "--bn-batch-size all; 1: off).",
             rich_help_panel=o.EVAL,
         ),
     ] = 1,
@@ -114,6 +123,7 @@ def compare(
         alphas=alphas,
         bn=o.bn_spec(bn_mode, bn_batch_size, bn_warmup_batches),
         gauss=not no_gauss,
+        compile=compile_,
         gauss_examples=gauss_examples,
         gauss_method=gauss_method,  # type: ignore[arg-type]
         batch_size=batch_size,
