@@ -124,6 +124,7 @@ class PathEvaluator:
         self._batch_size: int | None = spec.batch_size
         self._bn_chunk: int | bool | None = False  # False: not chosen yet
         self._bn_output: object | None = None  # the full-batch BN pass's output (the evaluation)
+        self._cast_delta: dict[str, torch.Tensor] | None = None
         # the evaluation forward: the module, or its torch.compile'd wrapper (same weights)
         self.forward: Callable[[torch.Tensor], object] = (
             torch.compile(module) if spec.compile else module  # type: ignore[assignment]
@@ -286,11 +287,21 @@ class PathEvaluator:
     def _delta_for_jvp(self) -> dict[str, torch.Tensor]:
         interp = self.interp
         if interp._delta is not None:
-            return interp._delta
+            return self._delta_in_working_dtype()
         return {
             k: interp.t1[k].to(interp.targets[k].dtype) - interp.t0[k].to(interp.targets[k].dtype)
             for k in interp.t0
         }
+
+    def _delta_in_working_dtype(self) -> dict[str, torch.Tensor]:
+        """theta_T - theta_0 in the working weights' dtype (the tangent must match them): the
+        held difference itself, or once cast when it is wider (low-precision working copy)."""
+        delta, targets = self.interp.delta, self.interp.targets
+        if all(delta[k].dtype == targets[k].dtype for k in delta):
+            return delta
+        if self._cast_delta is None:
+            self._cast_delta = {k: v.to(targets[k].dtype) for k, v in delta.items()}
+        return self._cast_delta
 
     def _derivatives(
         self, x: torch.Tensor, delta: dict[str, torch.Tensor] | None
@@ -305,7 +316,7 @@ class PathEvaluator:
         of large models at about one extra copy of their weights (delta)."""
         if self.fast_gauss:
             with torch.inference_mode():
-                _, vel, acc = taylor.forward2(self.module, self.interp.delta, x)
+                _, vel, acc = taylor.forward2(self.module, self._delta_in_working_dtype(), x)
             return vel, acc
         assert delta is not None
         weights = {k: self.interp.targets[k].detach() for k in self.interp.t0}
@@ -333,7 +344,9 @@ class PathEvaluator:
         g_total = torch.zeros((), dtype=torch.float64, device=self.data.inputs.device)
         has_acc = True
         for s in batchnorm.batch_slices(n, self.batch_size):
-            z, vel, acc = taylor.forward2(self.module, self.interp.delta, self.data.inputs[s])
+            z, vel, acc = taylor.forward2(
+                self.module, self._delta_in_working_dtype(), self.data.inputs[s]
+            )
             y = self.data.targets[s]
             total += self.adapter.loss(z, y).double().sum()
             ok = self.adapter.correct(z, y)

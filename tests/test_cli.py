@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from safetensors.torch import save_file
 
@@ -267,3 +268,21 @@ def test_train_command(tmp_path: Path, capsys) -> None:
         ["train", "--out", tmp_path / "s", "--optimizer", "lbfgs", "-q", "--epochs", "1"], capsys
     )
     assert code == 2 and "optimizer" in err
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_low_precision_working_copy_with_gauss_length(
+    mlp_bn_pair: Path, capsys, dtype: str
+) -> None:
+    """A low-precision working copy of a safetensors pair: the float32 difference is cast for
+    the second-order pass (it must match the weights), and the curve stays close to float32."""
+    init, final = mlp_bn_pair / "init.safetensors", mlp_bn_pair / "final.safetensors"
+    base = ["compare", init, final, "-q", "--json", "-", "--alphas", "5"]
+    results = {}
+    for d in ("float32", dtype):
+        code, out, err = run_cli([*base, "--dtype", d], capsys)
+        assert code in (0, 1), err
+        results[d] = json.loads(out)
+    low, f32 = results[dtype], results["float32"]
+    np.testing.assert_allclose(low["loss"], f32["loss"], rtol=5e-2, atol=1e-2)
+    assert low["gauss_length"] == pytest.approx(f32["gauss_length"], rel=5e-2)
