@@ -249,8 +249,10 @@ def _normalise_batches(
     then hold exactly that batch's mean and unbiased variance (rescaled to the population
     variance): one pass per batch instead of six elementwise passes."""
     batches, channels = g.shape[0], g.shape[2]
-    means = g.new_zeros(batches, channels)
-    variances = g.new_ones(batches, channels)
+    # statistics at least in float32 (autocast: low-precision activations, float32 BN weights)
+    dtype = torch.promote_types(g.dtype, torch.float32)
+    means = g.new_zeros(batches, channels, dtype=dtype)
+    variances = g.new_ones(batches, channels, dtype=dtype)
     outs = [
         F.batch_norm(g[b], means[b], variances[b], bn.weight, bn.bias, True, 1.0, bn.eps)
         for b in range(batches)

@@ -359,6 +359,13 @@ class PathEvaluator:
                 g_total += metrics.gauss_integrand(vel[:keep], acc[:keep]).sum()
         return float(total) / n, (float(correct) / n if has_acc else None), float(g_total) / limit
 
+    def autocast(self) -> contextlib.AbstractContextManager[object]:
+        """``--amp``: autocast for the BN and loss passes (a no-op when off)."""
+        if self.spec.amp == "off":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.spec.amp == "bf16" else torch.float16
+        return torch.autocast(device_type=self.data.targets.device.type, dtype=dtype)
+
     def _oom_retry(self, fn: Callable[[], T]) -> T:
         """Run an evaluation; on CUDA out-of-memory halve the batch size and run it again."""
         while True:
@@ -454,16 +461,19 @@ class PathEvaluator:
         accs: list[float | None] = []
         g = np.empty(len(alphas)) if gauss else None
         timing = {"bn": 0.0, "evaluate": 0.0, "gauss": 0.0}
+        fused_gauss = g is not None and self.fast_gauss and self.spec.amp == "off"
         for i, alpha in enumerate(alphas):
             t0 = time.perf_counter()
-            self.set_alpha(float(alpha))
+            with self.autocast():
+                self.set_alpha(float(alpha))
             t1 = time.perf_counter()
-            if g is not None and self.fast_gauss:
+            if fused_gauss:
                 # one second-order pass gives the loss, accuracy and Gauss integrand
                 losses[i], acc, g[i] = self._oom_retry(self.loss_accuracy_gauss)
                 t2 = t1
             else:
-                losses[i], acc = self._oom_retry(self.loss_and_accuracy)
+                with self.autocast():
+                    losses[i], acc = self._oom_retry(self.loss_and_accuracy)
                 t2 = time.perf_counter()
                 if g is not None:
                     g[i] = self._oom_retry(lambda a=float(alpha): self.gauss_integrand(a))
@@ -484,7 +494,8 @@ class PathEvaluator:
         k = self.spec.alpha_chunk
         for start in range(0, len(alphas), k):
             chunk = [float(a) for a in alphas[start : start + k]]
-            chunk_loss, chunk_acc = self.loss_and_accuracy_chunk(chunk)
+            with self.autocast():
+                chunk_loss, chunk_acc = self.loss_and_accuracy_chunk(chunk)
             losses.extend(chunk_loss.tolist())
             if chunk_acc is None or accs is None:
                 accs = None

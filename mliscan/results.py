@@ -53,6 +53,7 @@ def pair_to_dict(r: PairResult) -> dict[str, Any]:
         "accuracy_final": None if c.accuracy is None else _num(c.accuracy[-1]),
         "device": r.device,
         "dtype": r.spec.dtype,
+        "amp": r.spec.amp,
         "gauss_examples": r.spec.gauss_examples,
         "notes": r.notes,
         "timing": {k: round(v, 4) for k, v in r.timing.items()},

@@ -114,6 +114,9 @@ class EvalSpec:
     """Working dtype of the module. The endpoints stay in their stored dtype; theta(alpha) is
     computed per tensor in float32 (or float64) and rounded once into a low-precision module."""
     device: str = "auto"
+    amp: Literal["off", "bf16", "fp16"] = "off"
+    """Autocast the batch-norm and loss passes to bfloat16/float16 (tensor-core speed on a
+    GPU; the weights and the Gauss-length pass keep the working dtype)."""
     compile: bool = False
     """Run the evaluation passes through ``torch.compile`` (speed only: the first alpha pays
     the compilation; the full-batch BN pass and the Gauss-length pass stay eager)."""

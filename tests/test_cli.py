@@ -286,3 +286,19 @@ def test_low_precision_working_copy_with_gauss_length(
     low, f32 = results[dtype], results["float32"]
     np.testing.assert_allclose(low["loss"], f32["loss"], rtol=5e-2, atol=1e-2)
     assert low["gauss_length"] == pytest.approx(f32["gauss_length"], rel=5e-2)
+
+
+def test_amp_autocasts_the_bn_and_loss_passes(mlp_bn_pair: Path, capsys) -> None:
+    init, final = mlp_bn_pair / "init.safetensors", mlp_bn_pair / "final.safetensors"
+    base = ["compare", init, final, "-q", "--json", "-", "--alphas", "5"]
+    code, out, err = run_cli(base, capsys)
+    f32 = json.loads(out)
+    for amp, extra in (("bf16", []), ("fp16", ["--bn-batch-size", "64"])):
+        code, out, err = run_cli([*base, "--amp", amp, *extra], capsys)
+        assert code in (0, 1), err
+        r = json.loads(out)
+        assert r["amp"] == amp
+        np.testing.assert_allclose(r["loss"], f32["loss"], rtol=5e-2, atol=1e-2)
+        assert r["gauss_length"] == pytest.approx(f32["gauss_length"], rel=1e-2)
+    code, _, err = run_cli([*base, "--amp", "int8"], capsys)
+    assert code == 2 and "--amp" in err

@@ -49,6 +49,14 @@ def compare(
         float, typer.Option(help="Monotonic when min-Δ <= TOL (the paper's MLP tables used 1e-3).")
     ] = 0.0,
     no_gauss: Annotated[bool, typer.Option("--no-gauss", help="Skip the Gauss length.")] = False,
+    amp: Annotated[
+        str,
+        typer.Option(
+            help="off, bf16 or fp16: autocast the BN and loss passes (the Gauss pass keeps "
+            "--dtype).",
+            rich_help_panel=o.EVAL,
+        ),
+    ] = "off",
     compile_: Annotated[
         bool,
         typer.Option(
@@ -124,6 +132,7 @@ def compare(
         bn=o.bn_spec(bn_mode, bn_batch_size, bn_warmup_batches),
         gauss=not no_gauss,
         compile=compile_,
+        amp=o.check_amp(amp),  # type: ignore[arg-type]
         gauss_examples=gauss_examples,
         gauss_method=gauss_method,  # type: ignore[arg-type]
         batch_size=batch_size,

@@ -141,6 +141,14 @@ Dtype = Annotated[
 DTYPE_CHOICES = ("float32", "float64", "bfloat16", "float16")
 
 
+def check_amp(amp: str) -> str:
+    from mliscan.errors import UsageError
+
+    if amp not in ("off", "bf16", "fp16"):
+        raise UsageError(f"--amp must be off, bf16 or fp16, got {amp!r}")
+    return amp
+
+
 def check_dtype(dtype: str) -> None:
     from mliscan.errors import UsageError
 
