@@ -249,8 +249,8 @@ def _normalise_batches(
     then hold exactly that batch's mean and unbiased variance (rescaled to the population
     variance): one pass per batch instead of six elementwise passes."""
     batches, channels = g.shape[0], g.shape[2]
-    # statistics at least in float32 (autocast: low-precision activations, float32 BN weights)
-    dtype = torch.promote_types(g.dtype, torch.float32)
+    # statistics in the layer's own dtype (autocast: low-precision activations, float32 layer)
+    dtype = bn.running_mean.dtype if bn.running_mean is not None else g.dtype
     means = g.new_zeros(batches, channels, dtype=dtype)
     variances = g.new_ones(batches, channels, dtype=dtype)
     outs = [
