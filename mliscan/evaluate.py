@@ -127,7 +127,9 @@ class PathEvaluator:
         self._cast_delta: dict[str, torch.Tensor] | None = None
         # the evaluation forward: the module, or its torch.compile'd wrapper (same weights)
         self.forward: Callable[[torch.Tensor], object] = (
-            torch.compile(module) if spec.compile else module  # type: ignore[assignment]
+            torch.compile(module)  # type: ignore[assignment]
+            if spec.compile
+            else (batchnorm.lean_forward(module) or module)
         )
         # The hand-written second-order pass is used when every layer has a rule and the
         # adapter's logits are the module output; nested jvp is the general fallback.

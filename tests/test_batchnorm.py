@@ -238,3 +238,18 @@ def test_no_merged_evaluation_when_a_bn_layer_normalises_by_the_batch() -> None:
     )
     x = torch.randn(30, 4)
     assert batchnorm.reestimate(net, [net[1], net[3]], x, BNSpec(batch_size=None)) is None
+
+
+def test_lean_forward_rectifies_in_place_but_never_the_data() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Flatten(), nn.ReLU(), nn.Linear(8, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 3)
+    ).eval()
+    x = torch.randn(10, 2, 4)
+    before = x.clone()
+    fwd = batchnorm.lean_forward(net)
+    assert fwd is not None
+    with torch.no_grad():
+        torch.testing.assert_close(fwd(x), net(x))
+    torch.testing.assert_close(x, before)  # Flatten is a view of the data: ReLU copies there
+    assert batchnorm.lean_forward(_Residual()) is None
