@@ -57,14 +57,15 @@ def test_cuda_oom_halves_the_batch(monkeypatch: pytest.MonkeyPatch) -> None:
     ref = PathEvaluator(adapter, module, t0, t1, data, EvalSpec(batch_size=100, gauss=False)).run(
         alpha_grid(4)
     )
-    real_forward = module.forward
+    first = module[0]  # the first layer: reached by every evaluation forward
+    real_forward = first.forward
 
     def limited(inp: torch.Tensor) -> torch.Tensor:
         if inp.shape[0] > 25:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         return real_forward(inp)
 
-    monkeypatch.setattr(module, "forward", limited)
+    monkeypatch.setattr(first, "forward", limited)
     ev = PathEvaluator(adapter, module, t0, t1, data, EvalSpec(batch_size=100, gauss=False))
     with pytest.warns(UserWarning, match="halved"):
         curve = ev.run(alpha_grid(4))
