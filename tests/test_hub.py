@@ -226,10 +226,9 @@ def test_masked_lm_masks_are_seeded_and_equal_per_row(offline: Path) -> None:
     assert (x1[:, 0] == hooks.tokenizer.cls_token_id).all()
 
 
-def test_timm_init_source_and_imagefolder(
-    offline: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    args = [
+def _timm_folder_args(offline: Path) -> list[object]:
+    """A fresh init of the offline timm test model to its weights, on the image folder."""
+    return [
         "init:timm:test_resnet.r160_in1k",
         "timm:test_resnet.r160_in1k",
         "--data",
@@ -239,6 +238,12 @@ def test_timm_init_source_and_imagefolder(
         "--alphas",
         3,
     ]
+
+
+def test_timm_init_source_and_imagefolder(
+    offline: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = _timm_folder_args(offline)
     rec = _compare(args, capsys)
     assert rec["arch"] == "timm" and rec["data"]["examples"] == 9
     assert rec["sources"]["init"]["kind"] == "init" and rec["sources"]["init"]["seed"] == 0
@@ -352,18 +357,7 @@ def test_low_precision_working_dtype_interpolates_in_float32(offline: Path, caps
 def test_image_folder_larger_than_the_memory_budget_is_streamed(
     offline: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
-    args = [
-        "init:timm:test_resnet.r160_in1k",
-        "timm:test_resnet.r160_in1k",
-        "--data",
-        "imagefolder",
-        "--data-dir",
-        offline / "imgs",
-        "--alphas",
-        3,
-        "--batch-size",
-        4,
-    ]
+    args = [*_timm_folder_args(offline), "--batch-size", 4]
     in_memory = _compare(args, capsys)
     monkeypatch.setenv("MLISCAN_DATA_MEMORY", "1000")  # bytes: far below 9 decoded images
     from mliscan.evaluate import StreamedInputs
