@@ -116,29 +116,46 @@ class Interpolator:
         if wide and size <= SMALL_MODEL_BYTES:  # small models: one fused add per tensor
             _ = self.delta
         elif theta1_reader is not None:
-            self._to_difference()
+            self._to_difference(theta1)
         with torch.no_grad():
             for k in roles.copied:
                 self.targets[k].copy_(theta0[k])
 
     @torch.no_grad()
-    def _to_difference(self) -> None:
+    def _to_difference(self, theta1: Mapping[str, torch.Tensor]) -> None:
         """Large models whose theta_T can be read again from disk: hold theta_T - theta_0
-        instead of theta_T (in theta_T's own memory when the dtypes allow: the caller's
-        tensors are consumed), so theta_0, the difference and the working weights are all
-        that is held, the Gauss length included. alpha = 1 reads theta_T back, tensor by
-        tensor, so the endpoint stays exact."""
+        instead of theta_T (in theta_T's own memory when the dtypes allow), so theta_0, the
+        difference and the working weights are all that is held, the Gauss length included.
+        alpha = 1 reads theta_T back, tensor by tensor, so the endpoint stays exact.
+
+        The caller's theta_T tensors are consumed: they are also dropped from ``theta1`` (when
+        it is a dict). A theta_T stored narrower than the working dtype (bf16 weights, float32
+        module) cannot hold its own difference: all its tensors are dropped first (safetensors
+        maps the file, and the mapping lives until its last tensor is gone), then each float32
+        difference is formed from a fresh read of one tensor."""
+        reread = []
         delta = {}
         for k in list(self.t1):
-            b, dtype = self.t1.pop(k), self.targets[k].dtype
-            if dtype not in (torch.float32, torch.float64):
-                dtype = torch.float32  # low-precision working weights: the difference in float32
+            b, dtype = self.t1.pop(k), self._difference_dtype(k)
+            if isinstance(theta1, dict):
+                theta1.pop(k, None)
             if b.dtype == dtype and b.is_floating_point():
                 delta[k] = b.sub_(self.t0[k])
             else:
-                delta[k] = b.to(dtype) - self.t0[k].to(dtype)
-        self._delta = delta
+                reread.append(k)
+            del b
+        read = self.theta1_reader
+        assert read is not None
+        for k in reread:
+            b = _on_device(read(k), self.targets[k])  # as theta_T was held: same values
+            delta[k] = _widened_difference(b, self.t0[k], self._difference_dtype(k))
+        self._delta = {k: delta[k] for k in self.t0}
         self.t1 = {}
+
+    def _difference_dtype(self, k: str) -> torch.dtype:
+        """The working dtype, but float32 for low-precision working weights."""
+        dtype = self.targets[k].dtype
+        return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
     @property
     def delta(self) -> dict[str, torch.Tensor]:
@@ -180,6 +197,20 @@ class Interpolator:
             a = a.to(dtype)
             out[k] = a + alpha * (self.t1[k].to(dtype) - a)
         return out
+
+
+_SLICE = 1 << 24  # elements per slice when widening a large tensor (64 MiB in float32)
+
+
+def _widened_difference(b: torch.Tensor, a: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``b - a`` computed and returned in ``dtype`` (exact widening of both, then one
+    subtraction in ``dtype``), slice by slice, so that the only model-sized allocation is
+    the result: no whole-tensor widened copy of ``a`` or ``b`` beside it."""
+    out = torch.empty(b.shape, dtype=dtype, device=b.device)
+    flat, fb, fa = out.view(-1), b.reshape(-1), a.reshape(-1)
+    for i in range(0, flat.numel(), _SLICE):
+        flat[i : i + _SLICE].copy_(fb[i : i + _SLICE]).sub_(fa[i : i + _SLICE])
+    return out
 
 
 def _on_device(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
