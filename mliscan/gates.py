@@ -7,19 +7,13 @@ passes on a number it could not compute.
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree as ET
 
-from mliscan.errors import UsageError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 from mliscan.paths import atomic_write_text
+from mliscan.spec import GateSpec
 
 # (config/CLI name, result key, comparison, unit text)
 THRESHOLDS = (
@@ -28,20 +22,6 @@ THRESHOLDS = (
     ("max_barrier", "barrier", "<=", "loss barrier"),
     ("min_final_accuracy", "accuracy_final", ">=", "final training accuracy"),
 )
-CONFIG_KEYS = {
-    "max_delta",
-    "require_monotonic",
-    "max_gauss_length",
-    "max_barrier",
-    "min_final_accuracy",
-    "alphas",
-    "data_limit",
-    "arch",
-    "data",
-    "data_dir",
-    "tol",
-    "bn_batch_size",
-}
 
 
 @dataclass(frozen=True)
@@ -53,10 +33,10 @@ class Check:
     passed: bool
 
 
-def evaluate(record: dict[str, Any], limits: dict[str, Any]) -> list[Check]:
-    """Every configured threshold against a result record (``results.pair_to_dict``)."""
+def evaluate(record: dict[str, Any], gate: GateSpec) -> list[Check]:
+    """Every threshold of ``gate`` against a result record (``PathResult.to_dict()``)."""
     checks = []
-    if limits.get("require_monotonic"):
+    if gate.require_monotonic:
         mono = record["monotonic"]
         checks.append(
             Check(
@@ -68,7 +48,7 @@ def evaluate(record: dict[str, Any], limits: dict[str, Any]) -> list[Check]:
             )
         )
     for name, key, op, text in THRESHOLDS:
-        limit = limits.get(name)
+        limit = getattr(gate, name)
         if limit is None:
             continue
         value = record.get(key)
@@ -79,43 +59,6 @@ def evaluate(record: dict[str, Any], limits: dict[str, Any]) -> list[Check]:
         )
         checks.append(Check(name, text, value, f"{op} {limit:g}", bool(ok)))
     return checks
-
-
-def read_config(path: Path) -> dict[str, Any] | None:
-    """Check settings of one file: ``[tool.mliscan.check]`` of a pyproject.toml, or the
-    ``[check]`` table (or the top level) of any other TOML file such as mliscan.toml."""
-    try:
-        data = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as exc:
-        raise UsageError(f"{path}: not a readable TOML file ({exc})") from exc
-    if path.name == "pyproject.toml":
-        node = data.get("tool", {}).get("mliscan", {}).get("check")
-    else:
-        node = data.get("check", data)
-    if node is None:
-        return None
-    if not isinstance(node, dict):
-        raise UsageError(f"{path}: the check settings must be a table")
-    config = {str(k).replace("-", "_"): v for k, v in node.items()}
-    unknown = sorted(set(config) - CONFIG_KEYS)
-    if unknown:
-        raise UsageError(
-            f"{path}: unknown check setting(s) {', '.join(unknown)}; known: {', '.join(sorted(CONFIG_KEYS))}"
-        )
-    return config
-
-
-def load_config(start: Path) -> tuple[dict[str, Any], Path | None]:
-    """The nearest mliscan.toml, or pyproject.toml with ``[tool.mliscan.check]``, from
-    ``start`` upwards."""
-    for folder in [start, *start.parents]:
-        for name in ("mliscan.toml", "pyproject.toml"):
-            path = folder / name
-            if path.is_file():
-                config = read_config(path)
-                if config is not None:
-                    return config, path
-    return {}, None
 
 
 def _fmt(v: Any) -> str:

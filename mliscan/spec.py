@@ -1,7 +1,12 @@
-"""Frozen descriptions of what to evaluate, and the paper's constants.
+"""Typed, validated descriptions of everything a user can set, and the paper's constants.
 
-Everything a run depends on is a field here, with its help text beside it, so a
-result can be reproduced from its JSON alone.
+One declaration per concern (where the weights come from, the architecture, the data, the
+evaluation and its batch-norm policy, the verdict thresholds). Each field carries its help
+text, its command-line flag, its allowed values and whether it changes a number; from the
+same fields come the command-line options (``mliscan.cli.spine``), the config-file keys
+(``[tool.mliscan.<command>]``, ``mliscan.toml``), the validation (at construction, whatever
+the caller: command line, config file or Python) and the identity of a result
+(``numeric_settings``, hashed by ``mliscan.identity``).
 """
 
 from __future__ import annotations
@@ -9,15 +14,22 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import re
+import types
+import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
+
+from mliscan.errors import UsageError
 
 # Section 4 of the paper evaluates every interpolation on 50 evenly spaced alphas in [0, 1].
 DEFAULT_ALPHAS = 50
+# More alphas than this is a typing error, not a study (and would exhaust memory).
+MAX_ALPHAS = 100_000
 # Definition 1 (Section 3.1): a path is monotonic when min-Delta <= tolerance. Our default is
-# the exact definition (0); the paper's MLP tables (Table 1) used Delta > 1e-3 as "non-monotonic".
+# the exact definition (0); the paper's MLP tables (Table 1) used Delta > 1e-3 (see report.py).
 DEFAULT_TOLERANCE = 0.0
-PAPER_MLP_TOLERANCE = 1e-3
 # Batch size of the train-mode pass that re-estimates batch-norm statistics at each alpha:
 # None is the whole data as one batch (the training set's own activation statistics).
 DEFAULT_BN_BATCH_SIZE: int | None = None
@@ -40,26 +52,416 @@ MLM_SEED = 0
 
 BNMode = Literal["exact", "paper", "interpolate"]
 
+# Help panels of the generated command-line options.
+SOURCE = "Sources"
+ARCH = "Architecture"
+DATA = "Data"
+EVAL = "Evaluation"
+GATE = "Verdict and CI gates"
+OUT = "Output"
+
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+class SpecError(UsageError):
+    """A value a user set is of the wrong type, out of range or contradicts another.
+
+    ``where`` names the option (``--alphas``), the config key and file, or the Python
+    argument; the message is one line ending in what is allowed."""
+
+    def __init__(self, where: str, problem: str) -> None:
+        self.where = where
+        self.problem = problem
+        super().__init__(f"{where}: {problem}")
+
 
 @dataclass(frozen=True)
-class BNSpec:
+class Opt:
+    """What a spec field declares besides its type and default."""
+
+    help: str
+    flag: str | None = None
+    """The command-line spelling (default: the field name with dashes)."""
+    short: str | None = None
+    """A one-letter alias (e.g. -q)."""
+    panel: str | None = None
+    choices: tuple[Any, ...] | None = None
+    ge: float | None = None
+    le: float | None = None
+    finite: bool = True
+    """Floats must be finite."""
+    numeric: bool = True
+    """The value changes a computed number (it enters a result's identity)."""
+    metavar: str | None = None
+    cli: bool = True
+    """Declared as a command-line option (nested specs and internal fields are not)."""
+    parse: Any = None
+    """A function str -> value for options whose command-line form is text (e.g. 'all')."""
+    show: str | None = None
+    """How the default is shown in help, when not the value itself."""
+    negative: str | None = None
+    """Boolean options: the flag that sets False (e.g. --no-gauss); None: a plain flag."""
+
+
+def opt(default: Any = dataclasses.MISSING, help: str = "", **kw: Any) -> Any:
+    """A spec field: its default, help text and constraints in one place."""
+    meta = {"mliscan": Opt(help=help, **kw)}
+    if isinstance(default, (list, dict, set)):
+        raise TypeError("mutable default: use a tuple")
+    return field(default=default, metadata=meta)
+
+
+def option_of(f: dataclasses.Field) -> Opt | None:
+    return f.metadata.get("mliscan")
+
+
+def flag_of(f: dataclasses.Field) -> str:
+    o = option_of(f)
+    return (o.flag if o and o.flag else None) or "--" + f.name.replace("_", "-")
+
+
+class Spec:
+    """Base of the frozen specs: validation at construction, numeric identity."""
+
+    # the name of the concern, used in config-file messages
+    concern: ClassVar[str] = "settings"
+
+    def __post_init__(self) -> None:
+        hints = _hints(type(self))
+        for f in dataclasses.fields(self):
+            o = option_of(f)
+            value = getattr(self, f.name)
+            where = self._where(f)
+            coerced = _check_type(value, hints[f.name], where)
+            if coerced is not value:
+                object.__setattr__(self, f.name, coerced)
+                value = coerced
+            if o is not None:
+                _check_constraints(value, o, where)
+        self.check()
+
+    def check(self) -> None:
+        """Rules that relate several fields (override)."""
+
+    def _where(self, f: dataclasses.Field) -> str:
+        return _WHERE.get(type(self), {}).get(f.name) or flag_of(f)
+
+    def fail(self, name: str, problem: str) -> SpecError:
+        f = next(f for f in dataclasses.fields(self) if f.name == name)
+        return SpecError(self._where(f), problem)
+
+    def numeric_settings(self) -> dict[str, Any]:
+        """The fields that change a computed number, as JSON-able values (for identities)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            o = option_of(f)
+            value = getattr(self, f.name)
+            if isinstance(value, Spec):
+                out[f.name] = value.numeric_settings()
+            elif o is None or o.numeric:
+                out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    def replace(self, **changes: Any) -> Any:
+        return dataclasses.replace(self, **changes)
+
+
+# Where a field's error is reported when the spec came from somewhere other than flags
+# (config files): set for the duration of a construction by ``build``.
+_WHERE: dict[type, dict[str, str]] = {}
+
+
+def build(cls: type[Any], values: dict[str, Any], where: dict[str, str] | None = None) -> Any:
+    """Construct ``cls`` from ``values``, naming ``where[field]`` in any error."""
+    _WHERE[cls] = dict(where or {})
+    try:
+        return cls(**values)
+    finally:
+        _WHERE.pop(cls, None)
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "none"
+    if origin is tuple:
+        return "a list"
+    return {bool: "true/false", int: "a whole number", float: "a number", str: "text"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+def _check_type(value: Any, tp: Any, where: str) -> Any:
+    """``value`` if it is of type ``tp`` (ints are accepted as floats), else a SpecError."""
+    ok, coerced = _matches(value, tp)
+    if not ok:
+        raise SpecError(where, f"expected {_describe(tp)}, got {value!r}")
+    return coerced
+
+
+def _matches(value: Any, tp: Any) -> tuple[bool, Any]:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return True, value
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            ok, coerced = _matches(value, arg)
+            if ok:
+                return True, coerced
+        return False, value
+    if origin is Literal:
+        return value in typing.get_args(tp) and not isinstance(value, bool), value
+    if tp is type(None):
+        return value is None, value
+    if tp is bool:
+        return isinstance(value, bool), value
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False, value
+        return True, float(value)
+    if tp is str:
+        return isinstance(value, str), value
+    if origin is tuple:
+        (item, *_rest) = typing.get_args(tp)
+        if isinstance(value, list):
+            value = tuple(value)
+        if not isinstance(value, tuple):
+            return False, value
+        out = []
+        for v in value:
+            ok, c = _matches(v, item)
+            if not ok:
+                return False, value
+            out.append(c)
+        return True, tuple(out)
+    if isinstance(tp, type):
+        return isinstance(value, tp), value
+    return True, value
+
+
+def _check_constraints(value: Any, o: Opt, where: str) -> None:
+    if value is None or isinstance(value, (bool, Spec)):
+        return
+    if o.choices is not None and value not in o.choices:
+        raise SpecError(where, f"must be one of {', '.join(map(str, o.choices))}, got {value!r}")
+    if isinstance(value, float) and o.finite and not math.isfinite(value):
+        raise SpecError(where, f"must be a finite number, got {value!r}")
+    if isinstance(value, (int, float)):
+        if o.ge is not None and not value >= o.ge:
+            raise SpecError(where, f"must be at least {_num(o.ge)}, got {value!r}")
+        if o.le is not None and not value <= o.le:
+            raise SpecError(where, f"must be at most {_num(o.le)}, got {value!r}")
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+# ---- the concerns --------------------------------------------------------------------------
+
+
+def parse_bn_batch_size(text: str) -> int | None:
+    """'all' (the whole data as one batch) or a whole number."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise SpecError("--bn-batch-size", f"takes a whole number or 'all', got {text!r}") from None
+
+
+@dataclass(frozen=True)
+class SourceSpec(Spec):
+    """How endpoints are opened."""
+
+    concern: ClassVar[str] = "source"
+    trust_pickle: bool = opt(
+        False,
+        "Allow torch pickles with arbitrary globals (runs their code!).",
+        panel=SOURCE,
+        numeric=False,
+    )
+    offline: bool = opt(
+        False,
+        "Hub sources from the local cache only (as HF_HUB_OFFLINE=1).",
+        panel=SOURCE,
+        numeric=False,
+    )
+
+
+@dataclass(frozen=True)
+class ArchSpec(Spec):
+    """The architecture: an adapter name and the options given (the rest from metadata)."""
+
+    concern: ClassVar[str] = "architecture"
+    arch: str | None = opt(
+        None,
+        "Architecture adapter (see `mliscan adapters`); default: read from the file's metadata.",
+        panel=ARCH,
+        show="from metadata",
+    )
+    hidden: str | None = opt(
+        None,
+        "MLP hidden widths, e.g. 128,128; default: read off the checkpoint.",
+        panel=ARCH,
+        show="from the checkpoint",
+    )
+    activation: str | None = opt(
+        None, "MLP activation.", panel=ARCH, choices=("relu", "tanh", "gelu"), show="from metadata"
+    )
+    bn: bool | None = opt(
+        None,
+        "Build the batch-norm variant (mlp, resnet*); default: from metadata.",
+        panel=ARCH,
+        negative="--no-bn",
+        show="from metadata",
+    )
+    init_scheme: str | None = opt(
+        None,
+        "ResNet initialisation.",
+        panel=ARCH,
+        choices=("default", "block-identity", "fixup"),
+        show="from metadata",
+    )
+    arch_opt: tuple[str, ...] = opt(
+        (), "Any adapter option as KEY=VALUE (repeatable).", panel=ARCH, metavar="KEY=VALUE"
+    )
+
+    def check(self) -> None:
+        for item in self.arch_opt:
+            key, sep, _ = item.partition("=")
+            if not sep or not key.strip():
+                raise self.fail("arch_opt", f"expects KEY=VALUE, got {item!r}")
+
+    def given_options(self) -> dict[str, Any]:
+        """The architecture options the user actually gave (nothing for those left unset)."""
+        given: dict[str, Any] = {}
+        for name, key in (
+            ("hidden", "hidden"),
+            ("activation", "activation"),
+            ("bn", "bn"),
+            ("init_scheme", "init"),
+        ):
+            if getattr(self, name) is not None:
+                given[key] = getattr(self, name)
+        for item in self.arch_opt:
+            key, _, value = item.partition("=")
+            given[key.strip()] = value.strip()
+        return given
+
+
+@dataclass(frozen=True)
+class DataSpec(Spec):
+    """Which examples the loss is measured on."""
+
+    concern: ClassVar[str] = "data"
+    name: str | None = opt(
+        "digits",
+        "digits (bundled), mnist, fashion-mnist, cifar10, cifar100, wikitext2, tinytext "
+        "(bundled), imagefolder (timm models), text (hf-* models); default: the data the "
+        "checkpoint was trained on, else the adapter's.",
+        flag="--data",
+        panel=DATA,
+        show="from metadata",
+    )
+    data_dir: str | None = opt(
+        None,
+        "Folder in torchvision's on-disk layout (never downloaded).",
+        panel=DATA,
+        metavar="DIR",
+    )
+    split: Literal["train", "test"] = opt(
+        "train", "Which split: the paper reports training loss.", panel=DATA
+    )
+    limit: int | None = opt(
+        None,
+        "Use only the first N examples (deterministic).",
+        flag="--data-limit",
+        panel=DATA,
+        ge=1,
+        metavar="N",
+        show="all",
+    )
+    data_file: str | None = opt(
+        None,
+        "--data text: a .txt corpus, or .jsonl/.csv with 'text' (and 'label').",
+        panel=DATA,
+        metavar="FILE",
+    )
+    seq_len: int | None = opt(
+        None,
+        "Tokens per sequence: 35 for wikitext2/tinytext; 128 for text, or the model's "
+        "context if shorter.",
+        panel=DATA,
+        ge=1,
+        metavar="N",
+        show="per dataset",
+    )
+    max_tokens: int | None = opt(
+        DEFAULT_MAX_TOKENS,
+        "--data text (language models): use the first N tokens of the corpus.",
+        panel=DATA,
+        ge=1,
+        metavar="N",
+    )
+
+
+@dataclass(frozen=True)
+class BNSpec(Spec):
     """How batch-norm running statistics are obtained at each alpha."""
 
-    mode: BNMode = "exact"
-    """exact: every BN layer's input mean and population variance over all examples, from a
-    train-mode pass (one full batch by default, else batches of ``batch_size`` that weigh by
-    their size). paper: one epoch of train-mode passes at momentum 0.1 in batches of 256, as
-    in the paper's code. interpolate: interpolate the stored running statistics like any
-    other tensor (no re-estimation)."""
-    batch_size: int | None = DEFAULT_BN_BATCH_SIZE
-    """Batch size of the re-estimation pass; None means the whole data as one batch (paper
-    mode: 256)."""
-    max_batches: int | None = None
-    """Cap on the number of batches of the re-estimation pass (None: the whole set)."""
+    concern: ClassVar[str] = "batch norm"
+    mode: BNMode = opt(
+        "exact",
+        "exact: every BN layer's input mean and population variance over all examples; "
+        "paper: one epoch of train-mode passes at momentum 0.1 in batches of 256, as in the "
+        "paper's code; interpolate: interpolate the stored running statistics.",
+        flag="--bn-mode",
+        panel=EVAL,
+    )
+    batch_size: int | None = opt(
+        DEFAULT_BN_BATCH_SIZE,
+        "Batch size of the per-alpha BN re-estimation pass: 'all' (the whole data as one "
+        "batch: the training set's own statistics) or N >= 2 (batches of N, pooled).",
+        flag="--bn-batch-size",
+        panel=EVAL,
+        ge=2,
+        parse=parse_bn_batch_size,
+        metavar="all|N",
+        show="all",
+    )
+    max_batches: int | None = opt(
+        None,
+        "Cap the BN re-estimation pass at its first K batches (needs --bn-batch-size N).",
+        flag="--bn-warmup-batches",
+        panel=EVAL,
+        ge=1,
+        metavar="K",
+        show="all",
+    )
 
     def __post_init__(self) -> None:
         if self.mode == "paper" and self.batch_size is None:
             object.__setattr__(self, "batch_size", PAPER_BN_BATCH_SIZE)
+        super().__post_init__()
+
+    def check(self) -> None:
+        if self.max_batches is not None and self.batch_size is None and self.mode == "exact":
+            raise self.fail(
+                "max_batches",
+                "takes the first K batches of --bn-batch-size N; give --bn-batch-size too "
+                "(the default 'all' is a single batch)",
+            )
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -70,59 +472,148 @@ class BNSpec:
 
 
 @dataclass(frozen=True)
-class DataSpec:
-    """Which examples the loss is measured on."""
+class EvalSpec(Spec):
+    """Settings of one interpolation evaluation."""
 
-    name: str = "digits"
-    """digits (bundled), mnist, fashion-mnist, cifar10, cifar100, imagefolder, text."""
-    data_dir: str | None = None
-    """Folder in torchvision's on-disk layout (not needed for digits)."""
-    split: Literal["train", "test"] = "train"
-    """The paper reports training loss."""
-    limit: int | None = None
-    """Use only the first N examples (deterministic)."""
-    data_file: str | None = None
-    """Text data: a .txt corpus, or .jsonl/.csv with a 'text' (and 'label') field."""
-    seq_len: int | None = None
-    """Text data: tokens per sequence (one example); None: 128, or the model's context if
-    shorter."""
-    max_tokens: int | None = DEFAULT_MAX_TOKENS
-    """Text data (language models): use the first N tokens of the corpus."""
+    concern: ClassVar[str] = "evaluation"
+    alphas: int = opt(
+        DEFAULT_ALPHAS,
+        "Number of points of linspace(0, 1, N) (the paper: 50).",
+        panel=EVAL,
+        ge=2,
+        le=MAX_ALPHAS,
+        metavar="N",
+    )
+    bn: BNSpec = field(default_factory=BNSpec)
+    gauss: bool = opt(
+        True,
+        "Compute the average Gauss length of the logit curve (Definition 2).",
+        panel=EVAL,
+        negative="--no-gauss",
+    )
+    gauss_examples: int | None = opt(
+        None,
+        "Average the Gauss length over the first N examples only.",
+        panel=EVAL,
+        ge=1,
+        metavar="N",
+        show="all",
+    )
+    gauss_method: Literal["auto", "jvp"] = opt(
+        "auto",
+        "auto: one second-order forward pass where every layer has a rule, nested jvp "
+        "otherwise; jvp: always nested jvp (the reference).",
+        panel=EVAL,
+        numeric=False,
+    )
+    batch_size: int | None = opt(
+        DEFAULT_EVAL_BATCH_SIZE,
+        "Evaluation batch size (speed and memory only).",
+        panel=EVAL,
+        ge=1,
+        metavar="N",
+        show="auto",
+    )
+    alpha_chunk: int = opt(
+        1,
+        "Alphas per vmapped pass (GPU, small models; with BN only for --bn-batch-size all; "
+        "1: off).",
+        panel=EVAL,
+        ge=1,
+        le=MAX_ALPHAS,
+        numeric=False,
+        metavar="K",
+    )
+    dtype: Literal["float32", "float64", "bfloat16", "float16"] = opt(
+        "float32",
+        "Working dtype of the module (theta(alpha) itself is computed in float32 or wider).",
+        panel=EVAL,
+    )
+    device: str = opt(
+        "auto",
+        "auto, cpu, cuda, cuda:N or mps.",
+        panel=EVAL,
+        numeric=False,
+    )
+    amp: Literal["off", "bf16", "fp16"] = opt(
+        "off",
+        "Autocast the BN and loss passes to bfloat16/float16 (the Gauss pass keeps --dtype).",
+        panel=EVAL,
+    )
+    compile: bool = opt(
+        False,
+        "torch.compile the evaluation passes (speed only; the first alpha compiles).",
+        panel=EVAL,
+        numeric=False,
+    )
+
+    def check(self) -> None:
+        if not _DEVICE.match(self.device):
+            raise self.fail(
+                "device", f"must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}"
+            )
 
 
 @dataclass(frozen=True)
-class EvalSpec:
-    """Settings of one interpolation evaluation."""
+class VerdictSpec(Spec):
+    """When a path counts as monotonic (Definition 1): min-Delta <= tol."""
 
-    alphas: int = DEFAULT_ALPHAS
-    """Number of points of linspace(0, 1, N)."""
-    bn: BNSpec = field(default_factory=BNSpec)
-    gauss: bool = True
-    """Compute the average Gauss length of the logit curve (Definition 2)."""
-    gauss_examples: int | None = None
-    """Average the Gauss length over the first N examples only (None: all)."""
-    gauss_method: Literal["auto", "jvp"] = "auto"
-    """auto: one hand-written second-order forward pass where every layer has a rule,
-    nested torch.func.jvp otherwise; jvp: always nested jvp (the reference)."""
-    batch_size: int | None = DEFAULT_EVAL_BATCH_SIZE
-    """Evaluation batch size (speed and memory only); None: chosen by a timing probe."""
-    alpha_chunk: int = 1
-    """Alphas evaluated per pass with torch.func.vmap (a GPU option for small models without
-    batch norm, or with the default full-data BN statistics held as one batch; 1: one alpha
-    at a time)."""
-    dtype: Literal["float32", "float64", "bfloat16", "float16"] = "float32"
-    """Working dtype of the module. The endpoints stay in their stored dtype; theta(alpha) is
-    computed per tensor in float32 (or float64) and rounded once into a low-precision module."""
-    device: str = "auto"
-    amp: Literal["off", "bf16", "fp16"] = "off"
-    """Autocast the batch-norm and loss passes to bfloat16/float16 (tensor-core speed on a
-    GPU; the weights and the Gauss-length pass keep the working dtype)."""
-    compile: bool = False
-    """Run the evaluation passes through ``torch.compile`` (speed only: the first alpha pays
-    the compilation; the full-batch BN pass and the Gauss-length pass stay eager)."""
+    concern: ClassVar[str] = "verdict"
+    tol: float = opt(
+        DEFAULT_TOLERANCE,
+        "Monotonic when min-Δ <= TOL (the paper's MLP tables used 1e-3).",
+        panel=GATE,
+        ge=0,
+        numeric=False,
+        metavar="TOL",
+    )
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+
+@dataclass(frozen=True)
+class GateSpec(Spec):
+    """CI thresholds on a path's metrics (exit 1 when one fails)."""
+
+    concern: ClassVar[str] = "gate"
+    require_monotonic: bool = opt(
+        False,
+        "Exit 1 when the path is not monotonic (min-Δ > --tol).",
+        panel=GATE,
+        numeric=False,
+    )
+    max_delta: float | None = opt(
+        None, "Exit 1 when min-Δ exceeds X.", panel=GATE, ge=0, numeric=False, metavar="X"
+    )
+    max_gauss_length: float | None = opt(
+        None,
+        "Exit 1 when the average Gauss length exceeds X.",
+        panel=GATE,
+        ge=0,
+        numeric=False,
+        metavar="X",
+    )
+    max_barrier: float | None = opt(
+        None, "Exit 1 when the loss barrier exceeds X.", panel=GATE, numeric=False, metavar="X"
+    )
+    min_final_accuracy: float | None = opt(
+        None,
+        "Exit 1 when the final training accuracy is below X.",
+        panel=GATE,
+        ge=0,
+        le=1,
+        numeric=False,
+        metavar="X",
+    )
+
+    def any_threshold(self) -> bool:
+        return self.require_monotonic or any(
+            v is not None
+            for v in (
+                self.max_delta,
+                self.max_gauss_length,
+                self.max_barrier,
+                self.min_final_accuracy,
+            )
+        )
 
 
 def spec_hash(obj: Any, length: int = 12) -> str:
@@ -152,3 +643,67 @@ def non_default_fields(obj: Any) -> dict[str, Any]:
         elif value != default:
             out[f.name] = value
     return out
+
+
+def _parse_range(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise SpecError("--range", f"expects XMIN,XMAX,YMIN,YMAX, got {text!r}") from None
+
+
+@dataclass(frozen=True)
+class PlaneSpec(Spec):
+    """The grid over the plane through three points (Figures 1, 9)."""
+
+    concern: ClassVar[str] = "plane"
+    resolution: int = opt(21, "Grid points per axis.", panel=EVAL, ge=2, le=1001, metavar="N")
+    range: tuple[float, ...] | None = opt(
+        None,
+        "XMIN,XMAX,YMIN,YMAX in plane coordinates.",
+        panel=EVAL,
+        parse=_parse_range,
+        metavar="XMIN,XMAX,YMIN,YMAX",
+        show="the points plus 20%",
+    )
+
+    def check(self) -> None:
+        r = self.range
+        if r is None:
+            return
+        if len(r) != 4 or not all(math.isfinite(v) for v in r) or not (r[0] < r[1] and r[2] < r[3]):
+            raise self.fail(
+                "range", f"expects finite XMIN,XMAX,YMIN,YMAX with min < max, got {list(r)}"
+            )
+
+
+@dataclass(frozen=True)
+class ReportSpec(Spec):
+    """Which runs count, and the verdict, in the paper's tables (Section 4.1)."""
+
+    concern: ClassVar[str] = "report"
+    loss_threshold: float | None = opt(
+        None,
+        "Count runs whose final training loss is below X.",
+        panel=GATE,
+        ge=0,
+        numeric=False,
+        metavar="X",
+        show="per dataset: 0.1 MNIST-like, 1.0 CIFAR-10, 2.0 CIFAR-100, 30 autoencoders",
+    )
+    tol: float | None = opt(
+        None,
+        "Non-monotonic when min-Δ > TOL.",
+        panel=GATE,
+        ge=0,
+        numeric=False,
+        metavar="TOL",
+        show="1e-3 as in Table 1; 0 for CIFAR",
+    )
+    group_by: str | None = opt(
+        None,
+        "Extra table grouped by these columns, e.g. optimizer,bn.",
+        panel=OUT,
+        numeric=False,
+        metavar="COLUMNS",
+    )

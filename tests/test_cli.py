@@ -69,9 +69,11 @@ def test_json_to_stdout_and_gates(mlp_bn_pair: Path, capsys) -> None:
     assert code == 0
     r = json.loads(out)
     assert r["gauss_length"] is None and r["bn"]["mode"] == "exact"
-    # a max-delta below the observed value fails the gate with exit code 1
+    # a threshold the path cannot meet fails the gate with exit code 1 (a negative
+    # --max-delta is refused: min-Δ is never negative)
     code, _, err = run_cli(
-        ["compare", init, final, "-q", "--alphas", "10", "--no-gauss", "--max-delta", "-1"], capsys
+        ["compare", init, final, "-q", "--alphas", "10", "--no-gauss", "--max-barrier", "-100"],
+        capsys,
     )
     assert code == 1 and "FAIL" in err
     code, _, _ = run_cli(

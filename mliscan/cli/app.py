@@ -15,6 +15,7 @@ from mliscan.cli import grid as grid_cmd
 from mliscan.cli import logits as logits_cmd
 from mliscan.cli import plane as plane_cmd
 from mliscan.cli import report as report_cmd
+from mliscan.cli import spine
 from mliscan.cli import train as train_cmd
 from mliscan.cli.errors import (
     EXIT_INPUT,
@@ -40,15 +41,15 @@ app = typer.Typer(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-app.command("compare")(compare_cmd.compare)
-app.command("check")(check_cmd.check)
-app.command("train")(train_cmd.train)
-app.command("adapters")(adapters_cmd.adapters)
-app.command("demo")(demo_cmd.demo)
-app.command("grid")(grid_cmd.grid)
-app.command("plane")(plane_cmd.plane)
-app.command("report")(report_cmd.report)
-app.command("logits")(logits_cmd.logits)
+app.command("compare", cls=spine.command_class())(spine.plain_help(compare_cmd.compare))
+app.command("check", cls=spine.command_class())(spine.plain_help(check_cmd.check))
+app.command("train", cls=spine.command_class())(spine.plain_help(train_cmd.train))
+app.command("adapters", cls=spine.command_class())(spine.plain_help(adapters_cmd.adapters))
+app.command("demo", cls=spine.command_class())(spine.plain_help(demo_cmd.demo))
+app.command("grid", cls=spine.command_class())(spine.plain_help(grid_cmd.grid))
+app.command("plane", cls=spine.command_class())(spine.plain_help(plane_cmd.plane))
+app.command("report", cls=spine.command_class())(spine.plain_help(report_cmd.report))
+app.command("logits", cls=spine.command_class())(spine.plain_help(logits_cmd.logits))
 
 
 # typer vendors click: its usage errors share the base class of the public typer.BadParameter.
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         rv = EXIT_INTERRUPTED
     except Exception as exc:
         if isinstance(exc, _CLICK_ERRORS):
-            exc.show()  # type: ignore[attr-defined]
+            exc.show()
             return EXIT_INPUT
         if debug():
             raise

@@ -29,9 +29,9 @@ def demo(
       mliscan demo --out /tmp/demo --epochs 20
     """
     from mliscan.cli import ui
+    from mliscan.paths import atomic_write_json
     from mliscan.pipeline import compare_pair
     from mliscan.plots import plot_curves
-    from mliscan.results import pair_to_dict, write_json
     from mliscan.spec import DataSpec
     from mliscan.train import TrainSpec, train
 
@@ -45,9 +45,9 @@ def demo(
             result = compare_pair(
                 str(run_dir / "init.safetensors"), str(run_dir / "final.safetensors"), progress=cb
             )
-        record = pair_to_dict(result)
+        record = result.to_dict()
         record["label"] = f"{name} (lr {settings['lr']})"
-        write_json(str(run_dir / "mli.json"), record)
+        atomic_write_json(run_dir / "mli.json", record)
         records.append(record)
     ui.out.print(ui.results_table(records, title="mliscan demo: digits MLPs, 50 alphas"))
     plot_curves(records, out / "curves.png")

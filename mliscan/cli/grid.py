@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from mliscan.cli import options as o
+from mliscan import spec as S
+from mliscan.cli import spine
+
+# More endpoints than this is a typing error (the paths grow as the square).
+MAX_ENDPOINTS = 1000
 
 
 def _distributed() -> tuple[int, int]:
@@ -24,6 +29,18 @@ def _distributed() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+@spine.command(
+    "grid",
+    S.SourceSpec,
+    S.ArchSpec,
+    S.DataSpec,
+    S.EvalSpec,
+    S.VerdictSpec,
+    spine.OutputSpec,
+    # a fixed batch size, so resumed and sharded runs agree bit for bit
+    defaults={"batch_size": 1024, "gauss": False},
+    exclude=("json", "alpha_chunk"),
+)
 def grid(
     runs: Annotated[
         list[Path] | None,
@@ -31,44 +48,38 @@ def grid(
     ] = None,
     inits: Annotated[
         int | None,
-        typer.Option(help="Number of initialisations (fresh ones are sampled past the runs')."),
+        typer.Option(
+            min=0,
+            max=MAX_ENDPOINTS,
+            help="Number of initialisations (fresh ones are sampled past the runs').",
+            show_default="the runs' and --init's",
+        ),
     ] = None,
     optima: Annotated[
-        int | None, typer.Option(help="Number of optima (the runs' final weights).")
+        int | None,
+        typer.Option(
+            min=0,
+            max=MAX_ENDPOINTS,
+            help="Number of optima (the runs' final weights).",
+            show_default="the runs' and --optimum's",
+        ),
     ] = None,
     init: Annotated[
-        list[Path] | None, typer.Option("--init", help="An explicit initialisation (repeatable).")
+        list[str] | None,
+        typer.Option("--init", help="An explicit initialisation: a file or source (repeatable)."),
     ] = None,
     optimum: Annotated[
-        list[Path] | None, typer.Option("--optimum", help="An explicit optimum (repeatable).")
+        list[str] | None,
+        typer.Option("--optimum", help="An explicit optimum: a file or source (repeatable)."),
     ] = None,
     out: Annotated[
-        Path, typer.Option(help="Result store: paths/*.json, paths.parquet, curves.parquet.")
-    ] = Path("grid-out"),
-    arch: o.Arch = None,
-    hidden: o.Hidden = None,
-    activation: o.Activation = None,
-    bn: o.BN = None,
-    init_scheme: o.InitScheme = None,
-    arch_opt: o.ArchOpt = None,
-    data: o.Data = None,
-    data_dir: o.DataDir = None,
-    data_limit: o.DataLimit = None,
-    alphas: o.Alphas = o.DEFAULTS["alphas"],
-    bn_batch_size: o.BnBatchSize = o.DEFAULTS["bn_batch_size"],
-    bn_warmup_batches: o.BnWarmupBatches = None,
-    bn_mode: o.BnMode = "exact",
-    device: o.Device = "auto",
-    batch_size: Annotated[
-        int,
+        Path,
         typer.Option(
-            "--batch-size",
-            help="Evaluation batch size (fixed, so resumed and sharded runs agree bit for bit).",
+            help="Result store: paths/*.json, paths.parquet, curves.parquet.", metavar="DIR"
         ),
-    ] = 1024,
-    tol: Annotated[float, typer.Option(help="Monotonic when min-Δ <= TOL.")] = 0.0,
-    plot: o.PlotOut = None,
-    quiet: o.Quiet = False,
+    ] = Path("grid-out"),
+    *,
+    specs: spine.Specs,
 ) -> int:
     """Interpolate between all pairs of initialisations and optima, resumably.
 
@@ -81,13 +92,14 @@ def grid(
       torchrun --nproc-per-node 4 -m mliscan.cli.app grid runs/ --inits 10 --optima 10 --out g
     """
     from mliscan import grid as g
+    from mliscan import results
     from mliscan.cli import ui
     from mliscan.errors import UsageError
     from mliscan.paths import find_runs
     from mliscan.pipeline import open_source, setup
-    from mliscan.spec import EvalSpec
-    from mliscan.store import ResultStore
 
+    source, out_spec = specs[S.SourceSpec], specs[spine.OutputSpec]
+    quiet, plot, tol = out_spec.quiet, out_spec.plot, specs[S.VerdictSpec].tol
     run_dirs = find_runs(runs or [])
     explicit_inits, explicit_optima = list(init or []), list(optimum or [])
     n_inits = inits if inits is not None else len(explicit_inits) + len(run_dirs)
@@ -102,18 +114,12 @@ def grid(
         else (
             explicit_optima[0]
             if explicit_optima
-            else (run_dirs[0] / "init.safetensors" if run_dirs else None)
+            else (str(run_dirs[0] / "init.safetensors") if run_dirs else None)
         )
     )
     if first is None:
         raise UsageError("no endpoints found: the folders hold no runs (run.json, init and final)")
-    spec = EvalSpec(
-        alphas=alphas,
-        bn=o.bn_spec(bn_mode, bn_batch_size, bn_warmup_batches),  # type: ignore[arg-type]
-        gauss=False,
-        batch_size=batch_size,
-        device=device,
-    )
+    spec = specs[S.EvalSpec]
     rank, world = _distributed()
     if world > 1 and spec.device == "auto":
         import torch
@@ -121,18 +127,20 @@ def grid(
         if torch.cuda.is_available():
             local = int(os.environ.get("LOCAL_RANK", "0"))
             torch.cuda.set_device(local)
-            spec = EvalSpec(**{**spec.__dict__, "device": f"cuda:{local}"})
-    given = {"name": data, "data_dir": str(data_dir) if data_dir else None, "limit": data_limit}
-    ctx = setup(
-        open_source(str(first)),
-        arch,
-        o.arch_options(hidden, activation, bn, init_scheme, arch_opt),
-        given,
-        spec,
-    )
+            spec = spec.replace(device=f"cuda:{local}")
+    open_ = functools.partial(open_source, trust_pickle=source.trust_pickle, offline=source.offline)
+    ctx = setup(open_(str(first)), specs[S.ArchSpec], None, specs[S.DataSpec], spec)
     adapter, options = ctx.choice.adapter, ctx.choice.options
     ends_i, ends_o = g.gather_endpoints(
-        run_dirs, n_inits, n_optima, explicit_inits, explicit_optima, adapter, options, ctx.info
+        run_dirs,
+        n_inits,
+        n_optima,
+        explicit_inits,
+        explicit_optima,
+        adapter,
+        options,
+        ctx.info,
+        open_,
     )
     everything = ends_i + ends_o
     for e in everything[1:]:
@@ -141,7 +149,7 @@ def grid(
         spec, ctx.data_record(), adapter.name, adapter.options_to_dict(options)
     )
     tasks = g.plan(ends_i, ends_o, settings)
-    store = ResultStore(out)
+    store = g.open_store(out)
     engine = g.Context(adapter, ctx.module, ctx.prepared, spec)
     done_before = sum(store.has(t.pid) for t in tasks)
     if rank == 0:
@@ -172,8 +180,8 @@ def grid(
     records = store.records(t.pid for t in tasks)
     paths, curves = g.tables(records, tol)
     with store.lock():
-        store.write_parquet("paths.parquet", paths, g.PATH_SCHEMA)
-        store.write_parquet("curves.parquet", curves, g.CURVE_SCHEMA)
+        store.write_parquet("paths.parquet", paths, results.PATH_SCHEMA)
+        store.write_parquet("curves.parquet", curves, results.CURVE_SCHEMA)
     for family in g.FAMILIES:
         rows = [p for p in paths if p["family"] == family]
         if rows:
@@ -186,7 +194,7 @@ def grid(
     if plot is not None:
         from mliscan.plots import plot_grid
 
-        plot_grid(records, plot)
+        plot_grid(records, Path(plot))
     ui.err.print(f"results: {out / 'paths.parquet'}, {out / 'curves.parquet'}")
     if world > 1:
         import torch.distributed as dist

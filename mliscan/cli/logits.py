@@ -7,28 +7,42 @@ from typing import Annotated
 
 import typer
 
-from mliscan.cli import options as o
+from mliscan import spec as S
+from mliscan.cli import spine
 
 
+@spine.command(
+    "logits",
+    S.SourceSpec,
+    S.ArchSpec,
+    S.DataSpec,
+    S.EvalSpec,
+    spine.OutputSpec,
+    defaults={"alphas": 25, "gauss": False},
+    exclude=("gauss", "gauss_examples", "gauss_method", "alpha_chunk", "compile", "amp", "plot"),
+)
 def logits(
-    init: Annotated[str, typer.Argument(help="Initial checkpoint (file, folder or hub source).")],
+    init: Annotated[
+        str, typer.Argument(metavar="INIT", help="Initial checkpoint (file, folder or hub source).")
+    ],
     final: Annotated[str, typer.Argument(metavar="FINAL", help="Trained checkpoint.")],
-    arch: o.Arch = None,
-    arch_opt: o.ArchOpt = None,
-    data: o.Data = None,
-    data_dir: o.DataDir = None,
-    data_limit: o.DataLimit = None,
     examples: Annotated[
-        int, typer.Option(help="Examples to follow, taken round-robin over the classes.")
+        int,
+        typer.Option(
+            min=1,
+            max=10_000,
+            help="Examples to follow, taken round-robin over the classes.",
+            metavar="N",
+        ),
     ] = 10,
-    alphas: Annotated[int, typer.Option(help="Points along the path.")] = 25,
     out: Annotated[
-        Path, typer.Option(help="Figure path without suffix: OUT.png and OUT.svg are written.")
+        Path,
+        typer.Option(
+            help="Figure path without suffix: OUT.png and OUT.svg are written.", metavar="PATH"
+        ),
     ] = Path("logits"),
-    json_out: o.JsonOut = None,
-    device: o.Device = "auto",
-    trust_pickle: o.TrustPickle = False,
-    offline: o.Offline = False,
+    *,
+    specs: spine.Specs,
 ) -> int:
     """Project the logits of a few examples along the path onto two principal components.
 
@@ -43,23 +57,21 @@ def logits(
 
     from mliscan import plots
     from mliscan.cli import ui
-    from mliscan.errors import UsageError
     from mliscan.paths import atomic_write_json
-    from mliscan.spec import EvalSpec
     from mliscan.trajectory import logit_trajectories
 
-    if alphas < 2:
-        raise UsageError("--alphas must be at least 2 (the endpoints)")
+    source, json_out = specs[S.SourceSpec], specs[spine.OutputSpec].json_out
+    spec = specs[S.EvalSpec]
+    alphas = spec.alphas
     result = logit_trajectories(
         init,
         final,
-        arch=arch,
-        arch_options=o.arch_options(None, None, None, None, arch_opt),
-        data={"name": data, "data_dir": str(data_dir) if data_dir else None, "limit": data_limit},
-        spec=EvalSpec(alphas=alphas, gauss=False, device=device),
+        arch=specs[S.ArchSpec],
+        data=specs[S.DataSpec],
+        spec=spec,
         examples=examples,
-        trust_pickle=trust_pickle,
-        offline=offline,
+        trust_pickle=source.trust_pickle,
+        offline=source.offline,
     )
     written = plots.plot_logit_pca(
         result["points"], result["labels"], result["alphas"], result["explained_variance"], out

@@ -7,48 +7,49 @@ from typing import Annotated
 
 import typer
 
-from mliscan.cli import options as o
+from mliscan import spec as S
+from mliscan.cli import spine
 
 
+@spine.command(
+    "report",
+    S.SourceSpec,
+    S.EvalSpec,
+    S.ReportSpec,
+    spine.OutputSpec,
+    exclude=("json", "plot"),
+)
 def report(
     runs: Annotated[
         list[Path],
         typer.Argument(help="Folders of runs from `mliscan train` (searched recursively)."),
     ],
     out: Annotated[
-        Path, typer.Option(help="Output folder: runs.parquet, table1/table2 .md and .csv.")
-    ] = Path("report-out"),
-    loss_threshold: Annotated[
-        float | None,
+        Path,
         typer.Option(
-            help="Count runs whose final training loss is below X (default per dataset: 0.1 MNIST-like, 1.0 CIFAR-10, 2.0 CIFAR-100, 30 autoencoders).",
-            metavar="X",
+            help="Output folder: runs.parquet, table1/table2 .md and .csv.", metavar="DIR"
         ),
-    ] = None,
-    tol: Annotated[
-        float | None,
-        typer.Option(help="Non-monotonic when min-Δ > TOL (default 1e-3; 0 for CIFAR)."),
-    ] = None,
-    group_by: Annotated[
-        str | None, typer.Option(help="Extra table grouped by these columns, e.g. optimizer,bn.")
-    ] = None,
-    alphas: o.Alphas = o.DEFAULTS["alphas"],
-    no_gauss: Annotated[
-        bool, typer.Option("--no-gauss", help="Skip the Gauss length (faster).")
-    ] = False,
-    device: o.Device = "auto",
+    ] = Path("report-out"),
     html: Annotated[
         Path | None,
         typer.Option(
             "--html",
             help="Also write one self-contained HTML page (tables + figures).",
             metavar="PATH",
+            rich_help_panel=S.OUT,
         ),
     ] = None,
     no_figures: Annotated[
-        bool, typer.Option("--no-figures", help="Tables only (no matplotlib figures).")
+        bool,
+        typer.Option(
+            "--no-figures",
+            help="Tables only (no matplotlib figures).",
+            metavar="",
+            rich_help_panel=S.OUT,
+        ),
     ] = False,
-    quiet: o.Quiet = False,
+    *,
+    specs: spine.Specs,
 ) -> int:
     """Table 1 / Table 2 forms and the Gauss-length power law over trained runs.
 
@@ -63,23 +64,31 @@ def report(
     Writes OUT/runs.parquet, table1/table2/powerlaw .md and .csv, and the figures
     curves (Figures 2/4), delta_scatter (Figure 5) and power_law (Figure 7) as PNG and SVG.
     """
+    import math
+
     from mliscan import report as rp
     from mliscan.cli import ui
     from mliscan.errors import UsageError
+    from mliscan.metrics import is_monotonic
     from mliscan.paths import atomic_write_text, find_runs
-    from mliscan.spec import EvalSpec
     from mliscan.store import ResultStore
+
+    spec, rs = specs[S.EvalSpec], specs[S.ReportSpec]
+    quiet, no_gauss = specs[spine.OutputSpec].quiet, not spec.gauss
+    loss_threshold, tol, group_by = rs.loss_threshold, rs.tol, rs.group_by
+    source = specs[S.SourceSpec]
 
     folders = find_runs(runs)
     if not folders:
         raise UsageError("no runs found: the folders hold no run.json with init and final weights")
-    spec = EvalSpec(alphas=alphas, gauss=not no_gauss, device=device)
     with ui.count_progress(len(folders), "runs", quiet) as tick:
-        rows = rp.collect(folders, spec, on_run=lambda f: tick())
+        rows = rp.collect(folders, spec, on_run=lambda f: tick(), source=source)
     threshold = rp.default_threshold(rows) if loss_threshold is None else loss_threshold
     tolerance = rp.default_tolerance(rows) if tol is None else tol
     for r in rows:
-        r["monotonic"] = None if r["min_delta"] is None else r["min_delta"] <= tolerance
+        r["monotonic"] = is_monotonic(
+            math.nan if r["min_delta"] is None else r["min_delta"], tolerance
+        )
     store = ResultStore(out)
     schema = {
         k: (

@@ -60,8 +60,8 @@ def train(
     data: Annotated[
         str | None,
         typer.Option(
-            help="Dataset (digits and tinytext are bundled) [default: the architecture's: "
-            "digits, or tinytext for lstm-lm/transformer-lm]."
+            help="Dataset (digits and tinytext are bundled).",
+            show_default="the architecture's: digits, or tinytext for lstm-lm/transformer-lm",
         ),
     ] = None,
     data_dir: o.DataDir = None,
@@ -116,12 +116,12 @@ def train(
     """
     from mliscan.cli import ui
     from mliscan.registry import get_adapter
-    from mliscan.spec import DataSpec
+    from mliscan.spec import ArchSpec, DataSpec
     from mliscan.sweep import expand, parse_list, parse_onoff, parse_seeds, run_sweep
     from mliscan.train import TrainSpec
     from mliscan.train import train as run_train
 
-    given = o.arch_options(hidden, None, bn, None, arch_opt)
+    given = ArchSpec(hidden=hidden, bn=bn, arch_opt=tuple(arch_opt or ())).given_options()
     data = data or get_adapter(arch).default_data
     base = TrainSpec(
         arch=arch,

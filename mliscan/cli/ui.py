@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape as escape  # re-exported for the commands
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -116,7 +117,7 @@ def result_table(r: dict[str, Any]) -> Table:
 def results_table(
     rows: Sequence[dict[str, Any]], title: str = "Monotonic linear interpolation"
 ) -> Table:
-    """One row per path, from result dicts (``results.pair_to_dict``)."""
+    """One row per path, from result dicts (``PathResult.to_dict``)."""
     table = Table(title=title, title_style="bold")
     cols = [
         ("path", "left"),

@@ -1,0 +1,390 @@
+"""Command-line options and config-file keys generated from the spec fields.
+
+A command is written as ``def body(own typer parameters..., specs: Specs) -> int`` and
+declared with ``@spine.command("compare", SourceSpec, ArchSpec, DataSpec, EvalSpec, ...)``.
+The decorator adds one typer option per spec field (flag, type, help, default and panel from
+the field; nothing is declared twice), reads ``[tool.mliscan.<command>]`` of the nearest
+pyproject.toml or the ``[<command>]`` table of mliscan.toml for the options not given on the
+command line, and constructs each spec, which validates itself. So every command spells,
+documents, defaults and checks a shared option identically, and a config key is exactly the
+option's name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import sys
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import typer
+from rich.markup import escape
+
+from mliscan import spec as S
+from mliscan.errors import UsageError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputSpec(S.Spec):
+    """Where a command's result goes (never a number)."""
+
+    concern: typing.ClassVar[str] = "output"
+    json_out: str | None = S.opt(
+        None,
+        "Write the result as JSON to PATH ('-' for stdout).",
+        flag="--json",
+        panel=S.OUT,
+        numeric=False,
+        metavar="PATH",
+    )
+    plot: str | None = S.opt(
+        None,
+        "Write a figure to PATH (.png, .svg or .pdf).",
+        panel=S.OUT,
+        numeric=False,
+        metavar="PATH",
+    )
+    quiet: bool = S.opt(False, "No progress output.", panel=S.OUT, numeric=False, short="-q")
+
+    def check(self) -> None:
+        if self.plot is not None and Path(self.plot).suffix.lower() not in PLOT_SUFFIXES:
+            raise self.fail(
+                "plot", f"the file name must end in .png, .svg or .pdf, got {self.plot!r}"
+            )
+        if self.json_out not in (None, "-") and Path(self.json_out).is_dir():
+            raise self.fail("json_out", f"{self.json_out} is a folder; name a file")
+
+
+PLOT_SUFFIXES = (".png", ".svg", ".pdf")
+
+
+@dataclasses.dataclass(frozen=True)
+class Param:
+    """One generated option: which spec field it sets."""
+
+    spec: type
+    field: str
+    name: str
+    """The Python parameter name (also the config key, with dashes)."""
+
+
+class Specs(dict):
+    """The constructed specs of one invocation, by class; ``config`` names the settings file."""
+
+    config: Path | None = None
+
+    def __getitem__(self, cls: type[Any]) -> Any:
+        return super().__getitem__(cls)
+
+
+def _cli_type(tp: Any, o: S.Opt) -> Any:
+    """The type typer parses; validation beyond parsing is the spec's."""
+    if o.parse is not None:
+        return str | None
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is tuple:
+        return list[str] | None
+    if origin is Literal:
+        return str
+    if origin in (typing.Union, __import__("types").UnionType):
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            base = _cli_type(inner[0], o)
+            return base if base is bool else base | None
+    return tp
+
+
+_METAVARS: dict[Any, str] = {int | None: "N", int: "N", float | None: "X", float: "X"}
+
+
+def _help(f: dataclasses.Field, o: S.Opt, tp: Any) -> str:
+    text = o.help
+    literal = typing.get_origin(tp) is Literal
+    if o.choices is not None or literal:
+        values = o.choices if o.choices is not None else typing.get_args(tp)
+        shown = ", ".join(str(v) for v in values)
+        if shown not in text:
+            text = f"{text} One of: {shown}."
+    return escape(text)
+
+
+def params_for(cls: type, overrides: dict[str, Any]) -> list[tuple[inspect.Parameter, Param]]:
+    """One typer option per CLI field of ``cls``."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        o = S.option_of(f)
+        if o is None or not o.cli:
+            continue
+        tp = hints[f.name]
+        flag = S.flag_of(f)
+        name = flag[2:].replace("-", "_")
+        default = overrides.get(name, f.default)
+        if cls is S.DataSpec and f.name == "name" and name not in overrides:
+            default = None  # from the checkpoint's metadata, else the adapter's
+        if isinstance(default, tuple):
+            default = None
+        if o.parse is not None and default is None:
+            shown: Any = o.show or True
+        elif o.parse is not None:
+            shown = str(default)
+        else:
+            shown = o.show if (default is None and o.show) else True
+        decls = [flag, *([o.short] if o.short else [])]
+        is_bool = tp is bool or (typing.get_origin(tp) is not None and bool in typing.get_args(tp))
+        if is_bool:
+            decls = [f"{flag}/{o.negative}"] if o.negative else decls
+            shown = (o.show if default is None else True) if o.negative else False
+        metavar = o.metavar
+        if is_bool:
+            metavar = ""  # a flag takes no value
+        elif metavar is None:
+            values = o.choices or (
+                typing.get_args(tp) if typing.get_origin(tp) is Literal else None
+            )
+            metavar = (
+                "|".join(map(str, values)) if values else _METAVARS.get(_cli_type(tp, o), "TEXT")
+            )
+        info = typer.Option(
+            *decls,
+            help=_help(f, o, tp),
+            rich_help_panel=o.panel,
+            show_default=shown,
+            metavar=metavar,
+        )
+        annotation = Annotated[_cli_type(tp, o), info]
+        if o.parse is not None and default is not None:
+            default = str(default)
+        p = inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default)
+        out.append((p.replace(annotation=annotation), Param(cls, f.name, name)))
+    return out
+
+
+CONFIG_OPTION = "config"
+CONTEXT = "mliscan_context"
+
+
+def command(
+    name: str,
+    *concerns: type,
+    defaults: dict[str, Any] | None = None,
+    exclude: tuple[str, ...] = (),
+) -> Callable[[Callable[..., int]], Callable[..., int]]:
+    """Declare a command whose options are the fields of ``concerns`` (see module doc).
+
+    ``defaults`` overrides a field's default for this command (shown in its help);
+    ``exclude`` names fields that do not apply to it (they keep their default)."""
+    defaults = defaults or {}
+    classes = list(concerns)
+    if S.EvalSpec in classes and S.BNSpec not in classes:
+        classes.insert(classes.index(S.EvalSpec), S.BNSpec)
+
+    def deco(body: Callable[..., int]) -> Callable[..., int]:
+        sig = inspect.signature(body, eval_str=True)
+        own = [p for p in sig.parameters.values() if p.name != "specs"]
+        generated: list[tuple[inspect.Parameter, Param]] = []
+        fixed: list[tuple[Param, Any]] = []
+        for cls in classes:
+            generated += [(p, m) for p, m in params_for(cls, defaults) if m.field not in exclude]
+        names = [p.name for p in own] + [p.name for p, _ in generated]
+        dupes = {n for n in names if names.count(n) > 1}
+        if dupes:
+            raise TypeError(f"{name}: option(s) declared twice: {sorted(dupes)}")
+        config_param = inspect.Parameter(
+            CONFIG_OPTION,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=None,
+            annotation=Annotated[
+                Path | None,
+                typer.Option(
+                    help=escape(
+                        f"Settings file: default the [tool.mliscan.{name}] table of the nearest "
+                        f"pyproject.toml, or the [{name}] table of mliscan.toml; keys are the "
+                        "option names (e.g. max-delta = 0.01). Options given here win."
+                    ),
+                    show_default=False,
+                    metavar="PATH",
+                    rich_help_panel=S.OUT,
+                ),
+            ],
+        )
+        params = [
+            p.replace(kind=inspect.Parameter.POSITIONAL_OR_KEYWORD)
+            if p.kind == inspect.Parameter.POSITIONAL_ONLY
+            else p
+            for p in own
+        ]
+        params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params]
+        params += [p for p, _ in generated] + [config_param]
+        # typer passes the click context to a parameter annotated typer.Context
+        params.append(
+            inspect.Parameter(CONTEXT, inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
+        )
+        by_name = {p.name: (p, m) for p, m in generated}
+
+        @functools.wraps(body)
+        def wrapper(**kwargs: Any) -> int:
+            ctx = kwargs.pop(CONTEXT, None)
+            config_path = kwargs.pop(CONFIG_OPTION, None)
+            settings, source = load_settings(name, config_path, set(by_name))
+            values: dict[type, dict[str, Any]] = {cls: {} for cls in classes}
+            where: dict[type, dict[str, str]] = {cls: {} for cls in classes}
+            for pname, (_p, m) in by_name.items():
+                value = kwargs.pop(pname)
+                given = ctx is None or _given(ctx, pname)
+                if not given and pname in settings:
+                    value = settings[pname]
+                    where[m.spec][m.field] = f"{source}: {pname.replace('_', '-')}"
+                f = next(x for x in dataclasses.fields(m.spec) if x.name == m.field)
+                o = S.option_of(f)
+                if o is None:  # pragma: no cover - only declared fields are generated
+                    raise TypeError(f"{m.spec.__name__}.{m.field} has no declaration")
+                if o.parse is not None and isinstance(value, str):
+                    try:
+                        value = o.parse(value)
+                    except S.SpecError as exc:
+                        raise S.SpecError(
+                            where[m.spec].get(m.field, S.flag_of(f)), exc.problem
+                        ) from None
+                if isinstance(value, list):
+                    value = tuple(value)
+                if value is None and isinstance(f.default, tuple):
+                    value = f.default
+                values[m.spec][m.field] = value
+            for m, value in fixed:  # options left out of this command keep its default
+                values[m.spec][m.field] = value
+            specs = Specs()
+            specs.config = source
+            for cls in classes:
+                if cls is S.EvalSpec and S.BNSpec in specs:
+                    values[cls]["bn"] = specs[S.BNSpec]
+                specs[cls] = S.build(cls, values[cls], where[cls])
+            return body(**kwargs, specs=specs)
+
+        wrapper.__signature__ = sig.replace(parameters=params)
+        wrapper.__annotations__ = {}
+        return wrapper
+
+    return deco
+
+
+def _given(ctx: Any, pname: str) -> bool:
+    """Whether the user set ``pname`` (command line or environment), not its default."""
+    source = ctx.get_parameter_source(pname)
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
+def read_settings(path: Path, command: str) -> dict[str, Any] | None:
+    """The settings table for ``command`` in one TOML file (None when it has none)."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as exc:
+        raise UsageError(
+            f"{path}: not a readable TOML file ({' '.join(str(exc).split())})"
+        ) from exc
+    if path.name == "pyproject.toml":
+        node = data.get("tool", {}).get("mliscan", {}).get(command)
+        table = f"[tool.mliscan.{command}]"
+    else:
+        node = data.get(command)
+        table = f"[{command}]"
+        if (
+            node is None
+            and command == "check"
+            and not any(isinstance(v, dict) for v in data.values())
+        ):
+            node, table = data, "top level"  # the first form of mliscan.toml: flat check keys
+    if node is None:
+        return None
+    if not isinstance(node, dict):
+        raise UsageError(f"{path}: {table} must be a table of settings")
+    return node
+
+
+def load_settings(
+    command: str, explicit: Path | None, known: set[str]
+) -> tuple[dict[str, Any], Path | None]:
+    """(settings by parameter name, the file they came from)."""
+    if explicit is not None:
+        if not explicit.is_file():
+            raise UsageError(f"--config {explicit}: no such settings file")
+        node, source = read_settings(explicit, command) or {}, explicit
+    else:
+        node, source = {}, None
+        for folder in [Path.cwd(), *Path.cwd().parents]:
+            found = None
+            for fname in ("mliscan.toml", "pyproject.toml"):
+                path = folder / fname
+                if path.is_file():
+                    found = read_settings(path, command)
+                    if found is not None:
+                        node, source = found, path
+                        break
+            if found is not None:
+                break
+    settings = {str(k).replace("-", "_"): v for k, v in node.items()}
+    unknown = sorted(str(k) for k in node if str(k).replace("-", "_") not in known)
+    if unknown:
+        allowed = ", ".join(sorted(k.replace("_", "-") for k in known))
+        raise UsageError(
+            f"{source}: unknown {command} setting(s) {', '.join(unknown)}; known: {allowed}"
+        )
+    return settings, source
+
+
+def command_class() -> type:
+    """The typer command class of every mliscan command: its -h/--help is a flag (no value
+    metavar in the help table)."""
+    from typer.core import TyperCommand
+
+    class MliscanCommand(TyperCommand):
+        def get_help_option(self, ctx: Any) -> Any:
+            option = super().get_help_option(ctx)
+            if option is not None:
+                option.metavar = ""
+            return option
+
+    return MliscanCommand
+
+
+def plain_help(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Help text shown as written: brackets such as ``[@REV]`` are not rich markup.
+
+    Escapes the docstring and every own option's help once (generated options are escaped
+    when made)."""
+    if getattr(fn, "_plain_help", False):
+        return fn
+    if fn.__doc__:
+        fn.__doc__ = escape(inspect.cleandoc(fn.__doc__))
+    sig = inspect.signature(fn, eval_str=True)  # a new evaluation makes new infos: keep it
+    fn.__signature__ = sig
+    for p in sig.parameters.values():
+        args = typing.get_args(p.annotation)
+        for info in args[1:]:
+            if args[0] in (bool, bool | None) and getattr(info, "metavar", 1) is None:
+                info.metavar = ""  # a flag takes no value
+            text = getattr(info, "help", None)
+            if isinstance(text, str) and not getattr(info, "_escaped", False):
+                info.help = escape(text)
+                info._escaped = True
+    fn._plain_help = True
+    return fn
+
+
+def annotated(cls: type, field_name: str) -> Any:
+    """The typer annotation of one spec field, for commands whose options are otherwise
+    their own (``train``'s sweep lists): the same flag, help, panel and metavar."""
+    for p, m in params_for(cls, {}):
+        if m.field == field_name:
+            return p.annotation
+    raise KeyError(f"{cls.__name__}.{field_name} is not a command-line field")

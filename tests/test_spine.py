@@ -1,0 +1,201 @@
+"""The command-line spine: options generated from the spec fields, config files, help."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from mliscan.cli.app import app, main
+
+COMMANDS = ["compare", "check", "grid", "plane", "logits", "report", "train", "adapters", "demo"]
+SHARED = {
+    # every evaluation command spells these identically
+    "compare": [
+        "--arch",
+        "--hidden",
+        "--bn",
+        "--data",
+        "--data-dir",
+        "--data-limit",
+        "--data-file",
+        "--seq-len",
+        "--max-tokens",
+        "--split",
+        "--bn-mode",
+        "--bn-batch-size",
+        "--dtype",
+        "--device",
+        "--offline",
+        "--trust-pickle",
+        "--alphas",
+        "--config",
+    ],
+}
+SHARED["check"] = SHARED["compare"]
+SHARED["grid"] = SHARED["compare"]
+SHARED["plane"] = [f for f in SHARED["compare"] if f != "--alphas"]
+SHARED["logits"] = SHARED["compare"]
+
+
+def _help(command: str) -> str:
+    result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200", "NO_COLOR": "1"})
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_renders_plainly(command):
+    text = _help(command)
+    assert "<bool>" not in text  # flags take no value
+    assert "[default: ]" not in text and "(default:  " not in text
+    assert "Examples" in text or command in ("adapters",)
+
+
+@pytest.mark.parametrize("command", sorted(SHARED))
+def test_shared_options_are_present_with_one_help(command):
+    text = _help(command)
+    for flag in SHARED[command]:
+        assert re.search(rf"{re.escape(flag)}\b", text), f"{command} lacks {flag}"
+    # bracketed text survives (rich markup does not eat it)
+    assert "hf:ORG/NAME[@REV]" in _help("compare")
+
+
+def test_shared_options_have_one_name_help_and_default_everywhere():
+    import typer.main
+
+    from mliscan import spec as S
+    from mliscan.cli import spine
+
+    generated = {
+        m.name
+        for cls in (S.SourceSpec, S.ArchSpec, S.DataSpec, S.BNSpec, S.EvalSpec, spine.OutputSpec)
+        for _, m in spine.params_for(cls, {})
+    }
+    group = typer.main.get_command(app)
+    seen: dict[str, tuple] = {}
+    for name in ("compare", "check", "grid", "plane", "logits"):
+        for param in group.commands[name].params:
+            if param.name not in generated:
+                continue  # a command's own option or argument
+            if param.opts[0] in ("--alphas", "--data-limit", "--batch-size"):
+                continue  # per-command defaults (check: 25 alphas, 2048 examples)
+            if param.opts[0] in ("--gauss", "--json", "--plot", "--help", "--config"):
+                continue
+            key = (param.help, param.default, tuple(param.opts), tuple(param.secondary_opts))
+            if param.name in seen and name != "check":
+                assert seen[param.name] == key, (name, param.name)
+            seen.setdefault(param.name, key)
+    assert {"bn_mode", "data_dir", "dtype", "seq_len", "offline"} <= set(seen)
+
+
+def test_defaults_are_shown():
+    text = _help("compare")
+    for needle in ("[default: 50]", "[default: exact]", "[default: float32]", "[default: auto]"):
+        assert needle in text
+    assert "[default: 25]" in _help("check")  # a command's own default, shown as such
+
+
+def _run(args, cwd=None):
+    proc = subprocess.run(
+        [sys.executable, "-m", "mliscan.cli.app", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+    )
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["grid", "--alphas", "1", "--init", "a", "--init", "b"], "--alphas: must be at least 2"),
+        (["compare", "a", "b", "--tol", "-1"], "--tol: must be at least 0"),
+        (["compare", "a", "b", "--tol", "nan"], "--tol: must be a finite number"),
+        (["compare", "a", "b", "--batch-size", "0"], "--batch-size: must be at least 1"),
+        (["compare", "a", "b", "--device", "quantum"], "--device: must be auto"),
+        (["compare", "a", "b", "--gauss-examples", "0"], "--gauss-examples: must be at least 1"),
+        (["compare", "a", "b", "--plot", "x.xyz"], "--plot: the file name must end in"),
+        (["plane", "a", "b", "c", "--range", "1,0,0,1"], "--range: expects finite"),
+        (["plane", "a", "b", "c", "--range", "x"], "--range: expects XMIN"),
+        (["compare", "a", "b", "--bn-batch-size", "lots"], "--bn-batch-size: takes a whole number"),
+    ],
+)
+def test_bad_values_exit_2_with_one_line(args, needle, tmp_path):
+    code, _, err = _run(args, cwd=tmp_path)
+    assert code == 2, err
+    assert needle in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_check_accepts_architecture_options(tmp_path):
+    code, _, err = _run(
+        [
+            "check",
+            "i.safetensors",
+            "f.safetensors",
+            "--arch",
+            "mlp",
+            "--hidden",
+            "128,128",
+            "--require-monotonic",
+        ],
+        cwd=tmp_path,
+    )
+    assert code == 2 and "No such option" not in err and "i.safetensors" in err
+
+
+@pytest.mark.parametrize(
+    ("toml", "needle"),
+    [
+        ('max-delta = "abc"', "max-delta: expected a number"),
+        ('require-monotonic = "false"', "require-monotonic: expected true/false"),
+        ("alphas = 1", "alphas: must be at least 2"),
+        ("no-such-key = 1", "unknown check setting(s) no-such-key"),
+    ],
+)
+def test_config_values_go_through_the_same_fields(tmp_path, toml, needle):
+    (tmp_path / "pyproject.toml").write_text(f"[tool.mliscan.check]\n{toml}\n")
+    code, _, err = _run(["check", "i.safetensors", "f.safetensors"], cwd=tmp_path)
+    assert code == 2, err
+    assert needle in err and "pyproject.toml" in err
+
+
+def test_config_false_means_false(tmp_path, capsys, monkeypatch):
+    # require-monotonic = false leaves no threshold: the usage error says so
+    (tmp_path / "pyproject.toml").write_text("[tool.mliscan.check]\nrequire-monotonic = false\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["check", "i.safetensors", "f.safetensors"]) == 2
+    assert "no threshold set" in capsys.readouterr().err
+
+
+def test_command_line_wins_over_config(mlp_pair, tmp_path, monkeypatch):
+    init, final = mlp_pair / "init.safetensors", mlp_pair / "final.safetensors"
+    (tmp_path / "mliscan.toml").write_text("[compare]\nalphas = 3\ndata-limit = 50\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["compare", str(init), str(final), "--no-gauss", "--json", "a.json", "-q"]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                str(init),
+                str(final),
+                "--no-gauss",
+                "--alphas",
+                "4",
+                "--json",
+                "b.json",
+                "-q",
+            ]
+        )
+        == 0
+    )
+    import json
+
+    a = json.loads((tmp_path / "a.json").read_text())
+    b = json.loads((tmp_path / "b.json").read_text())
+    assert len(a["alphas"]) == 3 and a["data"]["examples"] == 50
+    assert len(b["alphas"]) == 4 and b["data"]["examples"] == 50
