@@ -28,7 +28,6 @@ def make_runs(root: Path, n: int) -> None:
     from mliscan import report as rp
     from mliscan.spec import EvalSpec
 
-    key = rp.cache_key(EvalSpec())
     rng = np.random.default_rng(0)
     alphas = np.linspace(0, 1, 50)
     for i in range(n):
@@ -63,6 +62,9 @@ def make_runs(root: Path, n: int) -> None:
             "barrier": 0.0,
             "alphas": alphas.tolist(),
             "loss": loss.tolist(),
+            "loss_init": float(loss[0]),
+            "loss_final": float(loss[-1]),
+            "accuracy_final": 1.0,
         }
         (d / "run.json").write_text(
             json.dumps(
@@ -74,7 +76,7 @@ def make_runs(root: Path, n: int) -> None:
                 }
             )
         )
-        (d / f"mli-{key}.json").write_text(json.dumps(metrics))
+        (d / f"mli-{rp.cache_key(d, EvalSpec())}.json").write_text(json.dumps(metrics))
 
 
 def main() -> None:

@@ -22,41 +22,20 @@ import numpy as np
 import torch
 
 from mliscan import metrics
-from mliscan.adapter import Adapter, DataInfo
-from mliscan.checkpoints import check_finite, check_pair, content_hash
+from mliscan.adapter import Adapter, DataInfo, fresh_init
+from mliscan.checkpoints import Checkpoint, check_finite, check_pair, content_hash
 from mliscan.errors import UsageError
 from mliscan.evaluate import PathEvaluator, PreparedData, alpha_grid
+from mliscan.identity import key as identity_key
 from mliscan.paths import FINAL_FILE, INIT_FILE
+from mliscan.pipeline import open_source
+from mliscan.results import PathResult, curve_rows, is_complete, path_row
 from mliscan.spec import EvalSpec
-from mliscan.store import ResultStore, path_id
+from mliscan.store import ResultStore
 
 FAMILIES = ("init-init", "init-optimum", "optimum-optimum")
 # Fresh initialisations sampled for a grid use seeds from here on, away from training seeds.
 FRESH_SEED_BASE = 1_000_000
-
-PATH_SCHEMA = {
-    "path_id": "str",
-    "family": "str",
-    "a": "str",
-    "b": "str",
-    "own_pair": "bool",
-    "min_delta": "f64",
-    "monotonic": "bool",
-    "barrier": "f64",
-    "distance": "f64",
-    "normalized_distance": "f64",
-    "loss_a": "f64",
-    "loss_b": "f64",
-}
-CURVE_SCHEMA = {
-    "path_id": "str",
-    "family": "str",
-    "a": "str",
-    "b": "str",
-    "alpha": "f64",
-    "loss": "f64",
-    "accuracy": "f64",
-}
 
 
 @dataclass
@@ -78,23 +57,19 @@ class PathTask:
     pid: str
 
 
-def fresh_init(
-    adapter: Adapter, options: Any, info: DataInfo, seed: int
-) -> dict[str, torch.Tensor]:
-    """A new initialisation by the adapter's own scheme (torch's RNG seeded with ``seed``)."""
-    torch.manual_seed(seed)
-    module = adapter.build(options, info)
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-
 def _endpoint(label: str, kind: str, run: str | None, tensors: dict[str, torch.Tensor]) -> Endpoint:
     return Endpoint(label, kind, run, tensors, content_hash(tensors))
 
 
-def load_endpoint(path: Path, kind: str, label: str, run: str | None, adapter: Adapter) -> Endpoint:
-    from mliscan.pipeline import open_source
-
-    ckpt = open_source(str(path))  # a path, or an hf:/timm:/init: source
+def load_endpoint(
+    path: Path | str,
+    kind: str,
+    label: str,
+    run: str | None,
+    adapter: Adapter,
+    open_: Callable[[str], Checkpoint] = open_source,
+) -> Endpoint:
+    ckpt = open_(str(path))  # a path, or an hf:/timm:/init: source
     check_finite(ckpt)
     return _endpoint(label, kind, run, adapter.map_keys(ckpt.tensors))
 
@@ -108,22 +83,26 @@ def gather_endpoints(
     adapter: Adapter,
     options: Any,
     info: DataInfo,
+    open_: Callable[[str], Checkpoint] = open_source,
 ) -> tuple[list[Endpoint], list[Endpoint]]:
     """Inits and optima: explicit files first, then the runs' pairs, then fresh inits."""
     inits = [
-        load_endpoint(p, "init", f"init:{Path(p).stem}", None, adapter) for p in explicit_inits
+        load_endpoint(p, "init", f"init:{Path(p).stem}", None, adapter, open_)
+        for p in explicit_inits
     ]
     optima = [
-        load_endpoint(p, "optimum", f"optimum:{Path(p).stem}", None, adapter)
+        load_endpoint(p, "optimum", f"optimum:{Path(p).stem}", None, adapter, open_)
         for p in explicit_optima
     ]
     for run in runs:
         name = run.name
         if len(inits) < n_inits:
-            inits.append(load_endpoint(run / INIT_FILE, "init", f"init:{name}", name, adapter))
+            inits.append(
+                load_endpoint(run / INIT_FILE, "init", f"init:{name}", name, adapter, open_)
+            )
         if len(optima) < n_optima:
             optima.append(
-                load_endpoint(run / FINAL_FILE, "optimum", f"optimum:{name}", name, adapter)
+                load_endpoint(run / FINAL_FILE, "optimum", f"optimum:{name}", name, adapter, open_)
             )
     if len(optima) < n_optima:
         raise UsageError(
@@ -145,8 +124,13 @@ def plan(
     """All init-init pairs, all init-optimum pairs, all optimum-optimum pairs."""
     tasks: list[PathTask] = []
 
+    seen: set[str] = set()
+
     def add(family: str, a: Endpoint, b: Endpoint, own: bool | None) -> None:
-        tasks.append(PathTask(family, a, b, own, path_id(a.hash, b.hash, settings)))
+        pid = identity_key("path", [a.hash, b.hash], settings)
+        if pid not in seen:  # the same pair given twice is one path
+            seen.add(pid)
+            tasks.append(PathTask(family, a, b, own, pid))
 
     for a, b in itertools.combinations(inits, 2):
         add("init-init", a, b, None)
@@ -168,26 +152,15 @@ class Context:
     spec: EvalSpec
 
     def evaluate(self, a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """The stored record of the path a -> b (``PathResult.stored``)."""
         ev = PathEvaluator(self.adapter, self.module, a, b, self.data, self.spec)
         curve = ev.run(alpha_grid(self.spec.alphas))
         dist, norm = metrics.weight_distance(a, b, ev.roles.parameters)
-        out = {
-            "alphas": [float(x) for x in curve.alphas],
-            "loss": [float(x) for x in curve.loss],
-            "accuracy": None if curve.accuracy is None else [float(x) for x in curve.accuracy],
-            "min_delta": metrics.min_delta(curve.loss),
-            "barrier": metrics.barrier(curve.alphas, curve.loss),
-            "distance": dist,
-            "normalized_distance": norm,
-        }
-        if curve.gauss_integrand is not None:
-            out["gauss_length"] = metrics.gauss_length(curve.alphas, curve.gauss_integrand)
-        return out
+        result = PathResult("a", "b", self.adapter.name, {}, {}, self.spec, curve, dist, norm)
+        return result.stored()
 
 
 def check_compatible(first: Endpoint, other: Endpoint) -> None:
-    from mliscan.checkpoints import Checkpoint
-
     check_pair(
         Checkpoint(Path(first.label), first.tensors), Checkpoint(Path(other.label), other.tensors)
     )
@@ -206,7 +179,7 @@ def run_tasks(
     for i, task in enumerate(tasks):
         if i % world != rank:
             continue
-        if store.has(task.pid):
+        if store.load(task.pid) is not None:
             if on_done:
                 on_done(task, False)
             continue
@@ -220,21 +193,11 @@ def run_tasks(
             b_hash=task.b.hash,
             own_pair=task.own_pair,
         )
-        store.put(task.pid, _json_safe(record))
+        store.put(task.pid, record)
         computed += 1
         if on_done:
             on_done(task, True)
     return computed
-
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if np.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_json_safe(v) for v in obj]
-    return obj
 
 
 def tables(
@@ -243,38 +206,8 @@ def tables(
     """(one row per path, one row per path and alpha), in a stable order."""
     order = {f: i for i, f in enumerate(FAMILIES)}
     recs = sorted(records, key=lambda r: (order[r["family"]], r["a"], r["b"]))
-    paths, curves = [], []
-    for r in recs:
-        md = r["min_delta"]
-        paths.append(
-            {
-                "path_id": r["path_id"],
-                "family": r["family"],
-                "a": r["a"],
-                "b": r["b"],
-                "own_pair": r["own_pair"],
-                "min_delta": md,
-                "monotonic": None if md is None else md <= tolerance,
-                "barrier": r["barrier"],
-                "distance": r["distance"],
-                "normalized_distance": r["normalized_distance"],
-                "loss_a": r["loss"][0],
-                "loss_b": r["loss"][-1],
-            }
-        )
-        accs = r["accuracy"] or [None] * len(r["alphas"])
-        for alpha, loss, acc in zip(r["alphas"], r["loss"], accs, strict=True):
-            curves.append(
-                {
-                    "path_id": r["path_id"],
-                    "family": r["family"],
-                    "a": r["a"],
-                    "b": r["b"],
-                    "alpha": alpha,
-                    "loss": loss,
-                    "accuracy": acc,
-                }
-            )
+    paths = [path_row(r, tolerance) for r in recs]
+    curves = [row for r in recs for row in curve_rows(r)]
     return paths, curves
 
 
@@ -305,20 +238,22 @@ def summarise(paths: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 def settings_of(
     spec: EvalSpec, data: dict[str, Any], arch: str, options: dict[str, Any]
 ) -> dict[str, Any]:
-    """What a path's result depends on (its id); tolerance is applied at read time."""
+    """Everything a path's numbers depend on besides its endpoints (part of its identity);
+    the tolerance is applied when reading, so it is not part of it."""
     return json.loads(
         json.dumps(
             {
-                "alphas": spec.alphas,
-                "bn": spec.bn.describe(),
-                "gauss": spec.gauss,
-                "gauss_examples": spec.gauss_examples,
-                "dtype": spec.dtype,
-                "batch_size": spec.batch_size,
+                "eval": spec.numeric_settings(),
                 "data": data,
                 "arch": arch,
                 "arch_options": options,
             },
             sort_keys=True,
+            default=str,
         )
     )
+
+
+def open_store(root: Path) -> ResultStore:
+    """The grid's store: a record counts as done only when complete."""
+    return ResultStore(root, valid=is_complete)

@@ -1,25 +1,24 @@
 """From two checkpoint paths to a finished pair result (the library form of ``compare``).
 
 Checkpoint files -> architecture (``--arch`` or the files' mliscan metadata) -> module ->
-data -> :class:`~mliscan.evaluate.PathEvaluator` -> metrics -> :class:`PairResult`.
+data -> :class:`~mliscan.evaluate.PathEvaluator` -> metrics -> :class:`~mliscan.results.PathResult`.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from mliscan import metrics
-from mliscan.adapter import Adapter, DataInfo, load_into
+from mliscan.adapter import Adapter, DataInfo, fresh_init, load_into
 from mliscan.checkpoints import Checkpoint, check_finite, check_pair, load_checkpoint
 from mliscan.data import Dataset, load_dataset
 from mliscan.errors import DataError, UsageError
 from mliscan.evaluate import (
-    Curve,
     PathEvaluator,
     PreparedData,
     ProgressFn,
@@ -27,10 +26,12 @@ from mliscan.evaluate import (
     prepare_data,
     resolve_device,
 )
+from mliscan.fresh import materialize
 from mliscan.interpolate import TensorRoles
-from mliscan.registry import get_adapter, names
+from mliscan.registry import adapter_for_config, get_adapter, names
+from mliscan.results import PathResult
 from mliscan.sources import Resolved, resolve
-from mliscan.spec import DEFAULT_TOLERANCE, DataSpec, EvalSpec
+from mliscan.spec import DEFAULT_TOLERANCE, ArchSpec, DataSpec, EvalSpec, SourceSpec
 
 # Datasets whose preprocessing the model defines (tokenizer, image transform).
 MODEL_DEFINED_DATA = ("text", "imagefolder")
@@ -54,7 +55,7 @@ class ModelChoice:
 
 def open_source(text: str, trust_pickle: bool = False, offline: bool = False) -> Checkpoint:
     """Resolve a source (path, hf:, timm:, init:) and load its weights."""
-    resolved = resolve(str(text), offline=offline)
+    resolved = materialize(resolve(str(text), offline=offline))
     ckpt = load_checkpoint(resolved.path, trust_pickle)
     ckpt.source = resolved
     return ckpt
@@ -72,8 +73,6 @@ def choose_model(
         arch = meta.get("arch")
         source = "metadata"
         if arch is None and init.config is not None:
-            from mliscan.registry import adapter_for_config
-
             arch = adapter_for_config(init.config, str(init.folder / "config.json")).name
             source = "config"
         if arch is None:
@@ -95,49 +94,21 @@ def choose_model(
     return ModelChoice(adapter, adapter.parse_options(opts), source)
 
 
-@dataclass
-class PairResult:
-    init_path: str
-    final_path: str
-    arch: str
-    arch_options: dict[str, Any]
-    data: dict[str, Any]
-    spec: EvalSpec
-    curve: Curve
-    tolerance: float
-    distance: float
-    normalized_distance: float
-    device: str
-    notes: list[str] = field(default_factory=list)
-    timing: dict[str, float] = field(default_factory=dict)
-    unrelated: list[Curve] = field(default_factory=list)
-    """Curves from fresh initialisations (seeds ``unrelated_seeds``) to the same final."""
-    unrelated_seeds: list[int] = field(default_factory=list)
-    sources: dict[str, Any] = field(default_factory=dict)
-    """How each endpoint was resolved (hub repository, revision, commit hash)."""
-
-    @property
-    def min_delta(self) -> float:
-        return metrics.min_delta(self.curve.loss)
-
-    @property
-    def monotonic(self) -> bool | None:
-        return metrics.is_monotonic(self.min_delta, self.tolerance)
-
-    @property
-    def barrier(self) -> float:
-        return metrics.barrier(self.curve.alphas, self.curve.loss)
-
-    @property
-    def gauss_length(self) -> float | None:
-        if self.curve.gauss_integrand is None:
-            return None
-        return metrics.gauss_length(self.curve.alphas, self.curve.gauss_integrand)
-
-
-def resolve_data(init: Checkpoint, adapter: Adapter, given: Mapping[str, Any]) -> DataSpec:
+def resolve_data(
+    init: Checkpoint, adapter: Adapter, given: DataSpec | Mapping[str, Any]
+) -> DataSpec:
     """Given fields win; then the data the file was trained on (its metadata: name and
     subset); then the adapter's default dataset. The split defaults to train."""
+    if isinstance(given, DataSpec):
+        given = {
+            "name": given.name,
+            "data_dir": given.data_dir,
+            "split": given.split,
+            "limit": given.limit,
+            "data_file": given.data_file,
+            "seq_len": given.seq_len,
+            "max_tokens": given.max_tokens,
+        }
     meta = init.metadata.get("data") or {}
     name = given.get("name") or meta.get("name") or adapter.default_data
     limit = given.get("limit")
@@ -203,16 +174,20 @@ class Setup:
 
 def setup(
     first: Checkpoint,
-    arch: str | None,
+    arch: ArchSpec | str | None,
     arch_options: Mapping[str, Any] | None,
     data: DataSpec | Mapping[str, Any] | None,
     spec: EvalSpec,
 ) -> Setup:
-    """Architecture (flag or metadata), data (flags, metadata, adapter default), module, device."""
+    """Architecture (flag or metadata), data (flags, metadata, adapter default), module, device.
+
+    ``arch`` is an :class:`ArchSpec` (its options given), or an adapter name with
+    ``arch_options``; ``data`` a :class:`DataSpec` whose unset fields (None) are filled
+    from the checkpoint's metadata and the adapter."""
+    if isinstance(arch, ArchSpec):
+        arch, arch_options = arch.arch, arch.given_options()
     choice = choose_model(first, arch, arch_options or {})
-    data_spec = (
-        data if isinstance(data, DataSpec) else resolve_data(first, choice.adapter, data or {})
-    )
+    data_spec = resolve_data(first, choice.adapter, data or {})
     hooks = None
     if data_spec.name in MODEL_DEFINED_DATA:
         hooks = choice.adapter.data_hooks(choice.options, first.folder)
@@ -231,22 +206,23 @@ def compare_pair(
     init_path: str,
     final_path: str,
     *,
-    arch: str | None = None,
+    arch: ArchSpec | str | None = None,
     arch_options: Mapping[str, Any] | None = None,
     data: DataSpec | Mapping[str, Any] | None = None,
     spec: EvalSpec | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
     progress: ProgressFn | None = None,
     unrelated_seeds: Sequence[int] = (),
-    trust_pickle: bool = False,
-    offline: bool = False,
-) -> PairResult:
+    source: SourceSpec | None = None,
+) -> PathResult:
     """Evaluate the straight path from ``init_path`` to ``final_path`` (paths or sources:
     ``hf:ORG/NAME@REV``, ``timm:NAME``, ``init:SOURCE``).
 
     Memory: theta_0 and theta_T are held once each, as loaded (stored dtype), plus the
     module's working weights; the loaded dicts are not kept beside them.
     """
+    source = source or SourceSpec()
+    trust_pickle, offline = source.trust_pickle, source.offline
     spec = spec or EvalSpec()
     t_start = time.perf_counter()
     init = open_source(init_path, trust_pickle, offline)
@@ -278,8 +254,6 @@ def compare_pair(
     curve = evaluator.run(alpha_grid(spec.alphas), progress=progress)
     unrelated = []
     for seed in unrelated_seeds:  # Figure 6: unrelated initialisations -> the same optimum
-        from mliscan.grid import fresh_init
-
         start = fresh_init(choice.adapter, choice.options, ctx.info, seed)
         start = {k: v.to(theta0[k].dtype) for k, v in start.items()}
         ev = PathEvaluator(choice.adapter, ctx.module, start, theta1, ctx.prepared, spec)
@@ -288,7 +262,7 @@ def compare_pair(
     timing["total"] = time.perf_counter() - t_start
     if identical:
         notes.append("init and final weights are identical: the path is a single point")
-    return PairResult(
+    return PathResult(
         init_path=init_path_s,
         final_path=final_path_s,
         arch=choice.adapter.name,

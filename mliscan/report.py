@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from mliscan.identity import file_hash
+from mliscan.identity import key as identity_key
+from mliscan.metrics import is_monotonic
 from mliscan.paths import FINAL_FILE, INIT_FILE, RUN_FILE, atomic_write_json
-from mliscan.spec import EvalSpec
-from mliscan.store import path_id
+from mliscan.pipeline import compare_pair
+from mliscan.spec import EvalSpec, SourceSpec
 
 # Table 1 / Section 4.1: runs count only when their final training loss is below this.
 LOSS_THRESHOLDS = {
@@ -30,47 +34,54 @@ LOSS_THRESHOLDS = {
 AUTOENCODER_LOSS_THRESHOLD = 30.0
 # Non-monotonic means min-Delta > tol: the MLP tables used 1e-3, the CIFAR tables 0.
 TOLERANCES = {"cifar10": 0.0, "cifar100": 0.0}
-DEFAULT_TOLERANCE = 1e-3
+TABLE1_TOLERANCE = 1e-3
 
 
-def cache_key(spec: EvalSpec) -> str:
-    return path_id(
-        "report",
-        "v1",
-        {
-            "alphas": spec.alphas,
-            "bn": spec.bn.describe(),
-            "gauss": spec.gauss,
-            "gauss_examples": spec.gauss_examples,
-            "dtype": spec.dtype,
-        },
-    )[:12]
+def cache_key(folder: Path, spec: EvalSpec) -> str:
+    """The identity of a run's metrics: its two files' contents and the numeric settings
+    (a run retrained in place, or other settings, get another key)."""
+    hashes = [file_hash(folder / INIT_FILE), file_hash(folder / FINAL_FILE)]
+    return identity_key("report", hashes, spec.numeric_settings(), length=16)
 
 
-def run_metrics(folder: Path, spec: EvalSpec) -> dict[str, Any]:
+CACHED_KEYS = (
+    "min_delta",
+    "distance",
+    "normalized_distance",
+    "gauss_length",
+    "barrier",
+    "loss_init",
+    "loss_final",
+    "accuracy_final",
+    "alphas",
+    "loss",
+)
+
+
+def _cached(path: Path) -> dict[str, Any] | None:
+    """A cache file's metrics, or None (with a warning) when it is corrupt or partial."""
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        data = None
+    if not isinstance(data, dict) or any(k not in data for k in CACHED_KEYS):
+        warnings.warn(f"{path} is not a complete metrics cache: it is recomputed", stacklevel=2)
+        return None
+    return data
+
+
+def run_metrics(folder: Path, spec: EvalSpec, source: SourceSpec | None = None) -> dict[str, Any]:
     """The run's MLI metrics, from the cache or computed (and cached) now."""
-    cache = folder / f"mli-{cache_key(spec)}.json"
-    if cache.is_file():
-        return json.loads(cache.read_text())
-    from mliscan.pipeline import compare_pair
-    from mliscan.results import pair_to_dict
-
-    r = pair_to_dict(compare_pair(str(folder / INIT_FILE), str(folder / FINAL_FILE), spec=spec))
-    keep = {
-        k: r[k]
-        for k in (
-            "min_delta",
-            "distance",
-            "normalized_distance",
-            "gauss_length",
-            "barrier",
-            "loss_init",
-            "loss_final",
-            "accuracy_final",
-            "alphas",
-            "loss",
-        )
-    }
+    cache = folder / f"mli-{cache_key(folder, spec)}.json"
+    hit = _cached(cache)
+    if hit is not None:
+        return hit
+    r = compare_pair(
+        str(folder / INIT_FILE), str(folder / FINAL_FILE), spec=spec, source=source
+    ).to_dict()
+    keep = {k: r[k] for k in CACHED_KEYS}
     atomic_write_json(cache, keep)
     return keep
 
@@ -122,7 +133,7 @@ def default_threshold(rows: Sequence[dict[str, Any]]) -> float:
 
 def default_tolerance(rows: Sequence[dict[str, Any]]) -> float:
     return min(
-        (TOLERANCES.get(r["data"], DEFAULT_TOLERANCE) for r in rows), default=DEFAULT_TOLERANCE
+        (TOLERANCES.get(r["data"], TABLE1_TOLERANCE) for r in rows), default=TABLE1_TOLERANCE
     )
 
 
@@ -144,7 +155,7 @@ def proportion_table(
             and r["final_train_loss"] < loss_threshold
             and r["min_delta"] is not None
         ]
-        nonmono = [r for r in ok if r["min_delta"] > tol]
+        nonmono = [r for r in ok if is_monotonic(r["min_delta"], tol) is False]
         out.append(
             {
                 **dict(zip(group_by, key, strict=True)),
@@ -176,11 +187,14 @@ def power_law_fit(x: Sequence[float], y: Sequence[float]) -> dict[str, float]:
 
 
 def collect(
-    runs: Sequence[Path], spec: EvalSpec, on_run: Callable[[Path], None] | None = None
+    runs: Sequence[Path],
+    spec: EvalSpec,
+    on_run: Callable[[Path], None] | None = None,
+    source: SourceSpec | None = None,
 ) -> list[dict[str, Any]]:
     rows = []
     for folder in runs:
-        rows.append(row_of(folder, run_metrics(folder, spec)))
+        rows.append(row_of(folder, run_metrics(folder, spec, source)))
         if on_run:
             on_run(folder)
     return rows

@@ -1,17 +1,19 @@
-"""A result store that survives interruption and concurrent writers.
+"""A result store that survives interruption, concurrent writers and corruption.
 
-Each finished path is one JSON file ``DIR/paths/<path_id>.json``, written atomically, so a
-killed run loses only the path in flight and a rerun computes only what is missing. Several
-processes (or torchrun ranks) may write the same store: a file is complete or absent, never
-half-written, and the merged Parquet tables are rebuilt under a file lock (an OS lock, released
-when its holder dies, so a killed process never leaves a stale lock behind).
+Each finished path is one JSON file ``DIR/paths/<key>.json`` (``mliscan.identity.key``),
+written atomically, so a killed run loses only the path in flight and a rerun computes only
+what is missing. A file that cannot be read back as a complete record of its own key (cut
+short, edited, from another version) is not counted as done: ``load`` warns and returns
+None, and the caller recomputes it. Several processes (or torchrun ranks) may write the
+same store; the merged Parquet tables are rebuilt under a file lock (an OS lock, released
+when its holder dies).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-from collections.abc import Iterable
+import warnings
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -21,33 +23,56 @@ PATHS_DIR = "paths"
 LOCK_FILE = ".lock"
 
 
-def path_id(a_hash: str, b_hash: str, settings: dict[str, Any]) -> str:
-    """Identity of a path: its two endpoints' content hashes and the evaluation settings."""
-    blob = json.dumps({"a": a_hash, "b": b_hash, "settings": settings}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:20]
-
-
 class ResultStore:
-    def __init__(self, root: str | Path) -> None:
+    def __init__(
+        self, root: str | Path, valid: Callable[[Any], bool] = lambda r: isinstance(r, dict)
+    ) -> None:
         self.root = Path(root)
+        self.valid = valid
         (self.root / PATHS_DIR).mkdir(parents=True, exist_ok=True)
 
-    def _file(self, pid: str) -> Path:
-        return self.root / PATHS_DIR / f"{pid}.json"
+    def _file(self, key: str) -> Path:
+        return self.root / PATHS_DIR / f"{key}.json"
 
-    def has(self, pid: str) -> bool:
-        return self._file(pid).is_file()
+    def load(self, key: str) -> dict[str, Any] | None:
+        """The stored record of ``key``; None when absent, or (with a warning) when the file
+        is not a complete record of that key."""
+        path = self._file(key)
+        if not path.is_file():
+            return None
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            record = None
+        if not isinstance(record, dict) or record.get("key", key) != key or not self.valid(record):
+            warnings.warn(
+                f"{path} is not a complete result (corrupt or cut short): it is recomputed",
+                stacklevel=2,
+            )
+            return None
+        return record
 
-    def put(self, pid: str, record: dict[str, Any]) -> None:
-        atomic_write_json(self._file(pid), record)
+    def has(self, key: str) -> bool:
+        return self.load(key) is not None
 
-    def get(self, pid: str) -> dict[str, Any]:
-        return json.loads(self._file(pid).read_text())
+    def put(self, key: str, record: dict[str, Any]) -> None:
+        atomic_write_json(self._file(key), {**record, "key": key})
 
-    def records(self, ids: Iterable[str]) -> list[dict[str, Any]]:
-        return [self.get(pid) for pid in ids if self.has(pid)]
+    def get(self, key: str) -> dict[str, Any]:
+        record = self.load(key)
+        if record is None:
+            raise KeyError(key)
+        return record
 
-    def lock(self):  # type: ignore[no-untyped-def]
+    def records(self, keys: Iterable[str]) -> list[dict[str, Any]]:
+        out = []
+        for key in keys:
+            record = self.load(key)
+            if record is not None:
+                out.append(record)
+        return out
+
+    def lock(self):
         from filelock import FileLock
 
         return FileLock(str(self.root / LOCK_FILE))

@@ -17,7 +17,7 @@ import torch
 from mliscan.errors import UsageError
 from mliscan.evaluate import PathEvaluator, alpha_grid
 from mliscan.pipeline import open_source, setup
-from mliscan.spec import DataSpec, EvalSpec
+from mliscan.spec import ArchSpec, DataSpec, EvalSpec
 
 
 def pick_examples(labels: torch.Tensor, n: int) -> list[int]:
@@ -56,7 +56,7 @@ def logit_trajectories(
     init_path: str,
     final_path: str,
     *,
-    arch: str | None = None,
+    arch: ArchSpec | str | None = None,
     arch_options: Mapping[str, Any] | None = None,
     data: DataSpec | Mapping[str, Any] | None = None,
     spec: EvalSpec | None = None,

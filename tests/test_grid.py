@@ -268,3 +268,36 @@ def test_two_processes_on_one_store_lose_nothing(three_runs: Path, tmp_path: Pat
     assert len(list((shared / "paths").glob("*.json"))) == 15
     for a, b in zip(_rows(ref), _rows(shared), strict=True):
         assert a.equals(b)
+
+
+def test_corrupt_store_entry_is_recomputed_and_duplicates_are_one_path(
+    three_runs: Path, tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "g"
+    i0 = three_runs / "run0" / "init.safetensors"
+    f0 = three_runs / "run0" / "final.safetensors"
+    args = [
+        "grid",
+        "--init",
+        i0,
+        "--init",
+        i0,
+        "--optimum",
+        f0,
+        "--out",
+        out,
+        "--alphas",
+        "4",
+        "-q",
+    ]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    paths, _ = _rows(out)
+    assert paths.height == 2  # init-init (a path to itself) and init-optimum, once each
+    stored = sorted((out / "paths").glob("*.json"))
+    good = json.loads(stored[0].read_text())
+    stored[0].write_text(stored[0].read_text()[:40])  # cut short, as by a full disk
+    with pytest.warns(UserWarning, match="recomputed"):
+        code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert json.loads(stored[0].read_text())["loss"] == good["loss"]

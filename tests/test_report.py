@@ -62,8 +62,11 @@ def _fake_run(
         "barrier": 0.0,
         "alphas": [0.0, 0.5, 1.0],
         "loss": [2.3, loss + min_delta + 0.1, loss],
+        "loss_init": 2.3,
+        "loss_final": loss,
+        "accuracy_final": 1.0,
     }
-    (d / f"mli-{rp.cache_key(EvalSpec())}.json").write_text(json.dumps(metrics))
+    (d / f"mli-{rp.cache_key(d, EvalSpec())}.json").write_text(json.dumps(metrics))
     return d
 
 
