@@ -176,10 +176,10 @@ def reestimate(
         for m, count in counters:
             m.num_batches_tracked.copy_(count)
     whole = len(slices) == 1 and slices[0].stop == len(inputs)
-    return out if whole and _all_bn_keep_stats(module) else None
+    return out if whole and all_bn_keep_stats(module) else None
 
 
-def _all_bn_keep_stats(module: nn.Module) -> bool:
+def all_bn_keep_stats(module: nn.Module) -> bool:
     """No BN module normalises by the batch in eval mode (track_running_stats=False)."""
     return all(m.running_mean is not None for m in module.modules() if isinstance(m, BNLayer))
 
@@ -190,7 +190,7 @@ def _store(m: BNLayer, mean: torch.Tensor, var: torch.Tensor) -> None:
     m.running_var.copy_(var.to(m.running_var.dtype))
 
 
-def _exact(layers, inputs, slices, run) -> object:  # type: ignore[no-untyped-def]
+def _exact(layers, inputs, slices, run) -> object:
     # With momentum 1 torch's own train-mode kernel leaves each batch's mean and unbiased
     # variance in the running buffers, so no second reduction over the activations is
     # needed: a forward hook copies them (per-channel vectors); they are combined at the end.
@@ -203,8 +203,8 @@ def _exact(layers, inputs, slices, run) -> object:  # type: ignore[no-untyped-de
         x = args[0]
         count = x.numel() // x.shape[1]
         means, variances, counts = seen[id(mod)]
-        means.append(mod.running_mean.clone())  # type: ignore[union-attr]
-        variances.append(mod.running_var * ((count - 1) / count))  # type: ignore[operator]
+        means.append(mod.running_mean.clone())
+        variances.append(mod.running_var * ((count - 1) / count))
         counts.append(count)
 
     for m in layers:
@@ -240,7 +240,7 @@ def _layerwise_ok(module: nn.Module, layers: list[BNLayer]) -> bool:
     return True
 
 
-def _exact_layerwise(module: nn.Sequential, layers, inputs, slices) -> torch.Tensor:  # type: ignore[no-untyped-def]
+def _exact_layerwise(module: nn.Sequential, layers, inputs, slices) -> torch.Tensor:
     x = inputs[: slices[-1].stop]
     for child in module:
         if not isinstance(child, BNLayer):
@@ -290,7 +290,7 @@ def _normalise_batches(
     return torch.stack(outs), means, variances
 
 
-def _exact_chunked(layers, inputs, chunk: int, run) -> None:  # type: ignore[no-untyped-def]
+def _exact_chunked(layers, inputs, chunk: int, run) -> None:
     """Full-data statistics without holding the data as one batch: one pass per BN layer.
 
     Each pass runs the data in chunks with the layers already measured in eval mode (they
@@ -310,7 +310,7 @@ def _exact_chunked(layers, inputs, chunk: int, run) -> None:  # type: ignore[no-
         todo.remove(layer)
 
 
-def _measure_first(todo, inputs, slices, run):  # type: ignore[no-untyped-def]
+def _measure_first(todo, inputs, slices, run):
     """Per-chunk input moments of the first layer of ``todo`` that the forward reaches."""
     target: list[nn.Module] = []
     means: list[torch.Tensor] = []
@@ -339,7 +339,7 @@ def _measure_first(todo, inputs, slices, run):  # type: ignore[no-untyped-def]
     return (target[0], means, variances, counts) if target else None
 
 
-def _paper(layers, inputs, slices, run) -> None:  # type: ignore[no-untyped-def]
+def _paper(layers, inputs, slices, run) -> None:
     saved = [m.momentum for m in layers]
     for m in layers:
         m.reset_running_stats()

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from mliscan.adapter import tied_aliases
+
 BN_STAT_SUFFIXES = ("running_mean", "running_var")
 
 
@@ -60,18 +62,6 @@ class TensorRoles:
 SMALL_MODEL_BYTES = 64 << 20
 
 
-def tied_aliases(module: nn.Module) -> dict[str, str]:
-    """Second and later names of a shared parameter -> its first name (tied embeddings)."""
-    first: dict[int, str] = {}
-    out: dict[str, str] = {}
-    for name, p in module.named_parameters(remove_duplicate=False):
-        if id(p) in first:
-            out[name] = first[id(p)]
-        else:
-            first[id(p)] = name
-    return out
-
-
 class Interpolator:
     """Holds theta_0 and theta_T and writes theta(alpha) into the module's own tensors.
 
@@ -102,6 +92,7 @@ class Interpolator:
         self.theta1_reader = theta1_reader
         live = module.state_dict(keep_vars=True)
         self.targets = {k: live[k] for k in roles.interpolated + roles.copied}
+        self._cast_delta: dict[str, torch.Tensor] | None = None
         for p in module.parameters():
             p.requires_grad_(False)
         self.t0: dict[str, torch.Tensor] = {}
@@ -167,6 +158,30 @@ class Interpolator:
             }
         return self._delta
 
+    @property
+    def working_dtype(self) -> torch.dtype:
+        return next(iter(self.targets.values())).dtype
+
+    def delta_in_working_dtype(self) -> dict[str, torch.Tensor]:
+        """theta_T - theta_0 in the working weights' dtype (a tangent must match them): the
+        held difference itself, or once cast when it is wider (low-precision working copy)."""
+        delta, targets = self.delta, self.targets
+        if all(delta[k].dtype == targets[k].dtype for k in delta):
+            return delta
+        if self._cast_delta is None:
+            self._cast_delta = {k: v.to(targets[k].dtype) for k, v in delta.items()}
+        return self._cast_delta
+
+    def delta_for_jvp(self) -> dict[str, torch.Tensor]:
+        """The tangent for nested jvp: the held difference when there is one, else formed
+        now (one copy, freed by the caller after this alpha) for large models."""
+        if self._delta is not None:
+            return self.delta_in_working_dtype()
+        return {
+            k: self.t1[k].to(self.targets[k].dtype) - self.t0[k].to(self.targets[k].dtype)
+            for k in self.t0
+        }
+
     @torch.no_grad()
     def apply(self, alpha: float) -> None:
         for k, target in self.targets.items():
@@ -176,7 +191,7 @@ class Interpolator:
             if alpha == 0.0:
                 target.copy_(a)
             elif alpha == 1.0:
-                target.copy_(b if b is not None else self.theta1_reader(k))  # type: ignore[misc]
+                target.copy_(b if b is not None else self.theta1_reader(k))
             elif self._delta is not None and target.dtype == self._delta[k].dtype:
                 torch.add(a, self._delta[k], alpha=alpha, out=target)
             elif self._delta is not None:  # float32 difference, low-precision working copy

@@ -1,0 +1,122 @@
+"""Batch-norm policy of an evaluation: how each alpha's BN statistics are obtained.
+
+Which statistics (``BNSpec``: the data's own, pooled per-batch, the paper's warm-up, or
+interpolated) and how they are computed here: one full-batch pass that is also the
+evaluation, or, when that pass does not fit (the memory estimate says so, or the device runs
+out of memory), the same statistics in chunks. The arithmetic itself is in
+:mod:`mliscan.batchnorm`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from mliscan import batchnorm
+from mliscan.resources import ResourcePolicy, out_of_memory
+from mliscan.spec import BNSpec
+
+_UNSET = object()
+
+
+class BNPolicy:
+    """Re-estimates the BN layers' statistics at the module's current weights."""
+
+    def __init__(
+        self,
+        module: nn.Module,
+        layers: list[nn.Module],
+        inputs: torch.Tensor,
+        spec: BNSpec,
+        resources: ResourcePolicy,
+    ) -> None:
+        self.module = module
+        self.layers = layers
+        self.inputs = inputs
+        self.spec = spec
+        self.resources = resources
+        self._chunk: object = _UNSET
+        self.output: object | None = None
+        """The full-batch pass's output (the evaluation of every example), until taken."""
+
+    @property
+    def active(self) -> bool:
+        return bool(self.layers)
+
+    @property
+    def chunk(self) -> int | None:
+        """Full-data statistics: None for one full-batch pass (it is also the evaluation),
+        else the chunk size of the chunked computation (data too large to hold as a batch)."""
+        if self._chunk is _UNSET:
+            self._chunk = self._choose_chunk()
+        return self._chunk
+
+    @chunk.setter
+    def chunk(self, value: int | None) -> None:
+        self._chunk = value
+
+    def _choose_chunk(self) -> int | None:
+        if not self.layers or self.spec.mode != "exact" or self.spec.batch_size:
+            return None
+        if not isinstance(self.inputs, torch.Tensor):
+            return self.resources.batch_size  # streamed data is never held whole
+        fits = self.resources.full_batch_fits(self.module)
+        return None if fits else self.resources.batch_size
+
+    def reestimate(self) -> None:
+        """Statistics for the current weights; on out-of-memory in the full-batch pass, the
+        same statistics in chunks of the evaluation batch size (with a warning)."""
+        self.output = None
+        if not self.layers:
+            return
+        try:
+            self.output = batchnorm.reestimate(
+                self.module, self.layers, self.inputs, self.spec, chunk=self.chunk
+            )
+        except out_of_memory():
+            if self.chunk is not None:
+                raise
+            self.chunk = self.resources.batch_size
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            warnings.warn(
+                "CUDA out of memory in the full-batch BN pass: the same statistics are now "
+                f"computed in chunks of {self.chunk} (slower)",
+                stacklevel=2,
+            )
+            self.reestimate()
+
+    def take_output(self) -> object | None:
+        """The full-batch pass's output, once (None when there was none)."""
+        out, self.output = self.output, None
+        return out
+
+    @property
+    def in_pass(self) -> bool:
+        """Whether each alpha's statistics can be the data's own inside a vmapped pass (full
+        data as one batch, every layer keeping statistics)."""
+        return (
+            bool(self.layers)
+            and self.spec.mode == "exact"
+            and self.spec.batch_size is None
+            and self.chunk is None
+            and batchnorm.all_bn_keep_stats(self.module)
+        )
+
+    @contextlib.contextmanager
+    def batch_statistics(self) -> Iterator[None]:
+        """BN layers normalise each forward's batch by its own statistics (no buffers)."""
+        saved = [(m, m.running_mean, m.running_var) for m in self.layers]
+        try:
+            for m, _, _ in saved:
+                m.running_mean = None
+                m.running_var = None
+            yield
+        finally:
+            for m, mean, var in saved:
+                m.running_mean = mean
+                m.running_var = var

@@ -1,0 +1,208 @@
+"""Evaluation strategies: how the loss, accuracy and Gauss integrand of one or several alphas
+are computed once the module holds theta(alpha) and its BN statistics.
+
+* :class:`PerAlpha`: one evaluation pass per alpha (the full-batch BN pass's output is
+  reused when there is one); the Gauss integrand by the second-order pass or nested jvp.
+* :class:`FusedSecondOrder`: one second-order forward pass (``taylor.forward2``) gives the
+  loss, the accuracy and the Gauss integrand together.
+* :class:`VmappedChunks`: several alphas in one ``torch.func.vmap`` pass per batch.
+
+All three sum per-example losses and correct predictions through :class:`Totals` (float64),
+the one loss/accuracy loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, jvp
+
+from mliscan import metrics, taylor
+from mliscan.adapter import Adapter
+from mliscan.batchnorm import batch_slices
+from mliscan.bnpolicy import BNPolicy
+from mliscan.interpolate import Interpolator
+from mliscan.resources import ResourcePolicy
+
+
+class Totals:
+    """Sums of per-example losses and correct predictions over batches, in float64, for
+    ``k`` alphas at once (the same loop for every strategy)."""
+
+    def __init__(self, adapter: Adapter, device: torch.device, k: int = 1) -> None:
+        self.adapter = adapter
+        self.loss = torch.zeros(k, dtype=torch.float64, device=device)
+        self.correct = torch.zeros(k, dtype=torch.float64, device=device)
+        self.has_accuracy = True
+
+    def add(self, out: Any, y: torch.Tensor, j: int = 0) -> None:
+        self.loss[j] += self.adapter.loss(out, y).double().sum()
+        ok = self.adapter.correct(out, y)
+        if ok is None:
+            self.has_accuracy = False
+        else:
+            self.correct[j] += ok.sum().double()
+
+    def means(self, n: int) -> tuple[np.ndarray, np.ndarray | None]:
+        loss = (self.loss / n).cpu().numpy()
+        return loss, ((self.correct / n).cpu().numpy() if self.has_accuracy else None)
+
+
+@dataclass
+class Parts:
+    """What every strategy reads: the model, the data and the policies."""
+
+    adapter: Adapter
+    module: nn.Module
+    forward: Callable[[torch.Tensor], Any]
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    interp: Interpolator
+    bn: BNPolicy
+    resources: ResourcePolicy
+    gauss_examples: int | None
+
+    @property
+    def n(self) -> int:
+        return int(self.targets.shape[0])
+
+    @property
+    def device(self) -> torch.device:
+        return self.targets.device
+
+    def batches(self, size: int | None = None) -> Iterable[slice]:
+        return batch_slices(self.n, self.resources.batch_size if size is None else size)
+
+    def delta(self) -> dict[str, torch.Tensor]:
+        """theta_T - theta_0 in the working weights' dtype (the tangent must match them)."""
+        return self.interp.delta_in_working_dtype()
+
+
+class PerAlpha:
+    """One evaluation pass per alpha; the Gauss integrand separately."""
+
+    def __init__(self, parts: Parts, second_order: bool) -> None:
+        self.p = parts
+        self.second_order = second_order
+        """True: the hand-written second-order pass; False: nested jvp."""
+
+    @torch.inference_mode()
+    def loss_and_accuracy(self) -> tuple[float, float | None]:
+        p = self.p
+        totals = Totals(p.adapter, p.device)
+        merged = p.bn.take_output()
+        if merged is not None:  # the full-batch BN pass already evaluated every example
+            totals.add(merged, p.targets)
+        else:
+            for s in p.batches():
+                totals.add(p.forward(p.inputs[s]), p.targets[s])
+        loss, acc = totals.means(p.n)
+        return float(loss[0]), (None if acc is None else float(acc[0]))
+
+    def gauss_integrand(self) -> float:
+        """Average over examples of ||d/dalpha (z'/||z'||)|| at the module's weights (BN
+        statistics held fixed)."""
+        p = self.p
+        inputs = p.inputs if p.gauss_examples is None else p.inputs[: p.gauss_examples]
+        # theta_T - theta_0 for nested jvp: held by small models, formed here (one copy, freed
+        # after this alpha) for large ones
+        delta = p.delta() if self.second_order else p.interp.delta_for_jvp()
+        total, rows = 0.0, 0
+        for s in batch_slices(len(inputs), p.resources.batch_size):
+            vel, acc = self.derivatives(inputs[s], delta)
+            total += float(metrics.gauss_integrand(vel, acc).sum())
+            rows += vel.shape[0]
+        return total / rows
+
+    def derivatives(
+        self, x: torch.Tensor, delta: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z', z'') of the logits of a batch at the module's current weights.
+
+        theta(alpha) is linear in alpha, so z' = J(theta) delta and z'' is the derivative of
+        that along delta: nested ``torch.func.jvp`` over the weights themselves, with the
+        module's working tensors as primals and delta as the tangent at both levels. No copy
+        of the weights is made (the duals wrap existing tensors)."""
+        p = self.p
+        if self.second_order:
+            with torch.inference_mode():
+                _, vel, acc = taylor.forward2(p.module, delta, x)
+            return vel, acc
+        weights = {k: p.interp.targets[k].detach() for k in p.interp.t0}
+
+        def logits(w: dict[str, torch.Tensor]) -> torch.Tensor:
+            return p.adapter.logits(functional_call(p.module, w, (x,)))
+
+        def velocity(w: dict[str, torch.Tensor]) -> torch.Tensor:
+            return jvp(logits, (w,), (delta,))[1]
+
+        # a module may switch to kernels that support forward-mode AD (hub transformers)
+        context = getattr(p.module, "forward_ad_context", contextlib.nullcontext)
+        with context():
+            vel, acc = jvp(velocity, (weights,), (delta,))
+        return vel, acc
+
+
+class FusedSecondOrder:
+    """Loss, accuracy and mean Gauss integrand from one second-order pass."""
+
+    def __init__(self, parts: Parts) -> None:
+        self.p = parts
+
+    @torch.inference_mode()
+    def evaluate(self) -> tuple[float, float | None, float]:
+        p = self.p
+        p.bn.take_output()  # not needed: this pass evaluates every example itself
+        limit = p.n if p.gauss_examples is None else min(p.n, p.gauss_examples)
+        totals = Totals(p.adapter, p.device)
+        g_total = torch.zeros((), dtype=torch.float64, device=p.device)
+        delta = p.delta()
+        for s in p.batches():
+            z, vel, acc = taylor.forward2(p.module, delta, p.inputs[s])
+            totals.add(z, p.targets[s])
+            keep = max(0, min(s.stop, limit) - s.start)
+            if keep:
+                g_total += metrics.gauss_integrand(vel[:keep], acc[:keep]).sum()
+        loss, accuracy = totals.means(p.n)
+        return (
+            float(loss[0]),
+            None if accuracy is None else float(accuracy[0]),
+            float(g_total) / limit,
+        )
+
+
+class VmappedChunks:
+    """Loss and accuracy at several alphas in one vmapped pass per batch."""
+
+    def __init__(self, parts: Parts) -> None:
+        self.p = parts
+
+    @torch.inference_mode()
+    def evaluate(self, alphas: Sequence[float]) -> tuple[np.ndarray, np.ndarray | None]:
+        from torch.func import vmap
+
+        p = self.p
+        dtype = p.interp.working_dtype
+        a = torch.tensor(list(alphas), dtype=dtype, device=p.device)
+        totals = Totals(p.adapter, p.device, len(alphas))
+
+        def outputs(alpha: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+            return functional_call(p.module, p.interp.functional(alpha), (x,))
+
+        batched = vmap(outputs, in_dims=(0, None))
+        in_pass = p.bn.in_pass
+        size = p.n if in_pass else None  # BN in the pass: the whole data at once
+        context = p.bn.batch_statistics() if in_pass else contextlib.nullcontext()
+        with context:
+            for s in p.batches(size):
+                out = batched(a, p.inputs[s])  # [K, B, ...]
+                y = p.targets[s]
+                for j in range(len(alphas)):
+                    totals.add(out[j], y, j)
+        return totals.means(p.n)

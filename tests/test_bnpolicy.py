@@ -1,0 +1,81 @@
+"""The BN policy: full-batch pass or chunks, and its out-of-memory fallback."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from mliscan import batchnorm, resources
+from mliscan.bnpolicy import BNPolicy
+from mliscan.resources import ResourcePolicy
+from mliscan.spec import BNSpec
+
+
+def _net() -> tuple[nn.Module, list[nn.Module]]:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3)).eval()
+    return net, [net[1]]
+
+
+def _stats(layers):
+    return [(m.running_mean.clone(), m.running_var.clone()) for m in layers]
+
+
+def test_full_batch_pass_is_also_the_evaluation():
+    net, layers = _net()
+    x = torch.randn(200, 8)
+    policy = BNPolicy(net, layers, x, BNSpec(), ResourcePolicy(net, x, (64,), given=50))
+    assert policy.chunk is None and policy.in_pass
+    policy.reestimate()
+    out = policy.take_output()
+    assert out is not None and policy.take_output() is None
+    with torch.no_grad():
+        torch.testing.assert_close(out, net(x))  # eval mode with the new statistics
+
+
+def test_too_large_for_the_budget_is_computed_in_chunks(monkeypatch):
+    net, layers = _net()
+    x = torch.randn(200, 8)
+    monkeypatch.setattr(resources, "activation_budget", lambda device: 100)
+    policy = BNPolicy(net, layers, x, BNSpec(), ResourcePolicy(net, x, (64,), given=50))
+    assert policy.chunk == 50 and not policy.in_pass
+    policy.reestimate()
+    chunked = _stats(layers)
+    full, full_layers = _net()
+    batchnorm.reestimate(full, full_layers, x, BNSpec())
+    for (m, v), (m2, v2) in zip(chunked, _stats(full_layers), strict=True):
+        torch.testing.assert_close(m, m2)
+        torch.testing.assert_close(v, v2)
+
+
+def test_out_of_memory_in_the_full_batch_pass_falls_back_to_chunks(monkeypatch):
+    net, layers = _net()
+    x = torch.randn(200, 8)
+    reference, ref_layers = _net()
+    batchnorm.reestimate(reference, ref_layers, x, BNSpec())
+    real = batchnorm.reestimate
+    calls = []
+
+    def flaky(module, layers, inputs, spec, chunk=None, **kw):
+        calls.append(chunk)
+        if chunk is None:
+            raise torch.cuda.OutOfMemoryError("simulated")
+        return real(module, layers, inputs, spec, chunk=chunk, **kw)
+
+    monkeypatch.setattr(batchnorm, "reestimate", flaky)
+    policy = BNPolicy(net, layers, x, BNSpec(), ResourcePolicy(net, x, (64,), given=40))
+    with pytest.warns(UserWarning, match="computed in chunks of 40"):
+        policy.reestimate()
+    assert calls == [None, 40] and policy.chunk == 40
+    for (m, v), (m2, v2) in zip(_stats(layers), _stats(ref_layers), strict=True):
+        torch.testing.assert_close(m, m2)
+        torch.testing.assert_close(v, v2)
+
+
+def test_no_layers_nothing_to_do():
+    net = nn.Sequential(nn.Linear(8, 3))
+    x = torch.randn(10, 8)
+    policy = BNPolicy(net, [], x, BNSpec(), ResourcePolicy(net, x, (64,)))
+    policy.reestimate()
+    assert not policy.active and policy.take_output() is None
