@@ -36,6 +36,7 @@ class AutoencoderOptions:
 
 
 class AutoencoderAdapter(Adapter):
+    targets_from_inputs = True  # the loss reconstructs the input
     name = "autoencoder"
     description = (
         "deep MNIST autoencoder 784-1000-500-250-30 (mirrored decoder), summed squared error"

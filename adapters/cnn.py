@@ -151,9 +151,9 @@ class VGGAdapter(Adapter):
 
     def __init__(self, depth: int) -> None:
         self.depth = depth
-        self.name = f"vgg{depth}"  # type: ignore[misc]
+        self.name = f"vgg{depth}"
         self.description = (
-            f"VGG{depth} (Simonyan & Zisserman 2015), CIFAR-sized: 3x3 convs, linear head"  # type: ignore[misc]
+            f"VGG{depth} (Simonyan & Zisserman 2015), CIFAR-sized: 3x3 convs, linear head"
         )
 
     def build(self, options: CNNOptions, data: DataInfo) -> nn.Module:

@@ -123,6 +123,7 @@ class HFWrapper(nn.Module):
 
 
 class _HFAdapter(Adapter):
+    custom_logits = True  # the Gauss logits are a subset of the output
     Options = HFOptions
     default_data = "text"
     trainable = False

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -22,7 +23,9 @@ from torch.nn import functional as F
 
 from mliscan.adapter import Adapter, DataInfo, TrainDefaults, option, parse_bool, parse_choice
 from mliscan.errors import AdapterOptionError
-from mliscan.taylor import Stack, Tracer
+
+if TYPE_CHECKING:  # rules are stated through the tracer the engine passes in
+    from mliscan.taylor import Stack, Tracer
 
 INITS = ("default", "block-identity", "fixup")
 
@@ -134,8 +137,8 @@ class ResNetAdapter(Adapter):
         if (depth - 2) % 6:
             raise ValueError("CIFAR ResNet depth must be 6n + 2")
         self.depth = depth
-        self.name = f"resnet{depth}"  # type: ignore[misc]
-        self.description = f"ResNet-{depth} for CIFAR (He et al. 2016); options bn, init"  # type: ignore[misc]
+        self.name = f"resnet{depth}"
+        self.description = f"ResNet-{depth} for CIFAR (He et al. 2016); options bn, init"
 
     def validate_options(self, options: ResNetOptions) -> None:
         if options.init == "fixup" and options.bn:

@@ -43,7 +43,7 @@ from mliscan.spec import BNSpec, DataSpec, EvalSpec
 ALPHAS = 50  # set by --alphas
 
 
-def workload(name: str, device: torch.device, images: int):  # type: ignore[no-untyped-def]
+def workload(name: str, device: torch.device, images: int):
     if name in ("mlp", "mlp-bn"):
         adapter = get_adapter("mlp")
         opts = adapter.parse_options({"hidden": "128,128", "bn": name == "mlp-bn"})
@@ -76,7 +76,7 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def best_batch_size(module: nn.Module, adapter, data, device) -> int:  # type: ignore[no-untyped-def]
+def best_batch_size(module: nn.Module, adapter, data, device) -> int:
     module.eval()
     best, best_t = len(data), float("inf")
     for bs in (64, 128, 256, 512, 1024, 4096, len(data)):
@@ -89,7 +89,7 @@ def best_batch_size(module: nn.Module, adapter, data, device) -> int:  # type: i
 
 
 @torch.inference_mode()
-def eval_pass(module, adapter, data, bs: int) -> float:  # type: ignore[no-untyped-def]
+def eval_pass(module, adapter, data, bs: int) -> float:
     total = torch.zeros((), dtype=torch.float64, device=data.inputs.device)
     for s in batch_slices(len(data), bs):
         total += adapter.loss(module(data.inputs[s]), data.targets[s]).double().sum()
@@ -104,14 +104,14 @@ def _time(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - t
 
 
-def floor(module, adapter, data, bs: int, has_bn: bool) -> None:  # type: ignore[no-untyped-def]
+def floor(module, adapter, data, bs: int, has_bn: bool) -> None:
     module.load_state_dict(module.state_dict())
     module.eval()
     for _ in range(ALPHAS * (2 if has_bn else 1)):
         eval_pass(module, adapter, data, bs)
 
 
-def paper_style(template, adapter, theta0, theta1, data, has_bn: bool, gauss: bool) -> None:  # type: ignore[no-untyped-def]
+def paper_style(template, adapter, theta0, theta1, data, has_bn: bool, gauss: bool) -> None:
     for alpha in alpha_grid(ALPHAS):
         model = copy.deepcopy(template)
         state = {
@@ -136,7 +136,7 @@ def paper_style(template, adapter, theta0, theta1, data, has_bn: bool, gauss: bo
             _double_backward_gauss(model, theta0, theta1, data, float(alpha))
 
 
-def _double_backward_gauss(model, theta0, theta1, data, alpha: float) -> None:  # type: ignore[no-untyped-def]
+def _double_backward_gauss(model, theta0, theta1, data, alpha: float) -> None:
     """z' and z'' by the double-backward trick per batch (the paper code's approach)."""
     from torch.func import functional_call
 
@@ -156,7 +156,7 @@ def _double_backward_gauss(model, theta0, theta1, data, alpha: float) -> None:  
         del z, dz, ddz
 
 
-def loss_landscapes_run(module, adapter, theta0, theta1, data):  # type: ignore[no-untyped-def]
+def loss_landscapes_run(module, adapter, theta0, theta1, data):
     import loss_landscapes
     import loss_landscapes.metrics
 

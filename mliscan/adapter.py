@@ -11,7 +11,6 @@ built-ins are declared the same way (see ``pyproject.toml``).
 from __future__ import annotations
 
 import dataclasses
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,7 +20,6 @@ import torch
 from torch import nn
 
 from mliscan.errors import AdapterOptionError, CheckpointMismatchError, short_list
-from mliscan.interpolate import tied_aliases
 from mliscan.spec import EVAL_BATCH_CANDIDATES
 
 
@@ -69,6 +67,11 @@ class Adapter(ABC):
     eval_batch_candidates: ClassVar[tuple[int, ...]] = EVAL_BATCH_CANDIDATES
     """Evaluation batch sizes tried by the speed probe (large models: small ones)."""
     trainable: ClassVar[bool] = True
+    # Capabilities, declared (the engine never compares method identities):
+    custom_logits: ClassVar[bool] = False
+    """``logits`` is not the module output (the second-order pass then does not apply)."""
+    targets_from_inputs: ClassVar[bool] = False
+    """``prepare_targets`` derives the targets from the inputs (such data cannot be streamed)."""
     """Whether ``mliscan train`` can train it (hub adapters evaluate only)."""
 
     # ---- a small instance of itself (the contract test builds one of every adapter) --------
@@ -100,9 +103,6 @@ class Adapter(ABC):
         return DataHooks()
 
     # ---- options -------------------------------------------------------------------------
-    def option_names(self) -> list[str]:
-        return [f.name for f in dataclasses.fields(self.Options)]
-
     def parse_options(self, given: Mapping[str, Any] | None = None) -> Any:
         """Validate and coerce option values (strings from the CLI, lists from JSON)."""
         given = dict(given or {})
@@ -276,5 +276,22 @@ def load_into(
     module.load_state_dict(dict(tensors), strict=True)
 
 
-def count_parameters(module: nn.Module) -> int:
-    return sum(math.prod(p.shape) for p in module.parameters())
+def fresh_init(
+    adapter: Adapter, options: Any, info: DataInfo, seed: int
+) -> dict[str, torch.Tensor]:
+    """A new initialisation by the adapter's own scheme (torch's RNG seeded with ``seed``)."""
+    torch.manual_seed(seed)
+    module = adapter.build(options, info)
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def tied_aliases(module: nn.Module) -> dict[str, str]:
+    """Second and later names of a shared parameter -> its first name (tied embeddings)."""
+    first: dict[int, str] = {}
+    out: dict[str, str] = {}
+    for name, p in module.named_parameters(remove_duplicate=False):
+        if id(p) in first:
+            out[name] = first[id(p)]
+        else:
+            first[id(p)] = name
+    return out

@@ -34,7 +34,9 @@ import numpy as np
 import torch
 
 from mliscan.errors import DataError, DataNotFoundError, UsageError
+from mliscan.paths import atomic_path, mliscan_cache_dir
 from mliscan.spec import DataSpec
+from mliscan.text import BUNDLED_TINYTEXT, load_text, load_wikitext
 
 DATASETS = (
     "digits",
@@ -89,13 +91,9 @@ def load_dataset(spec: DataSpec, hooks: Any = None) -> Dataset:
     if spec.name == "digits":
         ds = _digits(spec.split)
     elif spec.name == "tinytext":
-        from mliscan.text import BUNDLED_TINYTEXT, load_wikitext
-
         x, y, vocab = load_wikitext(BUNDLED_TINYTEXT, spec.split, spec.seq_len, spec.name)
         ds = Dataset(spec.name, spec.split, x, y, vocab)
     elif spec.name == "text":
-        from mliscan.text import load_text
-
         x, y, classes = load_text(spec, hooks)
         ds = Dataset("text", spec.split, x, y, classes)
     else:
@@ -108,8 +106,6 @@ def load_dataset(spec: DataSpec, hooks: Any = None) -> Dataset:
         if spec.name == "imagefolder":
             ds = _imagefolder(root, spec, hooks)
         elif spec.name == "wikitext2":
-            from mliscan.text import load_wikitext
-
             folder = root / "wikitext-2" if (root / "wikitext-2").is_dir() else root
             x, y, vocab = load_wikitext(folder, spec.split, spec.seq_len, spec.name)
             ds = Dataset(spec.name, spec.split, x, y, vocab)
@@ -317,8 +313,6 @@ def _decoded_file(
     """Decode the images once, in order, into a float32 file in mliscan's cache (keyed by
     the file list, sizes, times and the transform) and map it back without reading it."""
     import hashlib
-
-    from mliscan.paths import atomic_path, mliscan_cache_dir
 
     h = hashlib.sha256(repr(transform).encode())
     for f, label in files:

@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from mliscan.errors import UsageError
+
 INIT_FILE = "init.safetensors"
 FINAL_FILE = "final.safetensors"
 RUN_FILE = "run.json"
@@ -45,7 +47,6 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
 
 def find_runs(dirs: Iterable[str | Path]) -> list[Path]:
     """Run folders (holding run.json, init and final) under the given folders, sorted."""
-    from mliscan.errors import UsageError
 
     runs: set[Path] = set()
     for d in dirs:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from importlib.metadata import EntryPoint, entry_points
 
 from mliscan.adapter import Adapter
-from mliscan.errors import UnknownAdapterError
+from mliscan.errors import UnknownAdapterError, UsageError
 
 GROUP = "mliscan.adapters"
 _runtime: dict[str, Callable[[], Adapter]] = {}
@@ -84,7 +84,6 @@ def all_adapters() -> list[Adapter]:
 
 def adapter_for_config(config: dict, where: str) -> Adapter:
     """The adapter that claims a checkpoint folder's ``config.json`` (transformers, timm)."""
-    from mliscan.errors import UsageError
 
     claimed = [a for a in all_adapters() if a.claims_config(config)]
     if not claimed:

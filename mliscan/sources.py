@@ -18,17 +18,14 @@ it (repository, revision, resolved commit hash).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mliscan.checkpoints import is_safe_relative
 from mliscan.errors import CheckpointNotFoundError, HubError, UsageError
-from mliscan.paths import mliscan_cache_dir
 
 PREFIXES = ("hf:", "timm:", "init:")
 # Files fetched from a Hub repository: weights, their index, the config and the tokenizer.
@@ -184,8 +181,6 @@ def _wanted_files(repo: str, revision: str) -> list[str]:
     """The files worth fetching: safetensors when the repo has them, else torch .bin."""
     from huggingface_hub import HfApi
 
-    from mliscan.checkpoints import is_safe_relative
-
     info = HfApi().model_info(repo, revision=revision)
     names = [s.rfilename for s in (info.siblings or [])]
     bad = [n for n in names if not is_safe_relative(n)]
@@ -262,85 +257,13 @@ def parse_init(text: str) -> tuple[str, int]:
 
 
 def resolve_init(text: str, *, offline: bool = False) -> Resolved:
+    """``init:SOURCE[?seed=S]``: resolve SOURCE; the fresh weights are built above this layer
+    (``mliscan.fresh.materialize``: building a model needs the adapters)."""
     base_text, seed = parse_init(text)
     if base_text.startswith("init:"):
         raise UsageError(f"{text}: init: cannot be nested")
     base = resolve(base_text, offline=offline)
-    folder = base.path if base.path.is_dir() else base.path.parent
-    from mliscan.checkpoints import read_config
-
-    config = read_config(folder / "config.json")
-    if config is None:
-        raise UsageError(
-            f"{text}: {base_text} has no config.json to build a fresh model from; init: works "
-            "for hf:, timm: and transformers/timm folders (for mliscan's own checkpoints use "
-            "compare --unrelated K)"
-        )
-    from mliscan.registry import adapter_for_config
-
-    adapter = adapter_for_config(config, str(folder / "config.json"))
-    key = _init_key(base, folder, seed, adapter.name)
-    out = mliscan_cache_dir() / "init" / key
-    if not (out / "model.safetensors").is_file():
-        materialize_init(adapter, config, folder, seed, out)
-    return Resolved(text, out, "init", seed=seed, base=base, commit=base.commit)
-
-
-def _init_key(base: Resolved, folder: Path, seed: int, arch: str) -> str:
-    import torch
-
-    versions = {"torch": torch.__version__}
-    for mod in ("transformers", "timm"):
-        try:
-            versions[mod] = __import__(mod).__version__
-        except ImportError:  # pragma: no cover
-            versions[mod] = None
-    config_bytes = (folder / "config.json").read_bytes()
-    ident = {
-        "config": hashlib.sha256(config_bytes).hexdigest(),
-        "seed": seed,
-        "arch": arch,
-        "versions": versions,
-    }
-    digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", base.repo or folder.name).strip("-")[:60]
-    return f"{slug}-seed{seed}-{digest}"
-
-
-def materialize_init(adapter: Any, config: dict, folder: Path, seed: int, out: Path) -> None:
-    """Build the architecture fresh (seeded), save it with its config and tokenizer files,
-    and move the folder into place atomically."""
-    import tempfile
-
-    import torch
-    from safetensors.torch import save_file
-
-    from mliscan.adapter import DataInfo
-    from mliscan.interpolate import tied_aliases
-
-    options = adapter.parse_options(adapter.options_from_config(config))
-    torch.manual_seed(seed)
-    module = adapter.build(options, DataInfo((), 0))
-    aliases = tied_aliases(module)
-    state = {k: v for k, v in module.state_dict().items() if k not in aliases}
-    state = adapter.unmap_keys(state)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".init-", dir=out.parent))
-    try:
-        tensors = {k: v.detach().contiguous() for k, v in state.items()}
-        meta = {"mliscan_init": json.dumps({"seed": seed, "arch": adapter.name})}
-        save_file(tensors, str(tmp / "model.safetensors"), metadata=meta)
-        for name in (*CONFIG_FILES, *TOKENIZER_FILES, "preprocessor_config.json"):
-            if (folder / name).is_file():
-                shutil.copyfile(folder / name, tmp / name)
-        try:
-            os.replace(tmp, out)
-        except OSError:  # another process materialised it first
-            if not (out / "model.safetensors").is_file():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    return Resolved(text, base.path, "init", seed=seed, base=base, commit=base.commit)
 
 
 def _first_line(exc: BaseException) -> str:

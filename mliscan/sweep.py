@@ -22,9 +22,6 @@ from mliscan.paths import FINAL_FILE, RUN_FILE
 from mliscan.spec import spec_hash
 from mliscan.train import TrainSpec, train
 
-# Fields that do not change what is computed, so they do not name a run.
-NOT_IN_NAME = ("device",)
-
 
 def parse_list(text: str, cast: Callable[[str], Any], what: str) -> list[Any]:
     try:

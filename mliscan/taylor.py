@@ -163,7 +163,7 @@ def _run(
 ) -> tuple[torch.Tensor, int]:
     """``owner_ptr`` is the input data's storage pointer: that tensor is never written to."""
     if hasattr(m, "taylor_forward") and tracer is not None:
-        return m.taylor_forward(tracer, (s, k))  # type: ignore[operator]
+        return m.taylor_forward(tracer, (s, k))
     if isinstance(m, nn.Sequential):
         for name, child in m.named_children():
             s, k = _run(child, f"{prefix}{name}.", delta, s, k, n, owner_ptr, tracer)
@@ -218,7 +218,7 @@ def _run(
     raise TypeError(f"no second-order rule for {type(m).__name__}")
 
 
-def _linear(s, k, n, w, b, dw, db) -> tuple[torch.Tensor, int]:  # type: ignore[no-untyped-def]
+def _linear(s, k, n, w, b, dw, db) -> tuple[torch.Tensor, int]:
     """Linear layer on a 2-D stack, written into one preallocated output with fused products."""
     k_out = 3 if k >= 2 and dw is not None else (k if dw is None and db is None else max(k, 2))
     if k_out == 3 and k == 2 and dw is None:
@@ -246,7 +246,7 @@ def _with_second(out: torch.Tensor, k: int, curv: torch.Tensor) -> tuple[torch.T
     return torch.cat([out.flatten(0, 1), curv]), 3
 
 
-def _affine(s, k, n, w, b, delta, prefix, op, view) -> tuple[torch.Tensor, int]:  # type: ignore[no-untyped-def]
+def _affine(s, k, n, w, b, delta, prefix, op, view) -> tuple[torch.Tensor, int]:
     dw = delta.get(prefix + "weight")
     db = delta.get(prefix + "bias")
     y = op(s, w)  # W applied to every block at once
@@ -270,7 +270,7 @@ def _affine(s, k, n, w, b, delta, prefix, op, view) -> tuple[torch.Tensor, int]:
     return torch.cat(blocks), len(blocks)
 
 
-def _batchnorm(m, prefix, delta, s, k, n) -> tuple[torch.Tensor, int]:  # type: ignore[no-untyped-def]
+def _batchnorm(m, prefix, delta, s, k, n) -> tuple[torch.Tensor, int]:
     x = s[:n]
     shape = (1, -1) + (1,) * (x.ndim - 2)
     inv = torch.rsqrt(m.running_var + m.eps).view(shape)

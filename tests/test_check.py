@@ -113,7 +113,7 @@ def test_bad_config_is_a_usage_error(pair: list[Path], capsys, tmp_path: Path, m
 
 
 def test_integration_files_are_valid() -> None:
-    import yaml  # type: ignore[import-untyped]
+    import yaml
 
     from tests.conftest import REPO
 

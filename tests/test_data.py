@@ -120,7 +120,7 @@ def test_cifar100_layout_and_missing(tmp_path: Path) -> None:
 
 
 class Payload:
-    def __reduce__(self):  # type: ignore[no-untyped-def]
+    def __reduce__(self):
         return (print, ("never",))
 
 
@@ -134,7 +134,7 @@ def test_cifar_pickle_with_arbitrary_global_is_refused(tmp_path: Path) -> None:
         load_dataset(DataSpec("cifar10", data_dir=str(tmp_path)))
 
 
-def test_wikitext2_layout_vocabulary_and_next_token_targets(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_wikitext2_layout_vocabulary_and_next_token_targets(tmp_path) -> None:
     folder = tmp_path / "wikitext-2"
     folder.mkdir()
     (folder / "wiki.train.tokens").write_text(" = A = \n the cat sat on the mat \n")

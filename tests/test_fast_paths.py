@@ -36,7 +36,7 @@ SHAPES = {"mlp": (1, 8, 8), "autoencoder": (1, 8, 8), "simplecnn": (1, 8, 8), "l
 ALPHAS = alpha_grid(5)
 
 
-def _endpoints(name: str, options: dict):  # type: ignore[no-untyped-def]
+def _endpoints(name: str, options: dict):
     adapter = registry.get_adapter(name)
     opts = adapter.parse_options(options)
     info = adapter.example()[1] if name in LMS else DataInfo(SHAPES.get(name, (3, 8, 8)), 10)
@@ -60,7 +60,7 @@ def _endpoints(name: str, options: dict):  # type: ignore[no-untyped-def]
     return adapter, opts, info, t0, t1, x, y
 
 
-def _simple_losses(adapter, opts, info, t0, t1, x, y, bn: BNSpec) -> np.ndarray:  # type: ignore[no-untyped-def]
+def _simple_losses(adapter, opts, info, t0, t1, x, y, bn: BNSpec) -> np.ndarray:
     out = []
     for alpha in ALPHAS:
         m = adapter.build(opts, info)
@@ -112,7 +112,7 @@ def test_fast_paths_match_simple_path(name: str, options: dict) -> None:
         np.testing.assert_allclose(chunked.run(ALPHAS).loss, simple, rtol=1e-5)
 
 
-def _check_full_data_statistics(adapter, opts, info, t0, t1, x, y, module, data) -> None:  # type: ignore[no-untyped-def]
+def _check_full_data_statistics(adapter, opts, info, t0, t1, x, y, module, data) -> None:
     """The default BN statistics (the whole data as one batch): the pass that doubles as the
     evaluation, and the chunked computation for data too large to hold, both equal the
     simple path (full-batch hooked pass, then evaluation in batches of 8)."""

@@ -10,7 +10,7 @@ from mliscan import interpolate
 from mliscan.interpolate import Interpolator, TensorRoles
 
 
-def _pair(dtype: torch.dtype = torch.float32):  # type: ignore[no-untyped-def]
+def _pair(dtype: torch.dtype = torch.float32):
     torch.manual_seed(0)
     m = nn.Sequential(nn.Linear(5, 7), nn.BatchNorm1d(7), nn.Linear(7, 3))
     t0 = {
