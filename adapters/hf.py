@@ -91,6 +91,8 @@ class HFWrapper(nn.Module):
         GAUSS_POSITIONS positions the Gauss length reads (``logits_to_keep``)."""
         params = inspect.signature(model.forward).parameters
         self._can_keep = SPARSE_GAUSS_LOGITS and not paired_inputs and "logits_to_keep" in params
+        # no key/value cache (evaluation only); encoders (BERT) take no such argument
+        self._no_cache = {"use_cache": False} if "use_cache" in params else {}
 
     @contextlib.contextmanager
     def forward_ad_context(self) -> Iterator[None]:
@@ -110,12 +112,12 @@ class HFWrapper(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.paired_inputs:  # [N, 2, L]: token ids and attention mask
-            out = self.model(input_ids=x[:, 0], attention_mask=x[:, 1], use_cache=False)
+            out = self.model(input_ids=x[:, 0], attention_mask=x[:, 1], **self._no_cache)
         elif self.gauss_only:
             keep = gauss_positions(x.shape[1], x.device)
-            out = self.model(input_ids=x, use_cache=False, logits_to_keep=keep)
+            out = self.model(input_ids=x, logits_to_keep=keep, **self._no_cache)
         else:
-            out = self.model(input_ids=x, use_cache=False)
+            out = self.model(input_ids=x, **self._no_cache)
         logits = getattr(out, "logits", None)
         if logits is None:  # *ForPreTraining heads
             logits = out.prediction_logits
