@@ -6,7 +6,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mliscan.metrics import is_monotonic
 from mliscan.paths import atomic_path
+
+
+def _delta(row: dict[str, Any]) -> float:
+    """A row's min-Δ, NaN when undefined (then neither monotonic nor not)."""
+    return float("nan") if row.get("min_delta") is None else float(row["min_delta"])
 
 
 def plot_curves(records: Sequence[dict[str, Any]], path: str | Path) -> None:
@@ -208,7 +214,7 @@ def plot_curve_panels(
                     zip(r["alphas"], [math.nan if v is None else v for v in r["loss"]], strict=True)
                 )
                 for r in groups.get(key, [])
-                if (r.get("min_delta") is not None and r["min_delta"] > tol) == bad
+                if (is_monotonic(_delta(r), tol) is False) == bad
             ]
             if segments:
                 ax.add_collection(LineCollection(segments, colors=colour, alpha=0.7, linewidths=1))
@@ -240,9 +246,7 @@ def plot_delta_scatter(rows: Sequence[dict[str, Any]], tol: float, base: Path) -
             pts = [
                 (r[key], r["min_delta"])
                 for r in rows
-                if r.get(key) is not None
-                and r.get("min_delta") is not None
-                and (r["min_delta"] <= tol) == mono
+                if r.get(key) is not None and is_monotonic(_delta(r), tol) is mono
             ]
             if pts:
                 xs, ys = zip(*pts, strict=True)

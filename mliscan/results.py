@@ -163,6 +163,11 @@ class PathResult:
             "monotonic_share": (sum(defined) / len(defined)) if defined else None,
         }
 
+    def to_row(self, **labels: Any) -> dict[str, Any]:
+        """The ``paths.parquet`` row of this path (``labels``: path_id, family, a, b,
+        own_pair), computed from the same stored record a grid keeps."""
+        return path_row({**self.stored(), **labels}, self.tolerance)
+
     def stored(self) -> dict[str, Any]:
         """What a store keeps of a path (enough to rebuild every row and metric)."""
         c = self.curve

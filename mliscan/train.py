@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import torch
 
@@ -26,39 +26,41 @@ from mliscan.errors import UsageError
 from mliscan.evaluate import PathEvaluator, prepare_data, resolve_device
 from mliscan.paths import FINAL_FILE, INIT_FILE, RUN_FILE, atomic_write_json
 from mliscan.registry import get_adapter
-from mliscan.spec import DataSpec, EvalSpec
+from mliscan.spec import DataSpec, EvalSpec, Spec, opt
 
 OPTIMIZERS = ("sgd", "adam", "rmsprop")
 
 
 @dataclass(frozen=True)
-class TrainSpec:
-    """One training run."""
+class TrainSpec(Spec):
+    """One training run (validated at construction, as every spec)."""
 
-    arch: str = "mlp"
+    concern: ClassVar[str] = "training"
+    arch: str = opt("mlp", "Architecture adapter.", numeric=True)
     arch_options: dict[str, Any] = field(default_factory=dict)
     """Options as given (parsed by the adapter)."""
     data: DataSpec = field(default_factory=DataSpec)
-    optimizer: str = "sgd"
-    """sgd, adam or rmsprop."""
-    lr: float = 0.1
-    momentum: float = 0.0
-    """SGD momentum (the paper's SGD runs use none)."""
-    weight_decay: float = 0.0
-    epochs: int = 100
-    batch_size: int = 128
-    seed: int = 0
-    until_loss: float | None = None
-    """Stop after the first epoch whose training loss is below this value."""
-    switch_optimizer: str | None = None
-    """Switch to this optimizer at epoch ``switch_at`` (the paper's Appendix C.4 ablation)."""
-    switch_at: int | None = None
-    augment: bool = False
-    """Random crop (padding 4) and horizontal flip of training batches (CIFAR); the MLI
-    evaluation always uses the un-augmented training set."""
-    amp: bool = False
-    """Mixed precision (bfloat16 autocast) for the training steps."""
-    device: str = "cpu"
+    optimizer: Literal["sgd", "adam", "rmsprop"] = opt("sgd", "The optimizer.")
+    lr: float = opt(0.1, "Learning rate.", ge=0)
+    momentum: float = opt(0.0, "SGD momentum (the paper's SGD runs use none).", ge=0)
+    weight_decay: float = opt(0.0, "Weight decay.", ge=0)
+    epochs: int = opt(100, "Passes over the training set (at most).", ge=1)
+    batch_size: int = opt(128, "Training batch size.", ge=1)
+    seed: int = opt(0, "Random seed.")
+    until_loss: float | None = opt(
+        None, "Stop after the first epoch whose training loss is below this value.", ge=0
+    )
+    switch_optimizer: Literal["sgd", "adam", "rmsprop"] | None = opt(
+        None, "Switch to this optimizer at epoch switch_at (the paper's Appendix C.4 ablation)."
+    )
+    switch_at: int | None = opt(None, "Epoch of the optimizer switch.", ge=1)
+    augment: bool = opt(
+        False,
+        "Random crop (padding 4) and horizontal flip of training batches (CIFAR); the MLI "
+        "evaluation always uses the un-augmented training set.",
+    )
+    amp: bool = opt(False, "Mixed precision (bfloat16 autocast) for the training steps.")
+    device: str = opt("cpu", "Training device.", numeric=False)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -357,6 +357,19 @@ def command_class() -> type:
     return MliscanCommand
 
 
+_OWN_METAVARS: dict[Any, str] = {
+    bool: "",  # a flag takes no value
+    bool | None: "",
+    int: "N",
+    int | None: "N",
+    list[int] | None: "N",
+    float: "X",
+    float | None: "X",
+    Path: "PATH",
+    Path | None: "PATH",
+}
+
+
 def plain_help(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Help text shown as written: brackets such as ``[@REV]`` are not rich markup.
 
@@ -371,8 +384,9 @@ def plain_help(fn: Callable[..., Any]) -> Callable[..., Any]:
     for p in sig.parameters.values():
         args = typing.get_args(p.annotation)
         for info in args[1:]:
-            if args[0] in (bool, bool | None) and getattr(info, "metavar", 1) is None:
-                info.metavar = ""  # a flag takes no value
+            if getattr(info, "metavar", 1) is None and type(info).__name__ == "OptionInfo":
+                # the same value names as the generated options: N, X, PATH, TEXT
+                info.metavar = _OWN_METAVARS.get(args[0], "TEXT")
             text = getattr(info, "help", None)
             if isinstance(text, str) and not getattr(info, "_escaped", False):
                 info.help = escape(text)
