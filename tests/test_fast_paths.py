@@ -124,7 +124,8 @@ def _check_full_data_statistics(adapter, opts, info, t0, t1, x, y, module, data)
     chunked = PathEvaluator(
         adapter, module, t0, t1, data, EvalSpec(bn=full, gauss=False, batch_size=5)
     )
-    chunked._bn_chunk = 5
+    chunked.bn.chunk = 5  # as when the full batch does not fit
+    assert chunked.bn_chunk == 5
     np.testing.assert_allclose(chunked.run(ALPHAS).loss, simple, rtol=1e-5)
     # several alphas per vmapped pass, each normalising the whole data by its own statistics
     vmapped = PathEvaluator(
