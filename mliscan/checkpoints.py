@@ -17,6 +17,7 @@ import json
 import os
 import pickle
 import re
+import stat
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,6 +89,8 @@ def load_checkpoint(path: str | os.PathLike[str], trust_pickle: bool = False) ->
         raise CheckpointNotFoundError(f"{p}: no such file or directory; check the path")
     if p.is_dir():
         p = _pick_in_directory(p)
+    if not stat.S_ISREG(p.stat().st_mode):  # a FIFO or device would block or never end
+        raise CheckpointFormatError(f"{p}: not a regular file (a pipe, device or socket?)")
     if p.name.endswith(".index.json"):
         tensors, metadata = _load_sharded(p)
         notes: list[str] = []
@@ -104,6 +107,7 @@ def load_checkpoint(path: str | os.PathLike[str], trust_pickle: bool = False) ->
     notes += [f"stripped prefix {s!r}" for s in stripped]
     if not tensors:
         raise CheckpointFormatError(f"{p}: holds no tensors; is it a model checkpoint?")
+    _check_dtypes(tensors, p)
     config = read_config(p.parent / "config.json")
     reader = (
         _safetensors_reader(p, "".join(stripped))
@@ -193,6 +197,69 @@ def _load_safetensors(p: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]
     return tensors, _parse_metadata(raw_meta, p)
 
 
+# Tensors mliscan can hold: real floating weights (interpolated) and integer/bool buffers
+# (copied). Complex and float8 weights have no meaning on this path.
+SUPPORTED_DTYPES = frozenset(
+    {
+        torch.float16,
+        torch.bfloat16,
+        torch.float32,
+        torch.float64,
+        torch.uint8,
+        torch.int8,
+        torch.int16,
+        torch.int32,
+        torch.int64,
+        torch.bool,
+    }
+)
+
+
+def _check_dtypes(tensors: dict[str, torch.Tensor], p: Path) -> None:
+    bad = sorted(
+        f"{k} ({str(v.dtype).removeprefix('torch.')})"
+        for k, v in tensors.items()
+        if v.dtype not in SUPPORTED_DTYPES
+    )
+    if bad:
+        raise CheckpointFormatError(
+            f"{p}: {len(bad)} tensors of a type mliscan cannot interpolate: {short_list(bad, 3)}; "
+            "weights must be float16/bfloat16/float32/float64 (buffers integer or bool)"
+        )
+
+
+# The types of the fields of mliscan's metadata that the loader reads.
+METADATA_TYPES: dict[str, tuple[type, ...]] = {
+    "arch": (str,),
+    "arch_options": (dict,),
+    "data": (dict,),
+    "role": (str,),
+    "seed": (int,),
+    "mliscan_version": (str,),
+}
+DATA_METADATA_TYPES: dict[str, tuple[type, ...]] = {
+    "name": (str,),
+    "split": (str,),
+    "limit": (int, type(None)),
+    "seq_len": (int, type(None)),
+}
+
+
+def _check_metadata(value: dict[str, Any], p: Path) -> None:
+    fields = [(k, value.get(k), t) for k, t in METADATA_TYPES.items() if k in value]
+    data = value.get("data")
+    if isinstance(data, dict):
+        fields += [
+            (f"data.{k}", data.get(k), t) for k, t in DATA_METADATA_TYPES.items() if k in data
+        ]
+    for key, v, types in fields:
+        if not isinstance(v, types) or (isinstance(v, bool) and bool not in types):
+            raise CheckpointFormatError(
+                f"{p}: its '{METADATA_KEY}' metadata field {key} is {type(v).__name__}, not "
+                f"{' or '.join(t.__name__ for t in types)}; pass --arch (and --data) to ignore it"
+            )
+
+
 def _parse_metadata(raw: dict[str, str], p: Path) -> dict[str, Any]:
     text = raw.get(METADATA_KEY)
     if text is None:
@@ -210,6 +277,7 @@ def _parse_metadata(raw: dict[str, str], p: Path) -> dict[str, Any]:
         ) from exc
     if not isinstance(value, dict):
         raise CheckpointFormatError(f"{p}: its '{METADATA_KEY}' metadata is not a JSON object")
+    _check_metadata(value, p)
     return value
 
 
@@ -244,7 +312,15 @@ def _load_sharded(index: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]
             metadata = metadata or meta
         else:
             part, _ = unwrap_state_dict(_torch_load(shard), shard)
-        tensors.update(part)
+        elsewhere = sorted(k for k in part if k in weight_map and weight_map[k] != shard_name)
+        if elsewhere:
+            k = elsewhere[0]
+            raise CheckpointFormatError(
+                f"{index}: shard {shard_name} also holds {k}, which the index places in "
+                f"{weight_map[k]} ({len(elsewhere)} such tensors); the shards disagree: "
+                "re-save or re-download the checkpoint"
+            )
+        tensors.update({k: v for k, v in part.items() if weight_map.get(k) == shard_name})
     missing = sorted(set(weight_map) - set(tensors))
     if missing:
         raise CheckpointFormatError(

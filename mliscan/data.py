@@ -23,9 +23,12 @@
 from __future__ import annotations
 
 import gzip
+import io
 import math
 import os
 import pickle
+import stat
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -159,18 +162,55 @@ def _find(paths: list[Path], what: str) -> Path:
     )
 
 
-def _read_idx(path: Path, ndim: int) -> np.ndarray:
+# The largest IDX file read (MNIST's training images are 47 MB): a header or a compressed
+# file that would inflate beyond this is refused before it is expanded.
+MAX_IDX_BYTES = 1 << 30
+
+
+def _regular_file(path: Path) -> None:
+    """Refuse anything but a regular file before opening it (a FIFO would block forever)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read ({exc.strerror})") from exc
+    if not stat.S_ISREG(mode):
+        raise DataError(f"{path}: not a regular file (a pipe, device or socket?)")
+
+
+def _read_capped(path: Path, limit: int) -> bytes:
+    """The file's bytes (inflated when .gz), refusing to hold more than ``limit``."""
+    _regular_file(path)
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
-            raw = f.read()
-    except (OSError, EOFError) as exc:
+            raw = f.read(limit + 1)
+    except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"{path}: cannot be read ({exc})") from exc
-    if len(raw) < 4 + 4 * ndim or raw[:2] != b"\x00\x00" or raw[2] != 0x08 or raw[3] != ndim:
+    if len(raw) > limit:
+        raise DataError(f"{path}: larger than {limit >> 20} MB once inflated; not a dataset file")
+    return raw
+
+
+def _read_idx(path: Path, ndim: int, limit: int = MAX_IDX_BYTES) -> np.ndarray:
+    _regular_file(path)
+    # the header first: its dimensions bound what may be read
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            head = f.read(4 + 4 * ndim)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"{path}: cannot be read ({exc})") from exc
+    if len(head) < 4 + 4 * ndim or head[:2] != b"\x00\x00" or head[2] != 0x08 or head[3] != ndim:
         raise DataError(f"{path}: not an IDX file of unsigned bytes with {ndim} dimensions")
-    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    dims = tuple(int.from_bytes(head[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    size = math.prod(dims)
+    if dims[0] == 0 or size == 0:
+        raise DataError(f"{path}: holds no examples (header dimensions {dims})")
+    if size > limit:
+        raise DataError(f"{path}: header dimensions {dims} exceed {limit >> 20} MB; corrupt")
+    raw = _read_capped(path, 4 + 4 * ndim + size)
     body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
-    if body.size != int(np.prod(dims)):
+    if body.size != size:
         raise DataError(f"{path}: truncated (header says {dims}, holds {body.size} bytes)")
     return body.reshape(dims)
 
@@ -183,6 +223,8 @@ def _idx_dataset(name: str, root: Path, split: str) -> Dataset:
     labels = _read_idx(_find([raw / lbl_name, raw / f"{lbl_name}.gz"], name), 1)
     if len(images) != len(labels):
         raise DataError(f"{raw}: {len(images)} images but {len(labels)} labels")
+    if labels.max() >= 10:
+        raise DataError(f"{raw / lbl_name}: label {int(labels.max())} outside 0..9")
     x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
     y = torch.from_numpy(labels.astype(np.int64))
     return Dataset(name, split, x.contiguous(), y, 10)
@@ -209,15 +251,49 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR batch")
 
 
+# A CIFAR batch file is ~31 MB; its unpickled arrays may not exceed this in all (a pickle
+# that repeats a reference to a large object would otherwise multiply memory).
+MAX_CIFAR_BYTES = 256 << 20
+
+
 def _read_cifar_batch(path: Path) -> dict[str, object]:
+    raw = _read_capped(path, MAX_CIFAR_BYTES)
+    unpickler = _ArrayOnlyUnpickler(io.BytesIO(raw), encoding="bytes")
     try:
-        with open(path, "rb") as f:
-            obj = _ArrayOnlyUnpickler(f, encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, OSError, ValueError, TypeError) as exc:
+        obj = unpickler.load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, MemoryError) as exc:
         raise DataError(f"{path}: not a CIFAR python batch ({exc})") from exc
     if not isinstance(obj, dict):
         raise DataError(f"{path}: not a CIFAR python batch (a dict)")
     return {(k.decode() if isinstance(k, bytes) else str(k)): v for k, v in obj.items()}
+
+
+def _pixels(data: object, path: Path) -> np.ndarray:
+    """A batch's images as uint8 [N, 3, 32, 32]: byte values only (0..255), bounded size."""
+    if not isinstance(data, np.ndarray) or data.nbytes > MAX_CIFAR_BYTES:
+        raise DataError(f"{path}: 'data' is not an image array of a CIFAR batch's size")
+    if data.dtype != np.uint8:
+        if not np.issubdtype(data.dtype, np.integer) or data.min() < 0 or data.max() > 255:
+            raise DataError(f"{path}: pixels must be bytes 0..255 (got {data.dtype})")
+        data = data.astype(np.uint8)
+    return data.reshape(-1, 3, 32, 32)
+
+
+def _labels(obj: object, path: Path) -> np.ndarray:
+    """A batch's labels: a flat list or array of whole numbers (bounded length)."""
+    if (
+        isinstance(obj, np.ndarray)
+        and obj.ndim == 1
+        and np.issubdtype(obj.dtype, np.integer)
+        and len(obj) <= MAX_CIFAR_LABELS
+    ):
+        return obj.astype(np.int64)
+    if isinstance(obj, list) and len(obj) <= MAX_CIFAR_LABELS and all(type(v) is int for v in obj):
+        return np.asarray(obj, dtype=np.int64)
+    raise DataError(f"{path}: labels must be a flat list of whole numbers")
+
+
+MAX_CIFAR_LABELS = 1_000_000
 
 
 def _cifar(name: str, root: Path, split: str) -> Dataset:
@@ -239,12 +315,15 @@ def _cifar(name: str, root: Path, split: str) -> Dataset:
     for f in files:
         batch = _read_cifar_batch(folder / f)
         try:
-            data = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-            labels = np.asarray(batch[label_key], dtype=np.int64)
-        except (KeyError, ValueError) as exc:
+            data = _pixels(batch["data"], folder / f)
+            labels = _labels(batch[label_key], folder / f)
+        except (KeyError, ValueError, TypeError, OverflowError) as exc:
             raise DataError(f"{folder / f}: lacks 'data'/'{label_key}' of the right shape") from exc
-        if len(data) != len(labels):
+        if len(data) != len(labels) or len(data) == 0:
             raise DataError(f"{folder / f}: {len(data)} images but {len(labels)} labels")
+        if labels.min() < 0 or labels.max() >= classes:
+            bad = int(labels.max() if labels.max() >= classes else labels.min())
+            raise DataError(f"{folder / f}: label {bad} outside 0..{classes - 1}")
         xs.append(data)
         ys.append(labels)
     mean, std = CIFAR_STATS[name]

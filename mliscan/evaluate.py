@@ -39,14 +39,33 @@ ProgressFn = Callable[[int, float, float], None]
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA, then MPS, then CPU."""
+    """``auto`` picks CUDA, then MPS, then CPU; a named device must exist here."""
+    mps = getattr(torch.backends, "mps", None)
+    mps_ok = bool(mps) and torch.backends.mps.is_available()
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(name)
+        return torch.device("mps" if mps_ok else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(
+            f"--device {name}: not a device; use auto, cpu, cuda, cuda:N or mps"
+        ) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(
+                f"--device {name}: this machine has no usable CUDA GPU (torch "
+                f"{torch.__version__}); use --device cpu or auto"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(
+                f"--device {name}: there are {torch.cuda.device_count()} CUDA devices "
+                f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})"
+            )
+    if device.type == "mps" and not mps_ok:
+        raise UsageError(f"--device {name}: MPS is not available here; use --device cpu or auto")
+    return device
 
 
 @dataclass

@@ -27,7 +27,7 @@ from mliscan.checkpoints import Checkpoint, check_finite, check_pair, content_ha
 from mliscan.errors import UsageError
 from mliscan.evaluate import PathEvaluator, PreparedData, alpha_grid
 from mliscan.identity import key as identity_key
-from mliscan.paths import FINAL_FILE, INIT_FILE
+from mliscan.paths import FINAL_FILE, INIT_FILE, SOURCE_PREFIXES, unique_labels
 from mliscan.pipeline import open_source
 from mliscan.results import PathResult, curve_rows, is_complete, path_row
 from mliscan.spec import EvalSpec
@@ -61,6 +61,14 @@ def _endpoint(label: str, kind: str, run: str | None, tensors: dict[str, torch.T
     return Endpoint(label, kind, run, tensors, content_hash(tensors))
 
 
+def run_of(path: str) -> str | None:
+    """The run folder an init or final file belongs to (None for other files and sources)."""
+    p = Path(path)
+    if str(path).startswith(SOURCE_PREFIXES) or p.name not in (INIT_FILE, FINAL_FILE):
+        return None
+    return str(p.resolve().parent)
+
+
 def load_endpoint(
     path: Path | str,
     kind: str,
@@ -85,25 +93,24 @@ def gather_endpoints(
     info: DataInfo,
     open_: Callable[[str], Checkpoint] = open_source,
 ) -> tuple[list[Endpoint], list[Endpoint]]:
-    """Inits and optima: explicit files first, then the runs' pairs, then fresh inits."""
-    inits = [
-        load_endpoint(p, "init", f"init:{Path(p).stem}", None, adapter, open_)
-        for p in explicit_inits
-    ]
-    optima = [
-        load_endpoint(p, "optimum", f"optimum:{Path(p).stem}", None, adapter, open_)
-        for p in explicit_optima
-    ]
+    """Inits and optima: explicit files first, then the runs' pairs, then fresh inits.
+
+    Each endpoint is labelled by its run folder and role (``seed0/init``, ``seed0/final``),
+    with parent folders added where two would read the same; an init and a final from one
+    run folder (explicit or found) make an own pair."""
+    files: list[tuple[str, str]] = [(str(p), "init") for p in explicit_inits]
+    files += [(str(p), "optimum") for p in explicit_optima]
     for run in runs:
-        name = run.name
-        if len(inits) < n_inits:
-            inits.append(
-                load_endpoint(run / INIT_FILE, "init", f"init:{name}", name, adapter, open_)
-            )
-        if len(optima) < n_optima:
-            optima.append(
-                load_endpoint(run / FINAL_FILE, "optimum", f"optimum:{name}", name, adapter, open_)
-            )
+        if sum(k == "init" for _, k in files) < n_inits:
+            files.append((str(run / INIT_FILE), "init"))
+        if sum(k == "optimum" for _, k in files) < n_optima:
+            files.append((str(run / FINAL_FILE), "optimum"))
+    labels = unique_labels([p for p, _ in files])
+    inits: list[Endpoint] = []
+    optima: list[Endpoint] = []
+    for (path, kind), label in zip(files, labels, strict=True):
+        end = load_endpoint(path, kind, label, run_of(path), adapter, open_)
+        (inits if kind == "init" else optima).append(end)
     if len(optima) < n_optima:
         raise UsageError(
             f"--optima {n_optima} asks for more optima than the {len(optima)} available; "
@@ -112,7 +119,7 @@ def gather_endpoints(
     seed = FRESH_SEED_BASE
     while len(inits) < n_inits:
         inits.append(
-            _endpoint(f"init:fresh-{seed}", "init", None, fresh_init(adapter, options, info, seed))
+            _endpoint(f"fresh-{seed}/init", "init", None, fresh_init(adapter, options, info, seed))
         )
         seed += 1
     return inits, optima

@@ -6,6 +6,7 @@ data -> :class:`~mliscan.evaluate.PathEvaluator` -> metrics -> :class:`~mliscan.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from mliscan import metrics
 from mliscan.adapter import Adapter, DataInfo, fresh_init, load_into
 from mliscan.checkpoints import Checkpoint, check_finite, check_pair, load_checkpoint
 from mliscan.data import Dataset, load_dataset
-from mliscan.errors import DataError, UsageError
+from mliscan.errors import CheckpointFormatError, DataError, UsageError
 from mliscan.evaluate import (
     PathEvaluator,
     PreparedData,
@@ -85,7 +86,13 @@ def choose_model(
     if source == "metadata" or meta.get("arch") == arch:
         opts.update(meta.get("arch_options", {}))
     elif init.config is not None:
-        opts.update(adapter.options_from_config(init.config))
+        try:
+            opts.update(adapter.options_from_config(init.config))
+        except (TypeError, KeyError, ValueError, AttributeError) as exc:
+            raise CheckpointFormatError(
+                f"{init.folder / 'config.json'}: a field has the wrong type "
+                f"({type(exc).__name__}: {exc}); fix the file or pass --arch and its options"
+            ) from exc
     inferred = adapter.infer_options(adapter.map_keys(init.tensors))
     for k, v in inferred.items():
         if k not in given_options and k not in opts:
@@ -302,9 +309,43 @@ def _source_record(ckpt: Checkpoint) -> dict[str, Any]:
     return src.record() if isinstance(src, Resolved) else {"path": str(ckpt.path)}
 
 
+def _step(ckpt: Checkpoint) -> int | None:
+    """The training step a checkpoint is from: a Hub revision such as ``step1000``."""
+    src = ckpt.source
+    revision = src.revision if isinstance(src, Resolved) else None
+    match = re.fullmatch(r"(?:step|checkpoint-|global_step)(\d+)", revision or "")
+    return int(match.group(1)) if match else None
+
+
+def swapped_note(init: Checkpoint, final: Checkpoint) -> str | None:
+    """A warning when the endpoints look given in the wrong order: the files' own roles
+    (``mliscan train`` writes them), or Hub revisions whose steps run backwards."""
+    roles = (init.metadata.get("role"), final.metadata.get("role"))
+    if roles[0] == "final" and roles[1] != "final":
+        return (
+            f"{init.path.name} is marked as the final weights of its run and {final.path.name} "
+            f"as {roles[1] or 'unmarked'}: the endpoints look swapped (give INIT first, then FINAL)"
+        )
+    if roles[1] == "init" and roles[0] != "init":
+        return (
+            f"{final.path.name} is marked as the initial weights of its run: the endpoints look "
+            "swapped (give INIT first, then FINAL)"
+        )
+    steps = (_step(init), _step(final))
+    if None not in steps and steps[0] > steps[1]:
+        return (
+            f"INIT is from step {steps[0]} and FINAL from step {steps[1]}: the endpoints look "
+            "swapped (give the earlier revision first)"
+        )
+    return None
+
+
 def integrity_notes(init: Checkpoint, final: Checkpoint) -> list[str]:
-    """Warnings about mislabelled endpoints: the same file, or the same commit."""
+    """Warnings about mislabelled endpoints: swapped, the same file, or the same commit."""
     notes = []
+    swapped = swapped_note(init, final)
+    if swapped:
+        notes.append(swapped)
     a, b = init.source, final.source
     same_commit = isinstance(a, Resolved) and isinstance(b, Resolved) and a.commit == b.commit
     if same_commit and a.commit and a.kind == b.kind == "hf":

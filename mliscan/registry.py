@@ -12,7 +12,7 @@ from collections.abc import Callable
 from importlib.metadata import EntryPoint, entry_points
 
 from mliscan.adapter import Adapter
-from mliscan.errors import UnknownAdapterError, UsageError
+from mliscan.errors import CheckpointFormatError, UnknownAdapterError, UsageError
 
 GROUP = "mliscan.adapters"
 _runtime: dict[str, Callable[[], Adapter]] = {}
@@ -85,7 +85,13 @@ def all_adapters() -> list[Adapter]:
 def adapter_for_config(config: dict, where: str) -> Adapter:
     """The adapter that claims a checkpoint folder's ``config.json`` (transformers, timm)."""
 
-    claimed = [a for a in all_adapters() if a.claims_config(config)]
+    try:
+        claimed = [a for a in all_adapters() if a.claims_config(config)]
+    except (TypeError, KeyError, ValueError, AttributeError) as exc:
+        raise CheckpointFormatError(
+            f"{where}: a field has the wrong type ({type(exc).__name__}: {exc}); fix the file "
+            "or pass --arch"
+        ) from exc
     if not claimed:
         what = config.get("architectures") or config.get("model_type") or config.get("architecture")
         raise UsageError(

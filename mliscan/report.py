@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from mliscan.errors import DataError
 from mliscan.identity import file_hash
 from mliscan.identity import key as identity_key
 from mliscan.metrics import is_monotonic
@@ -86,8 +87,22 @@ def run_metrics(folder: Path, spec: EvalSpec, source: SourceSpec | None = None) 
     return keep
 
 
+def read_run(folder: Path) -> dict[str, Any]:
+    """A run's run.json, checked enough to build its row (a damaged one is named)."""
+    path = folder / RUN_FILE
+    try:
+        run = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise DataError(
+            f"{path}: not a readable run record ({exc}); retrain or remove the run"
+        ) from exc
+    if not isinstance(run, dict) or not isinstance(run.get("config"), dict):
+        raise DataError(f"{path}: not a run record of mliscan train (no 'config' object)")
+    return run
+
+
 def row_of(folder: Path, metrics: dict[str, Any]) -> dict[str, Any]:
-    run = json.loads((folder / RUN_FILE).read_text())
+    run = read_run(folder)
     cfg = run["config"]
     row: dict[str, Any] = {"run": folder.name, "path": str(folder)}
     for k in (

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from mliscan.checkpoints import is_safe_relative
-from mliscan.errors import CheckpointNotFoundError, HubError, UsageError
+from mliscan.errors import HubError, UsageError
+from mliscan.paths import check_local_source
 
 PREFIXES = ("hf:", "timm:", "init:")
 # Files fetched from a Hub repository: weights, their index, the config and the tokenizer.
@@ -95,17 +96,8 @@ def resolve(text: str, *, offline: bool = False) -> Resolved:
         return resolve_timm(text, offline=offline)
     if text.startswith("init:"):
         return resolve_init(text, offline=offline)
-    p = Path(text).expanduser()
-    if not p.exists():
-        if _REPO_RE.match(text.split("@")[0]) and not text.endswith(
-            (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
-        ):
-            raise CheckpointNotFoundError(
-                f"{text}: no such file or directory; if it is a Hugging Face Hub id, write "
-                f"hf:{text} (or timm:NAME for timm weights)"
-            )
-        raise CheckpointNotFoundError(f"{text}: no such file or directory; check the path")
-    return Resolved(text=text, path=p, kind="path")
+    check_local_source(text)
+    return Resolved(text=text, path=Path(text).expanduser(), kind="path")
 
 
 def parse_hf(text: str) -> tuple[str, str]:
@@ -172,8 +164,24 @@ def _snapshot(text: str, repo: str, revision: str, offline: bool) -> Path:
             f"{text}: revision {revision!r} is not in the local Hugging Face cache ({repo_dir}); "
             "check the name, or fetch it once with network access"
         ) from exc
-    except (HfHubHTTPError, OSError) as exc:
-        raise HubError(f"{text}: cannot reach the Hub ({_first_line(exc)}); try --offline") from exc
+    except Exception as exc:
+        # No network (httpx's ConnectError, timeouts), or an HTTP failure: say so, and
+        # whether the cached copy --offline would use is there.
+        network = isinstance(exc, (HfHubHTTPError, OSError)) or type(exc).__module__.startswith(
+            ("httpx", "requests", "urllib3")
+        )
+        if not network:
+            raise
+        repo_dir = cache / ("models--" + repo.replace("/", "--"))
+        cached = (
+            "a cached copy is there"
+            if (repo_dir / "snapshots").is_dir()
+            else f"none is cached in {cache}"
+        )
+        raise HubError(
+            f"{text}: cannot reach the Hugging Face Hub ({_first_line(exc)}); pass --offline "
+            f"to use the cached copy ({cached})"
+        ) from exc
     return Path(folder)
 
 

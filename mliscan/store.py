@@ -11,13 +11,18 @@ when its holder dies).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import socket
+import time
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from mliscan.paths import atomic_path, atomic_write_json
+from mliscan.errors import UsageError
+from mliscan.paths import atomic_path, atomic_write_json, pause_point
 
 PATHS_DIR = "paths"
 LOCK_FILE = ".lock"
@@ -57,6 +62,7 @@ class ResultStore:
 
     def put(self, key: str, record: dict[str, Any]) -> None:
         atomic_write_json(self._file(key), {**record, "key": key})
+        pause_point(self.root)
 
     def get(self, key: str) -> dict[str, Any]:
         record = self.load(key)
@@ -72,10 +78,11 @@ class ResultStore:
                 out.append(record)
         return out
 
-    def lock(self):
-        from filelock import FileLock
-
-        return FileLock(str(self.root / LOCK_FILE))
+    def lock(self, timeout: float | None = None) -> StoreLock:
+        """The store's lock (an OS lock, released when its holder dies). A wait says who
+        holds it; after ``timeout`` seconds (``$MLISCAN_LOCK_TIMEOUT``, default 300) it
+        gives up with a StoreLockedError naming the holder."""
+        return StoreLock(self.root / LOCK_FILE, timeout)
 
     def write_parquet(self, name: str, rows: list[dict[str, Any]], schema: dict[str, Any]) -> Path:
         """Write rows as a Parquet table atomically, with a fixed schema."""
@@ -90,3 +97,90 @@ class ResultStore:
         with atomic_path(target) as tmp:
             frame.write_parquet(tmp)
         return target
+
+
+# How long a command waits for another process's lock on a store before giving up.
+DEFAULT_LOCK_TIMEOUT = 300.0
+# After this many seconds of waiting, say who holds the lock.
+LOCK_NOTICE_AFTER = 2.0
+
+
+class StoreLockedError(UsageError):
+    """Another process has held a store's lock for longer than the timeout."""
+
+
+class StoreLock:
+    """A file lock that records its holder (pid, host, since when) beside it."""
+
+    def __init__(self, path: Path, timeout: float | None = None) -> None:
+        from filelock import FileLock
+
+        self.path = path
+        self.owner = path.with_name(path.name + ".owner")
+        self.timeout = timeout if timeout is not None else _lock_timeout()
+        self._lock = FileLock(str(path))
+
+    def holder(self) -> str:
+        try:
+            info = json.loads(self.owner.read_text(encoding="utf-8"))
+            return f"pid {info['pid']} on {info['host']} since {info['since']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            return "another process"
+
+    def acquire(self, timeout: float | None = None) -> None:
+        from filelock import Timeout
+
+        limit = self.timeout if timeout is None else timeout
+        try:
+            self._lock.acquire(timeout=min(limit, LOCK_NOTICE_AFTER))
+        except Timeout:
+            if limit <= LOCK_NOTICE_AFTER:
+                raise StoreLockedError(self._refusal(limit)) from None
+            warnings.warn(
+                f"waiting for {self.path}, held by {self.holder()} (giving up after "
+                f"{limit:g} s; MLISCAN_LOCK_TIMEOUT sets it)",
+                stacklevel=2,
+            )
+            try:
+                self._lock.acquire(timeout=limit - LOCK_NOTICE_AFTER)
+            except Timeout:
+                raise StoreLockedError(self._refusal(limit)) from None
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+        with contextlib.suppress(OSError):  # a courtesy: the OS lock is what excludes
+            atomic_write_json(self.owner, info)
+
+    def _refusal(self, limit: float) -> str:
+        return (
+            f"{self.path} is held by {self.holder()} and was not released within {limit:g} s; "
+            "wait for that process, or stop it (a killed holder releases the lock), then rerun"
+        )
+
+    def release(self) -> None:
+        self.owner.unlink(missing_ok=True)
+        self._lock.release()
+
+    def __enter__(self) -> StoreLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _lock_timeout() -> float:
+    text = os.environ.get("MLISCAN_LOCK_TIMEOUT")
+    if not text:
+        return DEFAULT_LOCK_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        raise UsageError(
+            f"MLISCAN_LOCK_TIMEOUT must be a number of seconds, got {text!r}"
+        ) from None
+    if not value >= 0:
+        raise UsageError(f"MLISCAN_LOCK_TIMEOUT must be >= 0 seconds, got {text!r}")
+    return value

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mliscan.errors import UsageError
-from mliscan.paths import FINAL_FILE, RUN_FILE
+from mliscan.paths import FINAL_FILE, RUN_FILE, atomic_path, atomic_write_text, pause_point
 from mliscan.spec import spec_hash
 from mliscan.train import TrainSpec, train
 
@@ -33,6 +33,10 @@ def parse_list(text: str, cast: Callable[[str], Any], what: str) -> list[Any]:
     return values
 
 
+# More seeds than this in one sweep is a typo (the sweep itself is capped by --max-runs).
+MAX_SEEDS = 100_000
+
+
 def parse_seeds(text: str) -> list[int]:
     """'0-2' -> [0, 1, 2]; '0,3,5' and '0-2,7' work too."""
     seeds: list[int] = []
@@ -43,6 +47,10 @@ def parse_seeds(text: str) -> list[int]:
             lo, hi = int(m.group(1)), int(m.group(2))
             if hi < lo:
                 raise UsageError(f"--seeds: empty range {part!r}")
+            if hi - lo + 1 + len(seeds) > MAX_SEEDS:
+                raise UsageError(
+                    f"--seeds {text}: more than {MAX_SEEDS} seeds; is the range a typo?"
+                )
             seeds.extend(range(lo, hi + 1))
         elif part.isdigit():
             seeds.append(int(part))
@@ -58,6 +66,14 @@ def parse_onoff(text: str) -> list[bool]:
             raise UsageError(f"--bn takes on, off or on,off, got {text!r}")
         out.append(v == "on")
     return out
+
+
+def sweep_size(axes: dict[str, Sequence[Any]]) -> int:
+    """How many runs ``expand`` would make (computed without making them)."""
+    size = 1
+    for values in axes.values():
+        size *= len(values)
+    return size
 
 
 def expand(base: TrainSpec, axes: dict[str, Sequence[Any]]) -> list[TrainSpec]:
@@ -82,12 +98,35 @@ def run_name(spec: TrainSpec) -> str:
     return f"run-{spec_hash(named)}"
 
 
-def is_complete(folder: Path) -> bool:
+def _record(folder: Path) -> dict[str, Any] | None:
     try:
         record = json.loads((folder / RUN_FILE).read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def is_complete(folder: Path) -> bool:
+    record = _record(folder)
+    return (
+        record is not None
+        and record.get("status") == "complete"
+        and (folder / FINAL_FILE).is_file()
+    )
+
+
+def is_diverged(folder: Path) -> bool:
+    record = _record(folder)
+    return record is not None and record.get("status") == "diverged"
+
+
+def finished_with(folder: Path, spec: TrainSpec, retry_failed: bool = False) -> bool:
+    """Whether ``folder`` holds a finished run of exactly ``spec``: complete, or diverged
+    (a result; trained again only with ``retry_failed``)."""
+    record = _record(folder)
+    if record is None or record.get("config") != json.loads(json.dumps(spec.to_dict())):
         return False
-    return record.get("status") == "complete" and (folder / FINAL_FILE).is_file()
+    return is_complete(folder) or (is_diverged(folder) and not retry_failed)
 
 
 def run_sweep(
@@ -95,18 +134,124 @@ def run_sweep(
     out: Path,
     on_run: Callable[[int, int, TrainSpec, Path, bool], None] | None = None,
     on_epoch: Callable[[int, int, float, float], None] | None = None,
+    retry_failed: bool = False,
 ) -> list[Path]:
-    """Train every run that is not complete yet; returns the run folders in order."""
+    """Train every run that is not finished yet (a diverged run is finished unless
+    ``retry_failed``); returns the run folders in order."""
     folders = []
     names = [run_name(s) for s in specs]
     if len(set(names)) != len(names):
         raise UsageError("the sweep lists the same run twice")
-    for i, (spec, name) in enumerate(zip(specs, names, strict=True)):
-        folder = out / name
-        folders.append(folder)
-        done = is_complete(folder)
+    folders = [out / name for name in names]
+    write_index(out, specs, folders)  # before training: the hashes are readable at once
+    for i, (spec, folder) in enumerate(zip(specs, folders, strict=True)):
+        done = is_complete(folder) or (is_diverged(folder) and not retry_failed)
         if on_run:
             on_run(i, len(specs), spec, folder, done)
         if not done:
-            train(spec, folder, on_epoch=on_epoch)
+            try:
+                train(spec, folder, on_epoch=on_epoch)
+            finally:
+                write_index(out, specs, folders)
+            pause_point(out)
     return folders
+
+
+INDEX_FILE = "index.md"
+INDEX_TABLE = "runs.parquet"
+# The settings that vary between runs of a sweep are listed; these are always shown.
+INDEX_ALWAYS = ("optimizer", "lr", "seed")
+
+
+def run_status(folder: Path) -> str:
+    """complete, diverged, interrupted (a folder without a finished run.json) or pending."""
+    if is_complete(folder):
+        return "complete"
+    if is_diverged(folder):
+        return "diverged"
+    return "interrupted" if folder.exists() else "pending"
+
+
+def index_rows(specs: Sequence[TrainSpec], folders: Sequence[Path]) -> list[dict[str, Any]]:
+    """One row per run: its folder, the settings that tell it apart, its status and, when
+    complete, its final training loss."""
+    flat = [_flatten(s) for s in specs]
+    varying = [k for k in flat[0] if any(f[k] != flat[0][k] for f in flat)] if flat else []
+    keys = list(dict.fromkeys([*INDEX_ALWAYS, *varying]))
+    rows = []
+    for f, folder in zip(flat, folders, strict=True):
+        row: dict[str, Any] = {"run": folder.name}
+        row.update({k: f.get(k) for k in keys})
+        row["status"] = run_status(folder)
+        row["final_train_loss"] = _final_loss(folder) if row["status"] == "complete" else None
+        rows.append(row)
+    return rows
+
+
+def _flatten(spec: TrainSpec) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in dataclasses.asdict(spec).items():
+        if k == "arch_options":
+            out.update(v)
+        elif k == "data":
+            out["data"] = v.get("name")
+        elif k != "device":
+            out[k] = v
+    return out
+
+
+def _final_loss(folder: Path) -> float | None:
+    try:
+        value = json.loads((folder / RUN_FILE).read_text()).get("final_train_loss")
+    except (OSError, json.JSONDecodeError):
+        return None
+    return value if isinstance(value, (int, float)) else None
+
+
+def index_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    if not rows:
+        return "# Sweep runs\n\n(none)\n"
+    cols = list(rows[0])
+    lines = [
+        "# Sweep runs",
+        "",
+        "Each run-<hash> folder, the settings that tell it apart, and its status "
+        "(`mliscan runs DIR` prints this table).",
+        "",
+        "| " + " | ".join(cols) + " |",
+        "|" + " --- |" * len(cols),
+    ]
+    for r in rows:
+        lines.append("| " + " | ".join("-" if r[c] is None else str(r[c]) for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_index(out: Path, specs: Sequence[TrainSpec], folders: Sequence[Path]) -> None:
+    """``index.md`` and ``runs.parquet`` beside the run folders (atomically)."""
+    rows = index_rows(specs, folders)
+    atomic_write_text(out / INDEX_FILE, index_markdown(rows))
+    import polars as pl
+
+    with atomic_path(out / INDEX_TABLE) as tmp:
+        pl.DataFrame(
+            [{k: (None if v is None else str(v)) for k, v in r.items()} for r in rows]
+        ).write_parquet(tmp)
+
+
+def read_index(out: Path) -> list[dict[str, Any]]:
+    """The rows of a sweep's runs.parquet, with each status read again from its folder."""
+    import polars as pl
+
+    path = out / INDEX_TABLE
+    if not path.is_file():
+        raise UsageError(f"{out}: no {INDEX_TABLE} here (is it the --out folder of a sweep?)")
+    try:
+        rows = pl.read_parquet(path).to_dicts()
+    except (OSError, pl.exceptions.PolarsError) as exc:
+        raise UsageError(f"{path}: not a readable runs table ({exc})") from exc
+    for r in rows:
+        folder = out / str(r.get("run"))
+        r["status"] = run_status(folder)
+        loss = _final_loss(folder) if r["status"] == "complete" else None
+        r["final_train_loss"] = None if loss is None else f"{loss:.4g}"
+    return rows

@@ -62,6 +62,12 @@ class TrainSpec(Spec):
     amp: bool = opt(False, "Mixed precision (bfloat16 autocast) for the training steps.")
     device: str = opt("cpu", "Training device.", numeric=False)
 
+    def check(self) -> None:
+        if self.lr <= 0:
+            raise self.fail("lr", f"must be above 0, got {self.lr!r}")
+        if (self.switch_optimizer is None) != (self.switch_at is None):
+            raise self.fail("switch_at", "--switch-optimizer and --switch-at go together")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -83,9 +89,12 @@ def make_optimizer(spec: TrainSpec, params: Any, name: str | None = None) -> tor
 
 
 def train(spec: TrainSpec, out_dir: str | Path, on_epoch: EpochFn | None = None) -> dict[str, Any]:
-    """Train one model; returns the run record also written to ``run.json``."""
-    if spec.epochs < 0 or spec.batch_size < 1 or spec.lr <= 0:
-        raise UsageError("--epochs must be >= 0, --batch-size >= 1 and --lr > 0")
+    """Train one model; returns the run record also written to ``run.json``.
+
+    Everything the run needs (both data splits, the optimizer, the device) is checked
+    before ``init.safetensors`` is written. A non-finite training loss stops the run: its
+    ``run.json`` then says ``status: diverged`` with the epoch, and no final weights are
+    written (a divergence is a result, not a crash)."""
     out = Path(out_dir)
     t_start = time.perf_counter()
     adapter = get_adapter(spec.arch)
@@ -96,6 +105,7 @@ def train(spec: TrainSpec, out_dir: str | Path, on_epoch: EpochFn | None = None)
         )
     options = adapter.parse_options(spec.arch_options)
     dataset = load_dataset(spec.data)
+    test = _test_split(spec)  # a missing test split fails now, not after training
     device = resolve_device(spec.device)
 
     torch.manual_seed(spec.seed)
@@ -108,22 +118,23 @@ def train(spec: TrainSpec, out_dir: str | Path, on_epoch: EpochFn | None = None)
         "seed": spec.seed,
         "mliscan_version": __version__,
     }
+    if adapter.bn_modules(module) and min(len(dataset), spec.batch_size) < 2:
+        raise UsageError(
+            f"batch norm needs batches of at least 2 examples (--batch-size {spec.batch_size}, "
+            f"{len(dataset)} examples); raise --batch-size or --data-limit, or use --no-bn"
+        )
     theta0 = {k: v.detach().clone() for k, v in module.state_dict().items()}
-    save_checkpoint(out / INIT_FILE, theta0, {**meta, "role": "init"})
-
     module.to(device).train()
     prepared = prepare_data(adapter, dataset.inputs, dataset.targets, device, torch.float32)
     optimizer = make_optimizer(spec, module.parameters())
-    if spec.switch_optimizer is not None and (
-        spec.switch_optimizer not in OPTIMIZERS or spec.switch_at is None
-    ):
-        raise UsageError("--switch-optimizer needs one of sgd, adam, rmsprop and --switch-at EPOCH")
+    save_checkpoint(out / INIT_FILE, theta0, {**meta, "role": "init"})
     gen = torch.Generator().manual_seed(spec.seed)
     history: list[dict[str, float]] = []
     n = len(prepared)
     param_names = [k for k, _ in module.named_parameters()]
     start = {k: theta0[k].to(device) for k in param_names}
     stopped_at = None
+    diverged_at: int | None = None
     for epoch in range(spec.epochs):
         if spec.switch_optimizer is not None and epoch == spec.switch_at:
             optimizer = make_optimizer(spec, module.parameters(), spec.switch_optimizer)
@@ -138,12 +149,17 @@ def train(spec: TrainSpec, out_dir: str | Path, on_epoch: EpochFn | None = None)
                 output = module(x)
                 losses = adapter.loss(output, y).float()
             loss = losses.mean()
+            if not bool(torch.isfinite(loss)):
+                diverged_at = epoch + 1
+                break
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             total += float(losses.detach().sum())
             ok = adapter.correct(output.detach(), y)
             correct += float(ok.sum()) if ok is not None else 0.0
+        if diverged_at is not None:
+            return _diverged(spec, meta, out, history, diverged_at, t_start, device)
         with torch.no_grad():
             params = dict(module.named_parameters())
             dist = float(sum(torch.sum((params[k] - start[k]) ** 2) for k in param_names)) ** 0.5
@@ -163,7 +179,7 @@ def train(spec: TrainSpec, out_dir: str | Path, on_epoch: EpochFn | None = None)
     evaluator.set_alpha(1.0)
     final_loss, final_acc = evaluator.loss_and_accuracy()
     save_checkpoint(out / FINAL_FILE, theta1, {**meta, "role": "final"})
-    test_accuracy = _test_accuracy(spec, adapter, module, device)
+    test_accuracy = _test_accuracy(test, adapter, module, device)
     record = {
         "status": "complete",
         "stopped_at_epoch": stopped_at,
@@ -186,13 +202,43 @@ def train(spec: TrainSpec, out_dir: str | Path, on_epoch: EpochFn | None = None)
     return record
 
 
-def _test_accuracy(
-    spec: TrainSpec, adapter: Any, module: torch.nn.Module, device: torch.device
-) -> float | None:
-    """Accuracy on the test split, when the dataset has one (digits has none)."""
+def _test_split(spec: TrainSpec) -> Any:
+    """The test split, when the dataset has one (digits has none)."""
     if spec.data.name == "digits":
         return None
-    test = load_dataset(dataclasses.replace(spec.data, split="test", limit=None))
+    return load_dataset(dataclasses.replace(spec.data, split="test", limit=None))
+
+
+def _diverged(
+    spec: TrainSpec,
+    meta: dict[str, Any],
+    out: Path,
+    history: list[dict[str, float]],
+    epoch: int,
+    t_start: float,
+    device: torch.device,
+) -> dict[str, Any]:
+    """The record of a run whose training loss became NaN/Inf in ``epoch`` (no final)."""
+    record = {
+        "status": "diverged",
+        "diverged_at_epoch": epoch,
+        "config": spec.to_dict(),
+        "arch_options": meta["arch_options"],
+        "history": history,
+        "wall_time_s": time.perf_counter() - t_start,
+        "device": str(device),
+        "versions": {"mliscan": __version__, "torch": torch.__version__},
+    }
+    atomic_write_json(out / RUN_FILE, record)
+    return record
+
+
+def _test_accuracy(
+    test: Any, adapter: Any, module: torch.nn.Module, device: torch.device
+) -> float | None:
+    """Accuracy on the test split, when the dataset has one (digits has none)."""
+    if test is None:
+        return None
     data = prepare_data(adapter, test.inputs, test.targets, device, torch.float32)
     module.eval()
     correct = 0

@@ -75,10 +75,10 @@ def test_three_by_three_grid_identities(three_runs: Path, tmp_path: Path, capsys
     io = paths.filter(pl.col("family") == "init-optimum")
     own = io.filter(pl.col("own_pair"))
     assert sorted(zip(own["a"], own["b"], strict=True)) == [
-        (f"init:run{i}", f"optimum:run{i}") for i in range(3)
+        (f"run{i}/init", f"run{i}/final") for i in range(3)
     ]
     assert io.filter(~pl.col("own_pair")).height == 6
-    assert set(paths.filter(pl.col("family") == "init-init")["a"]) <= {"init:run0", "init:run1"}
+    assert set(paths.filter(pl.col("family") == "init-init")["a"]) <= {"run0/init", "run1/init"}
     assert curves.height == 15 * 8
     for col in ("family", "a", "b", "own_pair", "min_delta", "monotonic", "barrier", "distance"):
         assert col in paths.columns
@@ -101,7 +101,7 @@ def test_three_by_three_grid_identities(three_runs: Path, tmp_path: Path, capsys
         capsys,
     )
     r = json.loads(out_json)
-    row = own.filter(pl.col("a") == "init:run1").row(0, named=True)
+    row = own.filter(pl.col("a") == "run1/init").row(0, named=True)
     assert row["min_delta"] == pytest.approx(r["min_delta"], abs=1e-7)
     assert row["distance"] == pytest.approx(r["distance"])
 
@@ -126,7 +126,7 @@ def test_fresh_inits_beyond_the_runs(three_runs: Path, tmp_path: Path, capsys) -
     assert code == 0, err
     paths = pl.read_parquet(tmp_path / "paths.parquet")
     assert paths.height == 6 + 4 + 0
-    assert any(a.startswith("init:fresh-") for a in paths["a"].to_list() + paths["b"].to_list())
+    assert any(a.startswith("fresh-") for a in paths["a"].to_list() + paths["b"].to_list())
     code, _, err = run_cli(
         ["grid", three_runs, "--optima", "9", "--out", tmp_path / "x", "-q"], capsys
     )
@@ -154,25 +154,36 @@ def _grid_cmd(runs: Path, out: Path) -> list[str]:
     ]
 
 
+def _paused(out: Path, proc: subprocess.Popen, deadline: float = 120) -> None:
+    """Wait until the process marks OUT/.paused (MLISCAN_PAUSE_AFTER): the signal that
+    follows lands at a known point, never racing the work."""
+    end = time.time() + deadline
+    while time.time() < end and not (out / ".paused").exists():
+        assert proc.poll() is None, "the process ended before its pause point"
+        time.sleep(0.02)
+    assert (out / ".paused").exists()
+
+
 def test_killed_grid_resumes_to_identical_rows(three_runs: Path, tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     full = tmp_path / "full"
     subprocess.run(_grid_cmd(three_runs, full), check=True, env=env, capture_output=True)
     part = tmp_path / "part"
     proc = subprocess.Popen(
-        _grid_cmd(three_runs, part), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        _grid_cmd(three_runs, part),
+        env={**env, "MLISCAN_PAUSE_AFTER": "3"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list((part / "paths").glob("*.json"))) < 3:
-        time.sleep(0.02)
+    _paused(part, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     saved = len(list((part / "paths").glob("*.json")))
-    assert 3 <= saved < 15, saved  # killed mid-way, finished paths kept
+    assert saved == 3  # killed right after the third path: exactly those are kept
     assert not list((part / "paths").glob(".*.tmp"))  # no half-written file left visible
     p = subprocess.run(_grid_cmd(three_runs, part), env=env, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
-    assert f"({saved} already in" in p.stderr
+    assert "(3 already in" in p.stderr
     for a, b in zip(_rows(full), _rows(part), strict=True):
         assert a.equals(b)
 
@@ -180,17 +191,18 @@ def test_killed_grid_resumes_to_identical_rows(three_runs: Path, tmp_path: Path)
 def test_sigterm_saves_and_explains(three_runs: Path, tmp_path: Path) -> None:
     out = tmp_path / "t"
     proc = subprocess.Popen(
-        _grid_cmd(three_runs, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        _grid_cmd(three_runs, out),
+        env={**os.environ, "MLISCAN_PAUSE_AFTER": "2"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list((out / "paths").glob("*.json"))) < 2:
-        time.sleep(0.02)
+    _paused(out, proc)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
-    if proc.returncode == 0:
-        pytest.skip("the grid finished before the signal arrived")
-    assert proc.returncode == 130
-    assert "rerun the same command to resume" in err
+    assert proc.returncode == 130, err
+    assert "2 of 15 paths are saved" in err and "rerun the same command to resume" in err
+    assert "Traceback" not in err
 
 
 @pytest.mark.skipif(
@@ -301,3 +313,21 @@ def test_corrupt_store_entry_is_recomputed_and_duplicates_are_one_path(
         code, _, err = run_cli(args, capsys)
     assert code == 0, err
     assert json.loads(stored[0].read_text())["loss"] == good["loss"]
+
+
+def test_explicit_files_are_labelled_by_run_and_pair_with_their_own_final(
+    three_runs: Path, tmp_path: Path, capsys
+) -> None:
+    """The form in `grid --help`: two inits and one optimum named by file."""
+    out = tmp_path / "g"
+    args = ["grid", "--out", out, "--alphas", "4", "-q"]
+    for run in ("run0", "run1"):
+        args += ["--init", three_runs / run / "init.safetensors"]
+    args += ["--optimum", three_runs / "run0" / "final.safetensors"]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    paths, _ = _rows(out)
+    io = paths.filter(pl.col("family") == "init-optimum").sort("a")
+    assert io["a"].to_list() == ["run0/init", "run1/init"]
+    assert io["b"].to_list() == ["run0/final", "run0/final"]
+    assert io["own_pair"].to_list() == [True, False]

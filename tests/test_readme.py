@@ -48,3 +48,49 @@ def test_quickstart_demo_runs(tmp_path: Path) -> None:
     # Adam + batch norm travels much further from its initialisation (Section 4.2.1)
     assert adam["normalized_distance"] > 3 * sgd["normalized_distance"]
     assert (tmp_path / "curves.png").stat().st_size > 10_000
+    _check_demo_table(p.stdout)
+    # a rerun reuses both trained runs (no training) and prints the same table
+    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and again.stderr.count("(reused)") == 2, again.stderr[-2000:]
+    assert _rows(again.stdout) == _rows(p.stdout)
+
+
+TABLE = re.compile(r"(<!-- demo-table -->\n```\n)(.*?)(```\n<!-- /demo-table -->)", re.S)
+
+
+def _rows(text: str) -> dict[str, list[str]]:
+    """The demo table's rows by path: the cells between the vertical bars."""
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.split("│")[1:-1]]
+        if cells and cells[0] and cells[0] != "path":
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def _check_demo_table(printed: str) -> None:
+    """The README's demo table is the demo's own output (numbers to 0.5% or 1e-3; the
+    sparkline and verdicts exactly). MLISCAN_UPDATE_README=1 rewrites it from this run."""
+    import os
+
+    readme = REPO / "README.md"
+    text = readme.read_text()
+    match = TABLE.search(text)
+    assert match, "README.md lost its demo-table block"
+    if os.environ.get("MLISCAN_UPDATE_README") == "1":
+        table = "\n".join(line.rstrip() for line in printed.strip("\n").splitlines()) + "\n"
+        readme.write_text(text[: match.start(2)] + table + text[match.end(2) :])
+        return
+    shown, real = _rows(match.group(2)), _rows(printed)
+    assert set(shown) == set(real), (sorted(shown), sorted(real))
+    for path, cells in real.items():
+        for a, b in zip(shown[path], cells, strict=True):
+            try:
+                x, y = float(a), float(b)
+            except ValueError:
+                assert a == b, (path, a, b)
+                continue
+            assert abs(x - y) <= max(1e-3, 5e-3 * abs(y)), (
+                f"README demo table is stale for {path}: {a} shown, {b} now "
+                "(rerun with MLISCAN_UPDATE_README=1)"
+            )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -72,16 +73,20 @@ def _sweep_cmd(out: Path, epochs: int) -> list[str]:
 def test_interrupted_sweep_resumes_without_redoing_finished_runs(tmp_path: Path) -> None:
     out = tmp_path / "sweep"
     proc = subprocess.Popen(
-        _sweep_cmd(out, 40), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        _sweep_cmd(out, 40),
+        env={**os.environ, "MLISCAN_PAUSE_AFTER": "1"},  # pause once the first run is done
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.time() + 300
-    while time.time() < deadline and not any(out.glob("*/run.json")):
+    while time.time() < deadline and not (out / ".paused").exists():
+        assert proc.poll() is None, "the sweep ended before its pause point"
         time.sleep(0.05)
-    time.sleep(0.3)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     finished = [f.parent for f in out.glob("*/run.json")]
-    assert 1 <= len(finished) < 4
+    assert len(finished) == 1
     stamps = {f: (f / "run.json").stat().st_mtime_ns for f in finished}
     unfinished = [d for d in out.iterdir() if d.is_dir() and d not in finished]
     for d in unfinished:  # the run in flight never looks complete

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -15,6 +16,7 @@ from mliscan.cli import grid as grid_cmd
 from mliscan.cli import logits as logits_cmd
 from mliscan.cli import plane as plane_cmd
 from mliscan.cli import report as report_cmd
+from mliscan.cli import runs as runs_cmd
 from mliscan.cli import spine
 from mliscan.cli import train as train_cmd
 from mliscan.cli.errors import (
@@ -37,8 +39,9 @@ app = typer.Typer(
         "  mliscan train --arch mlp --data digits --optimizer adam --lr 0.01 --bn --out runs/adam"
     ),
     no_args_is_help=True,
+    cls=spine.group_class(),
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion: typer's own mechanism
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.command("compare", cls=spine.command_class())(spine.plain_help(compare_cmd.compare))
@@ -50,6 +53,7 @@ app.command("grid", cls=spine.command_class())(spine.plain_help(grid_cmd.grid))
 app.command("plane", cls=spine.command_class())(spine.plain_help(plane_cmd.plane))
 app.command("report", cls=spine.command_class())(spine.plain_help(report_cmd.report))
 app.command("logits", cls=spine.command_class())(spine.plain_help(logits_cmd.logits))
+app.command("runs", cls=spine.command_class())(spine.plain_help(runs_cmd.runs))
 
 
 # typer vendors click: its usage errors share the base class of the public typer.BadParameter.
@@ -75,6 +79,39 @@ def _sigterm(signum: int, frame: object) -> None:
     raise KeyboardInterrupt  # finish like Ctrl-C: finished results stay saved, resume hint
 
 
+class _Interrupts:
+    """The first Ctrl-C stops the work cleanly (KeyboardInterrupt); a second one, while
+    that clean-up runs, ends the process at once with exit 130 and one line, never a
+    traceback (every output is written atomically, so nothing half-written is left)."""
+
+    count = 0
+
+    @classmethod
+    def handler(cls, signum: int, frame: object) -> None:
+        cls.count += 1
+        if cls.count == 1:
+            raise KeyboardInterrupt
+        print("mliscan: interrupted again: stopped at once", file=sys.stderr, flush=True)
+        os._exit(EXIT_INTERRUPTED)
+
+
+def _flush_stdout() -> int | None:
+    """Flush stdout; when its reader has gone (``mliscan ... --json - | head``) say so once
+    and return the input-error code instead of dying on the interpreter's own flush."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's last flush goes nowhere
+        print(
+            "mliscan: the output pipe was closed before everything was written (stdout); "
+            "read the whole output, or write it to a file with --json PATH",
+            file=sys.stderr,
+        )
+        return EXIT_INPUT
+    return None
+
+
 def _forget_interrupt() -> None:
     """Keep exit code 130 after a handled Ctrl-C that landed inside string-exec'd code.
 
@@ -92,17 +129,21 @@ def main(argv: list[str] | None = None) -> int:
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _sigterm)
+        _Interrupts.count = 0
+        signal.signal(signal.SIGINT, _Interrupts.handler)
     from mliscan.cli.train import normalise_bn_argv
 
     argv = normalise_bn_argv(list(sys.argv[1:] if argv is None else argv))
     try:
-        rv = app(args=argv, standalone_mode=False)
+        rv = app(args=argv, standalone_mode=False, prog_name="mliscan")
     except typer.Exit as exc:
         rv = int(exc.exit_code or 0)
     except SystemExit as exc:
         return int(exc.code or 0) if not isinstance(exc.code, str) else 1
     except (KeyboardInterrupt, typer.Abort):
         rv = EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return _flush_stdout() or EXIT_INPUT
     except Exception as exc:
         if isinstance(exc, _CLICK_ERRORS):
             exc.show()
@@ -110,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
         if debug():
             raise
         return report(exc)
+    closed = _flush_stdout()
+    if closed is not None:
+        return closed
     if rv == EXIT_INTERRUPTED:
         _forget_interrupt()
         if not InterruptState.reported:

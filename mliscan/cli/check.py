@@ -56,10 +56,10 @@ def check(
       mliscan check init.pt final.pt --arch mlp --hidden 128,128 --max-barrier 0.05
     """
     from mliscan.cli import ui
+    from mliscan.cli.compare import pair_label
     from mliscan.errors import UsageError
     from mliscan.gates import evaluate, markdown_summary, write_junit
-    from mliscan.paths import atomic_write_json
-    from mliscan.pipeline import compare_pair
+    from mliscan.paths import atomic_write_json, check_local_source, run_label
 
     gate, out = specs[S.GateSpec], specs[spine.OutputSpec]
     if not gate.any_threshold():
@@ -70,6 +70,10 @@ def check(
         )
     if junit is not None and junit.is_dir():
         raise UsageError(f"--junit {junit} is a folder; name a file")
+    check_local_source(init)  # before torch is imported: a typo fails at once
+    check_local_source(final)
+    from mliscan.pipeline import compare_pair  # torch: only once the inputs look right
+
     ev = specs[S.EvalSpec]
     if gate.max_gauss_length is not None and not ev.gauss:
         ev = ev.replace(gauss=True)  # the threshold needs the number
@@ -86,6 +90,7 @@ def check(
             source=specs[S.SourceSpec],
         )
     record = result.to_dict()
+    record["label"] = pair_label(init, final, run_label)
     checks = evaluate(record, gate)
     record["checks"] = [c.__dict__ for c in checks]
     record["config"] = str(specs.config) if specs.config else None
@@ -103,12 +108,15 @@ def check(
         print(json.dumps(record, indent=2))
     elif out.json_out:
         atomic_write_json(out.json_out, record)
+        ui.wrote(out.json_out)
     if out.plot is not None:
         from mliscan.plots import plot_curves
 
         plot_curves([record], Path(out.plot))
+        ui.wrote(out.plot)
     if junit is not None:
         write_junit(junit, checks, record, elapsed)
+        ui.wrote(junit)
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary:
         with open(summary, "a", encoding="utf-8") as f:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -76,14 +77,17 @@ def compare(
 
       mliscan compare init:timm:resnet18 timm:resnet18.a1_in1k --data imagefolder --data-dir ~/imagenet-val --data-limit 512
     """
+    from mliscan.paths import check_local_source, run_label
+
+    check_local_source(init)  # before torch is imported: a typo fails at once
+    check_local_source(final)
     from mliscan.cli import ui
     from mliscan.pipeline import compare_pair
-    from mliscan.sources import PREFIXES
 
     ev, gate, out = specs[S.EvalSpec], specs[S.GateSpec], specs[spine.OutputSpec]
     if fail_on_nonmonotonic:
         gate = gate.replace(require_monotonic=True)
-    label = final if final.startswith(PREFIXES) else Path(final).name
+    label = pair_label(init, final, run_label)
     with ui.alpha_progress(ev.alphas, label, out.quiet) as progress:
         result = compare_pair(
             init,
@@ -114,7 +118,8 @@ def compare(
             f"{ui.fmt(u['monotonic_share'])}, mean curve {ui.sparkline(u['mean_loss'], 50)}"
         )
     for note in result.notes:
-        ui.err.print(f"[yellow]note:[/] {ui.escape(note)}")
+        kind = "warning" if "look swapped" in note else "note"
+        ui.err.print(f"[yellow]{kind}:[/] {ui.escape(note)}")
     checks = gates.evaluate(record, gate)
     if checks:
         record["checks"] = [c.__dict__ for c in checks]
@@ -122,13 +127,24 @@ def compare(
         sys.stdout.write(json.dumps(record, indent=2) + "\n")
     elif out.json_out:
         atomic_write_json(out.json_out, record)
+        ui.wrote(out.json_out)
     if out.plot is not None:
         from mliscan.plots import plot_curves
 
         plot_curves([record], Path(out.plot))
+        ui.wrote(out.plot)
     failed = [c for c in checks if not c.passed]
     for c in failed:
         ui.err.print(
             f"[red]FAIL[/] {c.description}: observed {ui.fmt(c.observed)}, allowed {c.allowed}"
         )
     return EXIT_GATE if failed else EXIT_OK
+
+
+def pair_label(init: str, final: str, run_label: Callable[[str], str]) -> str:
+    """The pair's name in tables and figures: the run folder when both files are its init
+    and final, else ``init-label → final-label``."""
+    a, b = run_label(init), run_label(final)
+    if a.endswith("/init") and b.endswith("/final") and a[:-5] == b[:-6]:
+        return a[:-5]
+    return f"{a} → {b}"

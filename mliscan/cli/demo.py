@@ -39,8 +39,11 @@ def demo(
     for name, settings in DEMO_RUNS:
         run_dir = out / name
         spec = TrainSpec(arch="mlp", data=DataSpec("digits"), epochs=epochs, seed=0, **settings)
-        with ui.epoch_progress(epochs, f"train {name}", quiet) as cb:
-            train(spec, run_dir, on_epoch=cb)
+        if finished_with(run_dir, spec):
+            ui.err.print(f"{run_dir}: already trained with these settings (reused)")
+        else:
+            with ui.epoch_progress(epochs, f"train {name}", quiet) as cb:
+                train(spec, run_dir, on_epoch=cb)
         with ui.alpha_progress(50, f"compare {name}", quiet) as cb:
             result = compare_pair(
                 str(run_dir / "init.safetensors"), str(run_dir / "final.safetensors"), progress=cb
@@ -51,5 +54,20 @@ def demo(
         records.append(record)
     ui.out.print(ui.results_table(records, title="mliscan demo: digits MLPs, 50 alphas"))
     plot_curves(records, out / "curves.png")
-    ui.err.print(f"results: {out}/*/mli.json, plot: {out / 'curves.png'}")
+    ui.wrote(*(out / name / "mli.json" for name, _ in DEMO_RUNS), out / "curves.png")
     return 0
+
+
+def finished_with(folder: Path, spec: object) -> bool:
+    """Whether ``folder`` holds a finished run of exactly ``spec`` (then it is reused)."""
+    import json
+
+    from mliscan.sweep import is_complete
+
+    if not is_complete(folder):
+        return False
+    try:
+        config = json.loads((folder / "run.json").read_text()).get("config")
+    except (OSError, json.JSONDecodeError):
+        return False
+    return config == json.loads(json.dumps(spec.to_dict()))

@@ -6,6 +6,7 @@ Exit codes: 0 ran (and every gate held), 1 a gated property failed, 2 usage or i
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 
@@ -48,6 +49,42 @@ def debug() -> bool:
     return os.environ.get(DEBUG_VAR, "") not in {"", "0"}
 
 
+# A hostile environment is not a bug: what the operating system refused, and what to do.
+OS_FIXES = {
+    errno.ENOSPC: "the disk is full; free some space or write elsewhere",
+    errno.EDQUOT: "the disk quota is used up; free some space or write elsewhere",
+    errno.EROFS: "the file system is read-only; write elsewhere",
+    errno.EACCES: "permission denied; write elsewhere or fix the permissions",
+    errno.EPERM: "operation not permitted; write elsewhere or fix the permissions",
+    errno.EISDIR: "it is a folder; name a file",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.ENAMETOOLONG: "the file name is too long; choose a shorter one",
+    errno.EEXIST: "it already exists",
+    errno.ENOENT: "no such file or folder",
+    errno.EFBIG: "the file is larger than allowed (ulimit -f); write elsewhere or lift the limit",
+    errno.EMFILE: "too many open files (ulimit -n)",
+}
+
+
+def environment_message(exc: BaseException) -> str | None:
+    """One line for an error the environment caused (OS refusals, network, memory), or None."""
+    if isinstance(exc, MemoryError):
+        return (
+            "out of memory: lower --data-limit, --batch-size or --alphas, or use a larger machine"
+        )
+    if isinstance(exc, OSError) and exc.errno in OS_FIXES:
+        where = exc.filename if exc.filename is not None else "a file"
+        return f"cannot use {where}: {OS_FIXES[exc.errno]}"
+    if type(exc).__module__.startswith(("httpx", "requests", "urllib3")) or isinstance(
+        exc, (ConnectionError, TimeoutError)
+    ):
+        return (
+            "cannot reach the network (the Hugging Face Hub?); pass --offline to use the "
+            f"cached copy ({type(exc).__name__}: {' '.join(str(exc).split())[:120]})"
+        )
+    return None
+
+
 def report(exc: BaseException) -> int:
     """Print one line for ``exc`` on stderr and return the exit code."""
     for cls, label in TABLE:
@@ -55,6 +92,10 @@ def report(exc: BaseException) -> int:
             message = " ".join(str(exc).split())
             print(f"mliscan: {label}: {message}", file=sys.stderr)
             return EXIT_INPUT
+    environment = environment_message(exc)
+    if environment is not None:
+        print(f"mliscan: {environment}", file=sys.stderr)
+        return EXIT_INPUT
     first = " ".join(str(exc).split())[:300]
     print(
         f"mliscan: internal error: {type(exc).__name__}: {first} "

@@ -91,6 +91,10 @@ def grid(
 
       torchrun --nproc-per-node 4 -m mliscan.cli.app grid runs/ --inits 10 --optima 10 --out g
     """
+    from mliscan.paths import check_local_source
+
+    for path in [*(init or []), *(optimum or [])]:
+        check_local_source(path)  # before torch is imported: a typo fails at once
     from mliscan import grid as g
     from mliscan import results
     from mliscan.cli import ui
@@ -159,7 +163,14 @@ def grid(
         )
     try:
         with ui.count_progress(len(tasks), "paths", quiet or rank != 0) as tick:
-            g.run_tasks(engine, tasks, store, rank, world, on_done=lambda t, new: tick())
+            g.run_tasks(
+                engine,
+                tasks,
+                store,
+                rank,
+                world,
+                on_done=lambda t, new: tick(f"{t.a.label} → {t.b.label}"),
+            )
     except KeyboardInterrupt:
         from mliscan.cli.errors import InterruptState
 
@@ -195,7 +206,7 @@ def grid(
         from mliscan.plots import plot_grid
 
         plot_grid(records, Path(plot))
-    ui.err.print(f"results: {out / 'paths.parquet'}, {out / 'curves.parquet'}")
+    ui.wrote(out / "paths.parquet", out / "curves.parquet", *([plot] if plot else []))
     if world > 1:
         import torch.distributed as dist
 

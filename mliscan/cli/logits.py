@@ -55,6 +55,10 @@ def logits(
     import json
     import sys
 
+    from mliscan.paths import check_local_source
+
+    check_local_source(init)  # before torch is imported: a typo fails at once
+    check_local_source(final)
     from mliscan import plots
     from mliscan.cli import ui
     from mliscan.paths import atomic_write_json
@@ -84,6 +88,7 @@ def logits(
     ev = result["explained_variance"]
     ui.err.print(
         f"{len(result['examples'])} examples x {alphas} alphas; PC1+PC2 explain "
-        f"{ev[0] + ev[1]:.0%} of the logit variance -> {', '.join(map(str, written))}"
+        f"{ev[0] + ev[1]:.0%} of the logit variance"
     )
+    ui.wrote(*written, *([json_out] if json_out not in (None, "-") else []))
     return 0

@@ -41,6 +41,10 @@ def plane(
 
       mliscan plane i.safetensors f.safetensors g.safetensors --resolution 41 --range -5,60,-10,40
     """
+    from mliscan.paths import check_local_source
+
+    for point in (a, b, c):
+        check_local_source(point)  # before torch is imported: a typo fails at once
     from mliscan import plane as pl
     from mliscan.checkpoints import check_pair, content_hash
     from mliscan.cli import ui
@@ -133,5 +137,5 @@ def plane(
             for k, (x, y) in the_plane.coords.items()
         )
     )
-    ui.err.print(f"results: {out / 'plane.parquet'}, {out / 'plane.json'}")
+    ui.wrote(out / "plane.parquet", out / "plane.json", *([plot] if plot else []))
     return 0

@@ -82,7 +82,7 @@ def report(
     if not folders:
         raise UsageError("no runs found: the folders hold no run.json with init and final weights")
     with ui.count_progress(len(folders), "runs", quiet) as tick:
-        rows = rp.collect(folders, spec, on_run=lambda f: tick(), source=source)
+        rows = rp.collect(folders, spec, on_run=lambda f: tick(f.name), source=source)
     threshold = rp.default_threshold(rows) if loss_threshold is None else loss_threshold
     tolerance = rp.default_tolerance(rows) if tol is None else tol
     for r in rows:
@@ -179,11 +179,13 @@ def report(
             ],
         )
         atomic_write_text(html, page)
-    done = [str(out / "runs.parquet"), *(f"{out}/{n}.md" for n in tables)]
-    done += [str(f.with_suffix(".{png,svg}")) for f in figures]
+    done = [out / "runs.parquet", *(out / f"{n}.{ext}" for n in tables for ext in ("md", "csv"))]
+    if fit is not None:
+        done += [out / "powerlaw.md", out / "powerlaw.csv"]
+    done += [f.with_suffix(ext) for f in figures for ext in (".png", ".svg")]
     if html is not None:
-        done.append(str(html))
-    ui.err.print("results: " + ", ".join(done))
+        done.append(html)
+    ui.wrote(*done)
     return 0
 
 

@@ -342,19 +342,34 @@ def load_settings(
     return settings, source
 
 
+def _flags_without_metavar(params: list[Any]) -> list[Any]:
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""  # a flag takes no value
+    return params
+
+
 def command_class() -> type:
-    """The typer command class of every mliscan command: its -h/--help is a flag (no value
-    metavar in the help table)."""
+    """The typer command class of every mliscan command: its flags (-h/--help included)
+    show no value metavar in the help table."""
     from typer.core import TyperCommand
 
     class MliscanCommand(TyperCommand):
-        def get_help_option(self, ctx: Any) -> Any:
-            option = super().get_help_option(ctx)
-            if option is not None:
-                option.metavar = ""
-            return option
+        def get_params(self, ctx: Any) -> list[Any]:
+            return _flags_without_metavar(super().get_params(ctx))
 
     return MliscanCommand
+
+
+def group_class() -> type:
+    """The same for the root command (--version, --install-completion, --help)."""
+    from typer.core import TyperGroup
+
+    class MliscanGroup(TyperGroup):
+        def get_params(self, ctx: Any) -> list[Any]:
+            return _flags_without_metavar(super().get_params(ctx))
+
+    return MliscanGroup
 
 
 _OWN_METAVARS: dict[Any, str] = {

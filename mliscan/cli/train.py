@@ -9,6 +9,8 @@ from typing import Annotated
 import typer
 
 from mliscan.cli import options as o
+from mliscan.cli.errors import EXIT_GATE
+from mliscan.errors import UsageError
 
 BN_VALUES = re.compile(r"^(on|off)(,(on|off))*$")
 
@@ -98,11 +100,28 @@ def train(
     ] = False,
     device: o.Device = "cpu",
     quiet: o.Quiet = False,
+    retry_failed: Annotated[
+        bool,
+        typer.Option(
+            "--retry-failed",
+            help="Train again the runs that diverged (by default a diverged run is a result "
+            "and reruns skip it).",
+        ),
+    ] = False,
+    max_runs: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Refuse sweeps with more runs than this (a typo in --seeds 0-30000000 would "
+            "otherwise hang).",
+        ),
+    ] = 10_000,
 ) -> int:
     """Train models, saving each initialisation before the first step and the final weights.
 
     List-valued options expand to a cartesian product of runs (a sweep); rerunning the same
-    command skips finished runs and restarts interrupted ones.
+    command skips finished runs (complete, or diverged: its loss became NaN/Inf) and
+    restarts interrupted ones. Exit 1 when a single run diverges.
 
     Examples:
 
@@ -117,7 +136,16 @@ def train(
     from mliscan.cli import ui
     from mliscan.registry import get_adapter
     from mliscan.spec import ArchSpec, DataSpec
-    from mliscan.sweep import expand, parse_list, parse_onoff, parse_seeds, run_sweep
+    from mliscan.sweep import (
+        expand,
+        finished_with,
+        is_diverged,
+        parse_list,
+        parse_onoff,
+        parse_seeds,
+        run_sweep,
+        sweep_size,
+    )
     from mliscan.train import TrainSpec
     from mliscan.train import train as run_train
 
@@ -155,16 +183,38 @@ def train(
         axes["arch_options.activation"] = parse_list(activation, str, "--activation")
     if init_scheme is not None:
         axes["arch_options.init"] = parse_list(init_scheme, str, "--init-scheme")
+    size = sweep_size(axes)
+    if size > max_runs:
+        raise UsageError(
+            f"the sweep has {size} runs, more than --max-runs {max_runs}; check the lists "
+            "(e.g. --seeds 0-2 is three seeds) or raise --max-runs"
+        )
     specs = expand(base, axes)
 
     if len(specs) == 1:  # one run: the folder is --out itself
+        if finished_with(out, specs[0], retry_failed):
+            diverged = is_diverged(out)
+            ui.err.print(
+                f"{out}: already trained with these settings ("
+                + ("diverged; --retry-failed trains it again" if diverged else "complete")
+                + "); nothing to do"
+            )
+            return EXIT_GATE if diverged else 0
         with ui.epoch_progress(epochs, str(out), quiet) as on_epoch:
             record = run_train(specs[0], out, on_epoch=on_epoch)
+        if record["status"] == "diverged":
+            ui.err.print(
+                f"[red]diverged[/]: the training loss became NaN/Inf in epoch "
+                f"{record['diverged_at_epoch']}; {out / 'run.json'} records it (lower --lr?)"
+            )
+            ui.wrote(out / "init.safetensors", out / "run.json")
+            return EXIT_GATE
         ui.err.print(
             f"trained {arch} in {record['wall_time_s']:.1f}s: final training loss "
-            f"{ui.fmt(record['final_train_loss'])}, accuracy {ui.fmt(record['final_train_accuracy'])} "
-            f"-> {out}"
+            f"{ui.fmt(record['final_train_loss'])} (the whole training set, eval mode), "
+            f"accuracy {ui.fmt(record['final_train_accuracy'])}"
         )
+        ui.wrote(out / "init.safetensors", out / "final.safetensors", out / "run.json")
         return 0
 
     skipped = 0
@@ -174,9 +224,26 @@ def train(
             nonlocal skipped
             skipped += done
             if show_run is not None:
-                label = f"{folder.name}: {spec.optimizer} lr {spec.lr:g} {spec.arch_options} seed {spec.seed}"
+                label = describe_run(spec)
                 show_run(i, n, label, done)
 
-        folders = run_sweep(specs, out, on_run=on_run, on_epoch=on_epoch)
-    ui.err.print(f"sweep complete: {len(folders)} runs in {out} ({skipped} were already done)")
+        folders = run_sweep(specs, out, on_run=on_run, on_epoch=on_epoch, retry_failed=retry_failed)
+    diverged = sum(is_diverged(f) for f in folders)
+    ui.err.print(
+        f"sweep complete: {len(folders)} runs in {out} ({skipped} were already done"
+        + (f"; {diverged} diverged" if diverged else "")
+        + ")"
+    )
+    ui.wrote(out / "index.md", out / "runs.parquet")
     return 0
+
+
+def describe_run(spec: object) -> str:
+    """A sweep run's settings in a few words: ``adam lr 0.01 bn=on seed 2``."""
+    options = " ".join(
+        f"{k}={'on' if v is True else 'off' if v is False else v}"
+        for k, v in sorted(getattr(spec, "arch_options", {}).items())
+    )
+    parts = [getattr(spec, "optimizer", ""), f"lr {getattr(spec, 'lr', 0):g}", options]
+    parts.append(f"seed {getattr(spec, 'seed', 0)}")
+    return " ".join(p for p in parts if p)

@@ -156,10 +156,6 @@ def results_table(
     return table
 
 
-def _short(label: str) -> str:
-    return label.split(":", 1)[-1]
-
-
 def heatmap(rows: Sequence[dict[str, Any]], family: str, tolerance: float) -> Table:
     """min-Δ (and barrier) per (a, b) as a coloured matrix: green monotonic, red not."""
     a_labels = list(dict.fromkeys(r["a"] for r in rows))
@@ -171,7 +167,7 @@ def heatmap(rows: Sequence[dict[str, Any]], family: str, tolerance: float) -> Ta
     )
     table.add_column("a \\ b", style="bold")
     for b in b_labels:
-        table.add_column(_short(b), justify="right")
+        table.add_column(b, justify="right")
     for a in a_labels:
         values = []
         for b in b_labels:
@@ -182,31 +178,112 @@ def heatmap(rows: Sequence[dict[str, Any]], family: str, tolerance: float) -> Ta
             colour = "green" if r["monotonic"] else ("red" if r["monotonic"] is False else "yellow")
             own = "*" if r.get("own_pair") else ""
             values.append(f"[{colour}]{fmt(r['min_delta'], 3)}[/] / {fmt(r['barrier'], 3)}{own}")
-        table.add_row(_short(a), *values)
+        table.add_row(a, *values)
     if any(r.get("own_pair") for r in rows):
         table.caption = "* own pair (the optimum trained from this initialisation)"
     return table
 
 
+# Progress when stderr is not a terminal (nohup, SLURM, CI logs): one timestamped line at
+# most every PROGRESS_INTERVAL seconds (and at the start and the end of each task).
+PROGRESS_INTERVAL = float(os.environ.get("MLISCAN_PROGRESS_INTERVAL", "10"))
+# The longest description a bar shows (an 80-column terminal keeps the counts and the ETA).
+DESCRIPTION_WIDTH = 24
+ITEM_WIDTH = 30
+
+
+def _clip(text: str, width: int = DESCRIPTION_WIDTH, keep_end: bool = True) -> str:
+    """Fit a description in ``width`` characters: paths keep their end, items their start."""
+    if len(text) <= width:
+        return text
+    return "…" + text[-(width - 1) :] if keep_end else text[: width - 1] + "…"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class LineProgress:
+    """Plain progress lines for logs: ``2026-12-01 05:40:12 compare run0: 12/50 α, loss
+    0.123, 0:03 elapsed, ETA 0:09``; the same updates as a rich task."""
+
+    def __init__(self, label: str, total: int, unit: str, show_loss: bool) -> None:
+        import time
+
+        self.clock = time.monotonic
+        self.label, self.total, self.unit, self.show_loss = label, total, unit, show_loss
+        self.completed, self.loss, self.item = 0, "…", ""
+        self.start = self.clock()
+        self.last = -math.inf
+        self._emit(force=True)
+
+    def update(self, **kw: Any) -> None:
+        self.completed = kw.get("completed", self.completed)
+        self.total = kw.get("total", self.total)
+        self.loss = kw.get("loss", self.loss)
+        self.item = kw.get("item", self.item)
+        self._emit(force=self.completed >= self.total)
+
+    def _emit(self, force: bool = False) -> None:
+        import datetime
+
+        now = self.clock()
+        if not force and now - self.last < PROGRESS_INTERVAL:
+            return
+        self.last = now
+        elapsed = now - self.start
+        parts = [f"{self.completed}/{self.total} {self.unit}".rstrip()]
+        if self.item:
+            parts.append(str(self.item))
+        if self.show_loss:
+            parts.append(f"loss {self.loss}")
+        parts.append(f"{_duration(elapsed)} elapsed")
+        if 0 < self.completed < self.total:
+            parts.append(
+                f"ETA {_duration(elapsed / self.completed * (self.total - self.completed))}"
+            )
+        stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+        print(f"{stamp} {self.label}: {', '.join(parts)}", file=sys.stderr, flush=True)
+
+
 @contextmanager
 def _bar(label: str, total: int, quiet: bool, unit: str, show_loss: bool) -> Iterator[Any]:
-    """A transient progress bar on stderr; yields the rich task updater (None when quiet)."""
+    """Progress on stderr: a transient bar in a terminal, plain timestamped lines otherwise;
+    yields an updater taking completed=, total=, loss=, item= (None when quiet)."""
     if quiet:
         yield None
         return
-    columns = [TextColumn("[bold]{task.description}"), BarColumn(), TextColumn(unit)]
+    if not err.is_terminal:
+        lines = LineProgress(label, total, unit, show_loss)
+        yield lines.update
+        return
+    columns = [
+        TextColumn("[bold]{task.description}"),
+        BarColumn(bar_width=12),
+        TextColumn("{task.completed}/{task.total} " + unit),
+    ]
     if show_loss:
         columns.append(TextColumn("loss {task.fields[loss]}"))
+    columns.append(TextColumn("{task.fields[item]}"))
     columns += [TimeElapsedColumn(), TimeRemainingColumn()]
     with Progress(*columns, console=err, transient=True) as progress:
-        task = progress.add_task(label, total=total, loss="…")
-        yield lambda **kw: progress.update(task, **kw)
+        task = progress.add_task(escape(_clip(label)), total=total, loss="…", item="")
+
+        def update(**kw: Any) -> None:
+            if "item" in kw:
+                kw["item"] = escape(_clip(str(kw["item"]), ITEM_WIDTH, keep_end=False))
+            progress.update(task, **kw)
+
+        yield update
 
 
 @contextmanager
 def alpha_progress(total: int, label: str, quiet: bool) -> Iterator[Any]:
     """Progress over alphas; yields the engine's callback (index, alpha, loss)."""
-    with _bar(label, total, quiet, "{task.completed}/{task.total} α", True) as update:
+    with _bar(label, total, quiet, "α", True) as update:
         yield (
             None if update is None else (lambda i, a, loss: update(completed=i + 1, loss=fmt(loss)))
         )
@@ -214,56 +291,57 @@ def alpha_progress(total: int, label: str, quiet: bool) -> Iterator[Any]:
 
 @contextmanager
 def epoch_progress(total: int, label: str, quiet: bool) -> Iterator[Any]:
-    """Progress over epochs; yields the trainer's callback (epoch, epochs, loss, accuracy)."""
-    with _bar(label, total, quiet, "epoch {task.completed}/{task.total}", True) as update:
+    """Progress over epochs; yields the trainer's callback (epoch, epochs, loss, accuracy).
+    The loss shown is the epoch's mean training-batch loss ("epoch loss")."""
+    with _bar(label, total, quiet, "epochs", False) as update:
         yield (
             None
             if update is None
-            else (lambda e, n, loss, acc: update(completed=e, total=n, loss=fmt(loss)))
+            else (
+                lambda e, n, loss, acc: update(completed=e, total=n, item=f"epoch loss {fmt(loss)}")
+            )
         )
 
 
 @contextmanager
 def count_progress(total: int, label: str, quiet: bool) -> Iterator[Any]:
-    """Progress over work items; yields a tick() callback."""
+    """Progress over work items; yields tick(item=None), called after each item with the
+    name of the next one (shown as the current item)."""
     done = 0
 
-    with _bar(label, total, quiet, "{task.completed}/{task.total}", False) as update:
+    with _bar(label, total, quiet, "", False) as update:
 
-        def tick() -> None:
+        def tick(item: str | None = None) -> None:
             nonlocal done
             done += 1
             if update is not None:
-                update(completed=done)
+                update(completed=done, **({"item": item} if item is not None else {}))
 
         yield tick
 
 
 @contextmanager
 def sweep_progress(n_runs: int, epochs: int, quiet: bool) -> Iterator[tuple[Any, Any]]:
-    """One display for a sweep: run k of n with the overall ETA, and the current run's epochs
-    and loss. Yields (on_run, on_epoch) callbacks."""
-    if quiet:
-        yield None, None
-        return
-    columns = [
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    ]
-    with Progress(*columns, console=err, transient=True) as progress:
-        runs = progress.add_task("runs", total=n_runs, info="")
-        ep = progress.add_task("epochs", total=epochs, info="")
+    """One display for a sweep: run k of n with the overall ETA and the current run's
+    settings, and that run's epochs. Yields (on_run, on_epoch) callbacks."""
+    with _bar("sweep", n_runs, quiet, "runs", False) as runs:
+        if runs is None:
+            yield None, None
+            return
+        state = {"label": ""}
 
         def on_run(i: int, n: int, label: str, done: bool) -> None:
-            progress.update(runs, completed=i, info=label + (" (done, skipped)" if done else ""))
-            progress.reset(ep, total=epochs, info="")
+            state["label"] = label
+            runs(completed=i, item=label + (" (done)" if done else ""))
 
         def on_epoch(e: int, n: int, loss: float, acc: float) -> None:
-            progress.update(ep, completed=e, total=n, info=f"loss {fmt(loss)}")
+            runs(item=f"epoch {e}/{n} {state['label']} (epoch loss {fmt(loss)})")
 
         yield on_run, on_epoch
-        progress.update(runs, completed=n_runs)
+        runs(completed=n_runs)
+
+
+def wrote(*paths: Any) -> None:
+    """Say on stderr what a command wrote (one line per output)."""
+    for p in paths:
+        err.print(f"wrote {escape(str(p))}", highlight=False)
