@@ -18,7 +18,7 @@ from torch import nn
 
 from mliscan import batchnorm
 from mliscan.resources import ResourcePolicy, out_of_memory
-from mliscan.spec import BNSpec
+from mliscan.spec import PAPER_BN_BATCH_SIZE, PAPER_BN_MOMENTUM, BNSpec
 
 _UNSET = object()
 
@@ -120,3 +120,34 @@ class BNPolicy:
             for m, mean, var in saved:
                 m.running_mean = mean
                 m.running_var = var
+
+
+# Above this leftover weight of the reset statistics (mean 0, variance 1) a paper-mode
+# warm-up has not washed them out: the statistics are then partly made up.
+PAPER_RESIDUAL_WARNING = 0.01
+
+
+def paper_residual(examples: int, spec: BNSpec) -> float:
+    """The weight the paper mode's exponential average leaves on the reset statistics after
+    its warm-up: (1 - momentum) ** batches (0 for the other modes)."""
+    if spec.mode != "paper":
+        return 0.0
+    size = spec.batch_size or PAPER_BN_BATCH_SIZE
+    slices = batchnorm.batch_slices(examples, size, spec.max_batches)
+    return (1.0 - PAPER_BN_MOMENTUM) ** len(slices)
+
+
+def paper_note(examples: int, spec: BNSpec) -> str | None:
+    """A warning when the paper mode's warm-up is too short to wash out the reset."""
+    residual = paper_residual(examples, spec)
+    if residual <= PAPER_RESIDUAL_WARNING:
+        return None
+    batches = len(
+        batchnorm.batch_slices(examples, spec.batch_size or PAPER_BN_BATCH_SIZE, spec.max_batches)
+    )
+    return (
+        f"--bn-mode paper: the warm-up has only {batches} batches, which leaves "
+        f"{residual:.0%} of the weight on the reset statistics (mean 0, variance 1); the BN "
+        "statistics are partly made up. Use --bn-mode exact, or a smaller --bn-batch-size "
+        "(more batches)"
+    )

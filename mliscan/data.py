@@ -156,6 +156,8 @@ def _find(paths: list[Path], what: str) -> Path:
     for p in paths:
         if p.is_file():
             return p
+        if p.exists():
+            _regular_file(p)  # a FIFO or device: refused, never opened
     raise DataNotFoundError(
         f"{what}: missing {paths[0]} (or {paths[0].name}.gz); place the dataset there in "
         "torchvision's layout (nothing is downloaded)"
@@ -276,6 +278,8 @@ def _pixels(data: object, path: Path) -> np.ndarray:
         if not np.issubdtype(data.dtype, np.integer) or data.min() < 0 or data.max() > 255:
             raise DataError(f"{path}: pixels must be bytes 0..255 (got {data.dtype})")
         data = data.astype(np.uint8)
+    if data.size == 0 or data.size % 3072:
+        raise DataError(f"{path}: lacks 'data' of the right shape (N x 3072 bytes)")
     return data.reshape(-1, 3, 32, 32)
 
 
@@ -314,11 +318,10 @@ def _cifar(name: str, root: Path, split: str) -> Dataset:
     xs, ys = [], []
     for f in files:
         batch = _read_cifar_batch(folder / f)
-        try:
-            data = _pixels(batch["data"], folder / f)
-            labels = _labels(batch[label_key], folder / f)
-        except (KeyError, ValueError, TypeError, OverflowError) as exc:
-            raise DataError(f"{folder / f}: lacks 'data'/'{label_key}' of the right shape") from exc
+        if "data" not in batch or label_key not in batch:
+            raise DataError(f"{folder / f}: lacks 'data'/'{label_key}' of the right shape")
+        data = _pixels(batch["data"], folder / f)
+        labels = _labels(batch[label_key], folder / f)
         if len(data) != len(labels) or len(data) == 0:
             raise DataError(f"{folder / f}: {len(data)} images but {len(labels)} labels")
         if labels.min() < 0 or labels.max() >= classes:

@@ -16,6 +16,7 @@ import torch
 
 from mliscan import metrics
 from mliscan.adapter import Adapter, DataInfo, fresh_init, load_into
+from mliscan.bnpolicy import paper_note
 from mliscan.checkpoints import Checkpoint, check_finite, check_pair, load_checkpoint
 from mliscan.data import Dataset, load_dataset
 from mliscan.errors import CheckpointFormatError, DataError, UsageError
@@ -269,6 +270,10 @@ def compare_pair(
     timing["total"] = time.perf_counter() - t_start
     if identical:
         notes.append("init and final weights are identical: the path is a single point")
+    if evaluator.bn.active:
+        warm_up = paper_note(len(ctx.prepared), spec.bn)
+        if warm_up:
+            notes.append(warm_up)
     return PathResult(
         init_path=init_path_s,
         final_path=final_path_s,

@@ -55,13 +55,18 @@ def read_documents(path: Path) -> tuple[list[str], list[Any] | None]:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise DataError(f"{path}:{i}: not JSON ({exc.msg})") from exc
+            except RecursionError as exc:
+                raise DataError(f"{path}:{i}: JSON nested too deeply to read") from exc
             if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
                 raise DataError(f"{path}:{i}: needs an object with a 'text' string")
             texts.append(obj["text"])
             labels.append(obj.get("label"))
         return texts, (labels if all(v is not None for v in labels) else None)
     if suffix == ".csv":
-        rows = list(csv.DictReader(raw.splitlines()))
+        try:
+            rows = list(csv.DictReader(raw.splitlines()))
+        except csv.Error as exc:
+            raise DataError(f"{path}: not a readable CSV file ({exc})") from exc
         if not rows or "text" not in rows[0]:
             raise DataError(f"{path}: needs a header row with a 'text' column (and 'label')")
         texts = [r["text"] or "" for r in rows]

@@ -79,3 +79,19 @@ def test_no_layers_nothing_to_do():
     policy = BNPolicy(net, [], x, BNSpec(), ResourcePolicy(net, x, (64,)))
     policy.reestimate()
     assert not policy.active and policy.take_output() is None
+
+
+def test_paper_warm_up_residual_and_warning(mlp_bn_pair, capsys):
+    from mliscan.bnpolicy import paper_note, paper_residual
+    from tests.conftest import run_cli
+
+    assert paper_residual(1797, BNSpec(mode="exact")) == 0.0
+    # digits in batches of 256: 8 batches leave 0.9**8 = 43% on the reset statistics
+    assert paper_residual(1797, BNSpec(mode="paper")) == pytest.approx(0.9**8)
+    assert "43%" in paper_note(1797, BNSpec(mode="paper"))
+    assert paper_note(60_000, BNSpec(mode="paper")) is None  # MNIST: 235 batches
+    init, final = mlp_bn_pair / "init.safetensors", mlp_bn_pair / "final.safetensors"
+    code, _, err = run_cli(
+        ["compare", init, final, "--bn-mode", "paper", "--alphas", "3", "--no-gauss", "-q"], capsys
+    )
+    assert code == 0 and "warning:" in err and "reset statistics" in err

@@ -164,3 +164,127 @@ def test_augmentation_and_amp(tmp_path: Path) -> None:
     # the same seed gives the same augmented run
     rec2 = train(spec, tmp_path / "r2")
     assert rec["final_train_loss"] == rec2["final_train_loss"]
+
+
+def test_diverging_training_is_a_result_not_a_crash(tmp_path: Path, capsys) -> None:
+    from tests.conftest import run_cli
+
+    out = tmp_path / "run"
+    args = [
+        "train",
+        "--out",
+        out,
+        "--lr",
+        "1e30",
+        "--epochs",
+        "3",
+        "--data-limit",
+        "100",
+        "--batch-size",
+        "20",
+        "--hidden",
+        "8",
+        "-q",
+    ]
+    code, _, err = run_cli(args, capsys)
+    assert code == 1 and "diverged" in err and "Traceback" not in err
+    record = json.loads((out / "run.json").read_text())
+    assert record["status"] == "diverged" and record["diverged_at_epoch"] == 1
+    assert (out / "init.safetensors").exists() and not (out / "final.safetensors").exists()
+    code, _, err = run_cli(args, capsys)  # a rerun does not retry it...
+    assert code == 1 and "already trained" in err and "--retry-failed" in err
+    code, _, err = run_cli([*args, "--retry-failed"], capsys)  # ...unless asked
+    assert code == 1 and "NaN/Inf" in err
+
+
+def test_sweep_records_a_divergence_and_goes_on(tmp_path: Path, capsys) -> None:
+    from mliscan.sweep import read_index
+    from tests.conftest import run_cli
+
+    args = [
+        "train",
+        "--out",
+        tmp_path,
+        "--lr",
+        "0.05,1e30",
+        "--epochs",
+        "2",
+        "--data-limit",
+        "100",
+        "--batch-size",
+        "20",
+        "--hidden",
+        "8",
+        "-q",
+    ]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0 and "1 diverged" in err
+    statuses = sorted(r["status"] for r in read_index(tmp_path))
+    assert statuses == ["complete", "diverged"]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0 and "(2 were already done; 1 diverged)" in err
+
+
+def test_finished_single_run_is_not_retrained(tmp_path: Path, capsys) -> None:
+    from tests.conftest import run_cli
+
+    out = tmp_path / "run"
+    args = [
+        "train",
+        "--out",
+        out,
+        "--epochs",
+        "1",
+        "--data-limit",
+        "100",
+        "--batch-size",
+        "20",
+        "--hidden",
+        "8",
+        "-q",
+    ]
+    assert run_cli(args, capsys)[0] == 0
+    stamp = (out / "final.safetensors").stat().st_mtime_ns
+    code, _, err = run_cli(args, capsys)
+    assert code == 0 and "already trained" in err
+    assert (out / "final.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_everything_is_checked_before_init_is_written(tmp_path: Path, capsys) -> None:
+    from tests.conftest import run_cli
+
+    out = tmp_path / "cifar-run"
+    folder = tmp_path / "data" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    import pickle
+
+    import numpy as np
+
+    for i in range(1, 6):  # the training batches, but no test_batch
+        with open(folder / f"data_batch_{i}", "wb") as f:
+            pickle.dump({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1]}, f)
+    code, _, err = run_cli(
+        [
+            "train",
+            "--out",
+            out,
+            "--arch",
+            "simplecnn",
+            "--data",
+            "cifar10",
+            "--data-dir",
+            tmp_path / "data",
+            "--epochs",
+            "1",
+            "-q",
+        ],
+        capsys,
+    )
+    assert code == 2 and "test_batch" in err
+    assert not (out / "init.safetensors").exists()
+    code, _, err = run_cli(
+        ["train", "--out", tmp_path / "bn", "--bn", "--data-limit", "1", "--epochs", "1", "-q"],
+        capsys,
+    )
+    assert code == 2 and "at least 2 examples" in err
+    assert not (tmp_path / "bn" / "init.safetensors").exists()

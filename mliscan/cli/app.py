@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -95,6 +96,26 @@ class _Interrupts:
         os._exit(EXIT_INTERRUPTED)
 
 
+def _stdout_was_closed() -> bool:
+    """Click answers a write to a closed pipe with exit 1 and flush-pacified streams; undo
+    the wrappers and say what happened (exit 2: an environment problem, not the gate)."""
+    if type(sys.stdout).__name__ != "PacifyFlushWrapper":
+        return False
+    sys.stdout = getattr(sys.stdout, "wrapped", sys.__stdout__)
+    if type(sys.stderr).__name__ == "PacifyFlushWrapper":
+        sys.stderr = getattr(sys.stderr, "wrapped", sys.__stderr__)
+    with contextlib.suppress(OSError, ValueError):  # whatever is left goes nowhere
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    print(CLOSED_PIPE_MESSAGE, file=sys.stderr)
+    return True
+
+
+CLOSED_PIPE_MESSAGE = (
+    "mliscan: the output pipe was closed before everything was written (stdout); "
+    "read the whole output, or write it to a file with --json PATH"
+)
+
+
 def _flush_stdout() -> int | None:
     """Flush stdout; when its reader has gone (``mliscan ... --json - | head``) say so once
     and return the input-error code instead of dying on the interpreter's own flush."""
@@ -103,11 +124,7 @@ def _flush_stdout() -> int | None:
     except BrokenPipeError:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # the interpreter's last flush goes nowhere
-        print(
-            "mliscan: the output pipe was closed before everything was written (stdout); "
-            "read the whole output, or write it to a file with --json PATH",
-            file=sys.stderr,
-        )
+        print(CLOSED_PIPE_MESSAGE, file=sys.stderr)
         return EXIT_INPUT
     return None
 
@@ -139,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Exit as exc:
         rv = int(exc.exit_code or 0)
     except SystemExit as exc:
+        if _stdout_was_closed():
+            return EXIT_INPUT
         return int(exc.code or 0) if not isinstance(exc.code, str) else 1
     except (KeyboardInterrupt, typer.Abort):
         rv = EXIT_INTERRUPTED

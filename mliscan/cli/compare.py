@@ -118,7 +118,7 @@ def compare(
             f"{ui.fmt(u['monotonic_share'])}, mean curve {ui.sparkline(u['mean_loss'], 50)}"
         )
     for note in result.notes:
-        kind = "warning" if "look swapped" in note else "note"
+        kind = "warning" if "look swapped" in note or "partly made up" in note else "note"
         ui.err.print(f"[yellow]{kind}:[/] {ui.escape(note)}")
     checks = gates.evaluate(record, gate)
     if checks:

@@ -217,8 +217,8 @@ class LineProgress:
         self.label, self.total, self.unit, self.show_loss = label, total, unit, show_loss
         self.completed, self.loss, self.item = 0, "…", ""
         self.start = self.clock()
-        self.last = -math.inf
-        self._emit(force=True)
+        self.last = -math.inf  # the first update prints (not the start: an early error
+        # then stays the only line on stderr)
 
     def update(self, **kw: Any) -> None:
         self.completed = kw.get("completed", self.completed)

@@ -1,0 +1,228 @@
+"""A command-line fuzzer: every command's options and config files, hostile values.
+
+Whatever the arguments, mliscan ends with exit 0, 1, 2 or 130, says what went wrong in one
+line on stderr, and never shows a traceback (exit 3 is for genuine bugs only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from pathlib import Path
+
+import pytest
+import typer.main
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mliscan.cli.app import app, main
+
+ALLOWED = {0, 1, 2, 130}
+# Examples per command (MLISCAN_FUZZ_EXAMPLES=500 for a longer hunt; the suite keeps it short).
+EXAMPLES = int(os.environ.get("MLISCAN_FUZZ_EXAMPLES", "25"))
+COMMANDS = ["compare", "check", "grid", "plane", "logits", "report", "train", "runs", "adapters"]
+HOSTILE = [
+    "",
+    "0",
+    "1",
+    "-1",
+    "2",
+    "nan",
+    "inf",
+    "-inf",
+    "1e12",
+    "1e-300",
+    "abc",
+    "all",
+    "true",
+    "false",
+    "x.xyz",
+    "a=b",
+    "=",
+    "../../etc/passwd",
+    "/dev/null",
+    "/",
+    "é" * 40,
+    "x" * 300,
+    "3,1,4",
+    "0-30000000",
+    "hf:org/none@step0",
+    "timm:nope",
+    "init:nowhere",
+    "cuda",
+    "quantum",
+    "-",
+]
+
+
+def _options(command: str) -> list[tuple[str, bool]]:
+    """(option, takes a value) for every option of ``command``, from its click parameters."""
+    group = typer.main.get_command(app)
+    out = []
+    for param in group.commands[command].params:
+        if param.param_type_name != "option" or "--help" in param.opts:
+            continue
+        flag = next(o for o in param.opts if o.startswith("--"))
+        out.append((flag, not param.is_flag))
+        out += [(o, False) for o in param.secondary_opts]
+    return out
+
+
+def _run(argv: list[str]) -> tuple[int, str]:
+    err = io.StringIO()
+    out = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        try:
+            code = main(argv)
+        except SystemExit as exc:  # pragma: no cover - main returns its code
+            code = exc.code if isinstance(exc.code, int) else 2
+    return code, err.getvalue()
+
+
+def _assert_clean(argv: list[str], code: int, err: str) -> None:
+    assert code in ALLOWED, f"exit {code} for {argv}: {err[-600:]}"
+    assert "Traceback" not in err, f"traceback for {argv}: {err[-600:]}"
+    if code == 2:
+        lines = [line for line in err.strip().splitlines() if line.startswith("mliscan:")]
+        errors = [
+            line for line in err.strip().splitlines() if "Error" in line or "mliscan:" in line
+        ]
+        assert lines or "Usage:" in err, f"no message for {argv}: {err[-600:]}"
+        assert len(errors) <= 2, f"several error lines for {argv}: {err[-600:]}"
+
+
+@st.composite
+def command_lines(draw: st.DrawFn, command: str, tiny: Path) -> list[str]:
+    opts = _options(command)
+    argv = [command]
+    n_pos = {"compare": 2, "check": 2, "logits": 2, "plane": 3, "report": 1, "runs": 1}.get(
+        command, 0
+    )
+    real = [str(tiny / "init.safetensors"), str(tiny / "final.safetensors")]
+    for _ in range(n_pos):
+        argv.append(draw(st.sampled_from([*HOSTILE, *real, str(tiny)])))
+    chosen = draw(st.lists(st.sampled_from(opts), max_size=4)) if opts else []
+    for flag, takes in chosen:
+        argv.append(flag)
+        if takes:
+            argv.append(draw(st.sampled_from(HOSTILE)))
+    if command in ("compare", "check", "logits", "plane", "grid"):
+        argv += (
+            ["--data-limit", "20", "--alphas", "3"]
+            if command != "plane"
+            else [
+                "--data-limit",
+                "20",
+                "--resolution",
+                "2",
+            ]
+        )
+    if command == "train":
+        argv += ["--epochs", "1", "--data-limit", "20", "--batch-size", "10"]
+    return argv
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from mliscan.spec import DataSpec
+    from mliscan.train import TrainSpec, train
+
+    out = tmp_path_factory.mktemp("tiny")
+    train(
+        TrainSpec(
+            arch_options={"hidden": "4"}, data=DataSpec("digits", limit=40), epochs=1, batch_size=20
+        ),
+        out,
+    )
+    return out
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_fuzzed_options_never_crash(command: str, tiny: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("MLISCAN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MLISCAN_LOCK_TIMEOUT", "1")
+
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+        derandomize=True,
+    )
+    @given(argv=command_lines(command, tiny))
+    def run(argv: list[str]) -> None:
+        code, err = _run(argv)
+        _assert_clean(argv, code, err)
+
+    run()
+
+
+TOML_VALUES = st.one_of(
+    st.booleans(),
+    st.integers(min_value=-(2**40), max_value=2**40),
+    st.floats(allow_nan=False, allow_infinity=False, width=32),
+    st.sampled_from(["abc", "", "all", "true", "false", "nan", "1e3", "-1", "digits", "cuda"]),
+    st.lists(st.integers(min_value=-3, max_value=3), max_size=3),
+)
+TOML_KEYS = st.sampled_from(
+    [
+        "max-delta",
+        "require-monotonic",
+        "max-gauss-length",
+        "max-barrier",
+        "min-final-accuracy",
+        "tol",
+        "alphas",
+        "data-limit",
+        "data",
+        "bn-batch-size",
+        "bn-mode",
+        "dtype",
+        "device",
+        "batch-size",
+        "gauss",
+        "hidden",
+        "arch-opt",
+        "no_such_key",
+        "max_delta",
+    ]
+)
+
+
+def _toml_value(v: object) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return '"' + v + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(str(x) for x in v) + "]"
+    return repr(v)
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    table=st.dictionaries(TOML_KEYS, TOML_VALUES, max_size=4),
+    command=st.sampled_from(["check", "compare", "grid"]),
+)
+def test_fuzzed_config_files_never_crash(tmp_path_factory, table: dict, command: str) -> None:
+    folder = tmp_path_factory.mktemp("cfg")
+    body = "\n".join(f"{k} = {_toml_value(v)}" for k, v in table.items())
+    (folder / "pyproject.toml").write_text(f"[tool.mliscan.{command}]\n{body}\n")
+    old = os.getcwd()
+    os.chdir(folder)
+    try:
+        argv = [command, "missing-init.safetensors", "missing-final.safetensors"]
+        if command == "grid":
+            argv = [command, "--init", "missing-init.safetensors", "--optimum", "missing.pt"]
+        code, err = _run(argv)
+    finally:
+        os.chdir(old)
+    _assert_clean(argv, code, err)
+    assert code == 2  # the endpoints do not exist; the config is checked on the way
