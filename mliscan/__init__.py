@@ -1,9 +1,32 @@
 """mliscan: Monotonic Linear Interpolation analysis (Lucas et al., ICML 2021).
 
-The package root stays cheap to import: it only names the version. Import the
-submodules you need (``mliscan.metrics``, ``mliscan.evaluate``, ...).
+The package root stays cheap to import: the Python API is loaded on first use.
+
+    import mliscan
+    r = mliscan.compare("runs/a/init.safetensors", "runs/a/final.safetensors")
+    r.min_delta, r.monotonic, r.barrier, r.gauss_length
+
+``mliscan.compare``, ``mliscan.grid`` and ``mliscan.track`` are documented in
+``mliscan.api``; ``mliscan.PathResult`` is the result of a path.
 """
+
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = ["PathResult", "__version__", "compare", "grid", "track"]
+
+_API = {
+    "compare": "mliscan.api",
+    "grid": "mliscan.api",
+    "track": "mliscan.api",
+    "PathResult": "mliscan.results",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        import importlib
+
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'mliscan' has no attribute {name!r}")

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from mliscan.errors import AdapterOptionError, CheckpointMismatchError, short_list
+from mliscan.errors import AdapterOptionError, CheckpointMismatchError, DataError, short_list
 from mliscan.spec import EVAL_BATCH_CANDIDATES
 
 
@@ -295,3 +295,19 @@ def tied_aliases(module: nn.Module) -> dict[str, str]:
         else:
             first[id(p)] = name
     return out
+
+
+def probe_forward(adapter: Adapter, module: nn.Module, x: torch.Tensor, data: str) -> None:
+    """Run the module on two prepared examples before any real work: an architecture that
+    cannot take this data (token ids into an image model, images into a language model,
+    the wrong number of pixels) is a usage error naming both, not a crash later. Leaves the
+    module in eval mode."""
+    try:
+        with torch.inference_mode():
+            module.eval()(x[:2])
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        first = " ".join(str(exc).split())[:160]
+        raise DataError(
+            f"--arch {adapter.name} cannot run on --data {data} ({type(exc).__name__}: {first}); "
+            f"choose data this architecture takes (its default is {adapter.default_data})"
+        ) from exc

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from mliscan import batchnorm
+from mliscan.errors import UsageError
 from mliscan.resources import ResourcePolicy, out_of_memory
 from mliscan.spec import PAPER_BN_BATCH_SIZE, PAPER_BN_MOMENTUM, BNSpec
 
@@ -34,6 +35,11 @@ class BNPolicy:
         spec: BNSpec,
         resources: ResourcePolicy,
     ) -> None:
+        if layers and spec.mode != "interpolate" and len(inputs) < 2:
+            raise UsageError(
+                f"batch-norm statistics need at least 2 examples, the data has {len(inputs)}; "
+                "raise --data-limit, or keep the stored statistics with --bn-mode interpolate"
+            )
         self.module = module
         self.layers = layers
         self.inputs = inputs

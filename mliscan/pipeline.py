@@ -15,9 +15,10 @@ from typing import Any
 import torch
 
 from mliscan import metrics
-from mliscan.adapter import Adapter, DataInfo, fresh_init, load_into
+from mliscan.adapter import Adapter, DataInfo, fresh_init, load_into, probe_forward
 from mliscan.bnpolicy import paper_note
 from mliscan.checkpoints import Checkpoint, check_finite, check_pair, load_checkpoint
+from mliscan.custom import FactoryAdapter, parse_model_args
 from mliscan.data import Dataset, load_dataset
 from mliscan.errors import CheckpointFormatError, DataError, UsageError
 from mliscan.evaluate import (
@@ -182,9 +183,9 @@ class Setup:
 
 def setup(
     first: Checkpoint,
-    arch: ArchSpec | str | None,
+    arch: ArchSpec | Adapter | str | None,
     arch_options: Mapping[str, Any] | None,
-    data: DataSpec | Mapping[str, Any] | None,
+    data: DataSpec | Dataset | Mapping[str, Any] | None,
     spec: EvalSpec,
 ) -> Setup:
     """Architecture (flag or metadata), data (flags, metadata, adapter default), module, device.
@@ -192,14 +193,23 @@ def setup(
     ``arch`` is an :class:`ArchSpec` (its options given), or an adapter name with
     ``arch_options``; ``data`` a :class:`DataSpec` whose unset fields (None) are filled
     from the checkpoint's metadata and the adapter."""
-    if isinstance(arch, ArchSpec):
-        arch, arch_options = arch.arch, arch.given_options()
-    choice = choose_model(first, arch, arch_options or {})
-    data_spec = resolve_data(first, choice.adapter, data or {})
-    hooks = None
-    if data_spec.name in MODEL_DEFINED_DATA:
-        hooks = choice.adapter.data_hooks(choice.options, first.folder)
-    dataset = load_dataset(data_spec, hooks)
+    if isinstance(arch, ArchSpec) and arch.model is not None:
+        custom = FactoryAdapter(arch.model, parse_model_args(arch.model_arg))
+        choice = ModelChoice(custom, custom.parse_options({}), "cli")
+    elif isinstance(arch, Adapter):  # the Python API's own module
+        choice = ModelChoice(arch, arch.parse_options(arch_options or {}), "python")
+    else:
+        if isinstance(arch, ArchSpec):
+            arch, arch_options = arch.arch, arch.given_options()
+        choice = choose_model(first, arch, arch_options or {})
+    if isinstance(data, Dataset):  # tensors given from Python
+        dataset, data_spec = data, DataSpec(name=data.name, split=data.split)
+    else:
+        data_spec = resolve_data(first, choice.adapter, data or {})
+        hooks = None
+        if data_spec.name in MODEL_DEFINED_DATA:
+            hooks = choice.adapter.data_hooks(choice.options, first.folder)
+        dataset = load_dataset(data_spec, hooks)
     module, _ = build_module(choice, dataset, first)
     device = resolve_device(spec.device)
     dtype = DTYPES[spec.dtype]
@@ -207,6 +217,7 @@ def setup(
     prepared = prepare_data(
         choice.adapter, dataset.inputs, dataset.targets, device, dtype, streamed=dataset.streamed
     )
+    probe_forward(choice.adapter, module, prepared.inputs, dataset.name)
     return Setup(choice, dataset, data_spec, module, prepared, device)
 
 
@@ -214,7 +225,7 @@ def compare_pair(
     init_path: str,
     final_path: str,
     *,
-    arch: ArchSpec | str | None = None,
+    arch: ArchSpec | Adapter | str | None = None,
     arch_options: Mapping[str, Any] | None = None,
     data: DataSpec | Mapping[str, Any] | None = None,
     spec: EvalSpec | None = None,
@@ -230,11 +241,40 @@ def compare_pair(
     module's working weights; the loaded dicts are not kept beside them.
     """
     source = source or SourceSpec()
-    trust_pickle, offline = source.trust_pickle, source.offline
-    spec = spec or EvalSpec()
     t_start = time.perf_counter()
-    init = open_source(init_path, trust_pickle, offline)
-    final = open_source(final_path, trust_pickle, offline)
+    init = open_source(init_path, source.trust_pickle, source.offline)
+    final = open_source(final_path, source.trust_pickle, source.offline)
+    return compare_checkpoints(
+        init,
+        final,
+        arch=arch,
+        arch_options=arch_options,
+        data=data,
+        spec=spec,
+        tolerance=tolerance,
+        progress=progress,
+        unrelated_seeds=unrelated_seeds,
+        t_start=t_start,
+    )
+
+
+def compare_checkpoints(
+    init: Checkpoint,
+    final: Checkpoint,
+    *,
+    arch: ArchSpec | Adapter | str | None = None,
+    arch_options: Mapping[str, Any] | None = None,
+    data: DataSpec | Dataset | Mapping[str, Any] | None = None,
+    spec: EvalSpec | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+    progress: ProgressFn | None = None,
+    unrelated_seeds: Sequence[int] = (),
+    t_start: float | None = None,
+) -> PathResult:
+    """The straight path between two loaded checkpoints (files, or state dicts from Python
+    wrapped as :class:`Checkpoint`); ``compare_pair`` and ``mliscan.compare`` both end here."""
+    spec = spec or EvalSpec()
+    t_start = time.perf_counter() if t_start is None else t_start
     check_pair(init, final)
     check_finite(init)
     check_finite(final)

@@ -17,12 +17,28 @@ def _delta(row: dict[str, Any]) -> float:
 
 def plot_curves(records: Sequence[dict[str, Any]], path: str | Path) -> None:
     """Loss (and accuracy) against alpha for one or more result records; written atomically."""
-    import matplotlib
+    save_figure_to(curves_figure(records), path)
 
-    matplotlib.use("Agg")
+
+def save_figure_to(fig: Any, path: str | Path) -> None:
+    """Write a figure atomically in the format of the file name's suffix, then close it."""
     import matplotlib.pyplot as plt
 
     path = Path(path)
+    fmt = path.suffix.lstrip(".") or "png"
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=fmt, dpi=120)
+    plt.close(fig)
+
+
+def curves_figure(records: Sequence[dict[str, Any]]) -> Any:
+    """The figure of ``plot_curves`` (returned, not written)."""
+    import matplotlib
+
+    if not _interactive():
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     has_acc = any(r.get("accuracy") for r in records)
     fig, axes = plt.subplots(1, 2 if has_acc else 1, figsize=(10 if has_acc else 5.5, 4))
     axes = list(axes) if has_acc else [axes]
@@ -69,10 +85,14 @@ def plot_curves(records: Sequence[dict[str, Any]], path: str | Path) -> None:
         axes[1].set_ylabel("accuracy")
         axes[1].set_title("Accuracy")
     fig.tight_layout()
-    fmt = path.suffix.lstrip(".") or "png"
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=fmt, dpi=120)
-    plt.close(fig)
+    return fig
+
+
+def _interactive() -> bool:
+    """Inside a notebook or an interactive interpreter a returned figure should display."""
+    import sys
+
+    return "ipykernel" in sys.modules or hasattr(sys, "ps1")
 
 
 def plot_grid(records: Sequence[dict[str, Any]], path: str | Path) -> None:

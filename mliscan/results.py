@@ -168,6 +168,36 @@ class PathResult:
         own_pair), computed from the same stored record a grid keeps."""
         return path_row({**self.stored(), **labels}, self.tolerance)
 
+    def to_polars(self) -> Any:
+        """The curve as a polars frame: alpha, loss, accuracy, gauss_integrand."""
+        import polars as pl
+
+        c = self.curve
+        n = len(c.alphas)
+        return pl.DataFrame(
+            {
+                "alpha": [float(a) for a in c.alphas],
+                "loss": num_list(c.loss),
+                "accuracy": num_list(c.accuracy) if c.accuracy is not None else [None] * n,
+                "gauss_integrand": (
+                    num_list(c.gauss_integrand) if c.gauss_integrand is not None else [None] * n
+                ),
+            },
+            schema={k: pl.Float64 for k in ("alpha", "loss", "accuracy", "gauss_integrand")},
+        )
+
+    def plot(self, path: str | Any = None, label: str | None = None) -> Any:
+        """The loss (and accuracy) curve: written to ``path`` (.png/.svg/.pdf) when given,
+        else returned as a matplotlib figure."""
+        from mliscan.plots import curves_figure, save_figure_to
+
+        record = {**self.to_dict(), "label": label or self.final_path}
+        fig = curves_figure([record])
+        if path is None:
+            return fig
+        save_figure_to(fig, path)
+        return path
+
     def stored(self) -> dict[str, Any]:
         """What a store keeps of a path (enough to rebuild every row and metric)."""
         c = self.curve

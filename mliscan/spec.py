@@ -336,12 +336,36 @@ class ArchSpec(Spec):
     arch_opt: tuple[str, ...] = opt(
         (), "Any adapter option as KEY=VALUE (repeatable).", panel=ARCH, metavar="KEY=VALUE"
     )
+    model: str | None = opt(
+        None,
+        "Your own model instead of an adapter: module.path:factory, imported as python -m "
+        "would from the current directory; factory(**--model-arg) returns an nn.Module whose "
+        "output is the logits.",
+        panel=ARCH,
+        metavar="MODULE:FACTORY",
+    )
+    model_arg: tuple[str, ...] = opt(
+        (),
+        "A keyword argument of the --model factory as KEY=VALUE (a Python literal or text; "
+        "repeatable).",
+        panel=ARCH,
+        metavar="KEY=VALUE",
+    )
 
     def check(self) -> None:
-        for item in self.arch_opt:
-            key, sep, _ = item.partition("=")
-            if not sep or not key.strip():
-                raise self.fail("arch_opt", f"expects KEY=VALUE, got {item!r}")
+        for name in ("arch_opt", "model_arg"):
+            for item in getattr(self, name):
+                key, sep, _ = item.partition("=")
+                if not sep or not key.strip():
+                    raise self.fail(name, f"expects KEY=VALUE, got {item!r}")
+        if self.model is not None:
+            module, sep, factory = self.model.partition(":")
+            if not sep or not module or not factory:
+                raise self.fail("model", f"expects module.path:factory, got {self.model!r}")
+            if self.arch is not None:
+                raise self.fail("model", "takes the place of --arch: give one of them")
+        elif self.model_arg:
+            raise self.fail("model_arg", "needs --model module.path:factory")
 
     def given_options(self) -> dict[str, Any]:
         """The architecture options the user actually gave (nothing for those left unset)."""

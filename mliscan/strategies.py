@@ -30,6 +30,8 @@ from mliscan.bnpolicy import BNPolicy
 from mliscan.interpolate import Interpolator
 from mliscan.resources import ResourcePolicy
 
+BN_STATISTICS = (".running_mean", ".running_var")
+
 
 class Totals:
     """Sums of per-example losses and correct predictions over batches, in float64, for
@@ -134,7 +136,12 @@ class PerAlpha:
             with torch.inference_mode():
                 _, vel, acc = taylor.forward2(p.module, delta, x)
             return vel, acc
-        weights = {k: p.interp.targets[k].detach() for k in p.interp.t0}
+        # BN running statistics are held fixed while differentiating, whether re-estimated
+        # (the paper's convention) or interpolated (--bn-mode interpolate): torch's batch
+        # norm has no forward derivative in them. The module keeps their value at alpha.
+        keys = [k for k in p.interp.t0 if not k.endswith(BN_STATISTICS)]
+        weights = {k: p.interp.targets[k].detach() for k in keys}
+        delta = {k: delta[k] for k in keys}
 
         def logits(w: dict[str, torch.Tensor]) -> torch.Tensor:
             return p.adapter.logits(functional_call(p.module, w, (x,)))

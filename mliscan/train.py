@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Literal
 import torch
 
 from mliscan import __version__, batchnorm
-from mliscan.adapter import DataInfo
+from mliscan.adapter import DataInfo, probe_forward
 from mliscan.checkpoints import save_checkpoint
 from mliscan.data import load_dataset
 from mliscan.errors import UsageError
@@ -126,6 +126,8 @@ def train(spec: TrainSpec, out_dir: str | Path, on_epoch: EpochFn | None = None)
     theta0 = {k: v.detach().clone() for k, v in module.state_dict().items()}
     module.to(device).train()
     prepared = prepare_data(adapter, dataset.inputs, dataset.targets, device, torch.float32)
+    probe_forward(adapter, module, prepared.inputs, dataset.name)
+    module.train()
     optimizer = make_optimizer(spec, module.parameters())
     save_checkpoint(out / INIT_FILE, theta0, {**meta, "role": "init"})
     gen = torch.Generator().manual_seed(spec.seed)

@@ -95,3 +95,32 @@ def test_paper_warm_up_residual_and_warning(mlp_bn_pair, capsys):
         ["compare", init, final, "--bn-mode", "paper", "--alphas", "3", "--no-gauss", "-q"], capsys
     )
     assert code == 0 and "warning:" in err and "reset statistics" in err
+
+
+def test_one_example_cannot_give_bn_statistics(mlp_bn_pair, capsys):
+    from tests.conftest import run_cli
+
+    init, final = mlp_bn_pair / "init.safetensors", mlp_bn_pair / "final.safetensors"
+    code, _, err = run_cli(["compare", init, final, "--data-limit", "1", "-q"], capsys)
+    assert code == 2 and "at least 2 examples" in err and "--bn-mode interpolate" in err
+    code, out, err = run_cli(
+        [
+            "compare",
+            init,
+            final,
+            "--data-limit",
+            "1",
+            "--bn-mode",
+            "interpolate",
+            "--alphas",
+            "3",
+            "-q",
+            "--json",
+            "-",
+        ],
+        capsys,
+    )
+    assert code == 0, err  # interpolated statistics need no data (Gauss length included)
+    import json
+
+    assert json.loads(out)["gauss_length"] is not None

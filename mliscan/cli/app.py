@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import warnings
 
 import typer
 
@@ -144,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     import signal
     import threading
 
+    # Third-party deprecation noise (torch.jit.script in libraries we import) is not the
+    # user's business: stderr keeps to mliscan's own lines.
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.(script|interface).*deprecated")
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _sigterm)
         _Interrupts.count = 0

@@ -53,6 +53,27 @@ HOSTILE = [
     "cuda",
     "quantum",
     "-",
+    # valid values too, so that the fuzzer reaches past option parsing
+    "3",
+    "0.5",
+    "256",
+    "exact",
+    "paper",
+    "interpolate",
+    "float64",
+    "bfloat16",
+    "bf16",
+    "jvp",
+    "auto",
+    "cpu",
+    "digits",
+    "tinytext",
+    "mnist",
+    "text",
+    "imagefolder",
+    "mlp",
+    "resnet20",
+    "hidden=8",
 ]
 
 
@@ -100,8 +121,11 @@ def command_lines(draw: st.DrawFn, command: str, tiny: Path) -> list[str]:
         command, 0
     )
     real = [str(tiny / "init.safetensors"), str(tiny / "final.safetensors")]
-    for _ in range(n_pos):
-        argv.append(draw(st.sampled_from([*HOSTILE, *real, str(tiny)])))
+    if n_pos >= 2 and draw(st.booleans()):  # half the time a real pair: reach the engine
+        argv += [*real, real[0]][:n_pos]
+    else:
+        for _ in range(n_pos):
+            argv.append(draw(st.sampled_from([*HOSTILE, *real, str(tiny), str(tiny.parent)])))
     chosen = draw(st.lists(st.sampled_from(opts), max_size=4)) if opts else []
     for flag, takes in chosen:
         argv.append(flag)

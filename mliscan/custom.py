@@ -1,0 +1,147 @@
+"""Your own model, without an adapter plugin.
+
+* :class:`ModuleAdapter` wraps an ``nn.Module`` given from Python (``mliscan.compare(...,
+  model=net)``) and an optional per-example loss.
+* :class:`FactoryAdapter` builds the model from ``--model module.path:factory`` with
+  ``--model-arg KEY=VALUE`` (the module imported as ``python -m`` would, from the current
+  directory).
+
+Both are ordinary adapters: the engine treats them like the built-in ones. Their module's
+output is the logits; the loss defaults to cross-entropy per example, accuracy to argmax.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import importlib
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mliscan.adapter import Adapter, DataInfo
+from mliscan.errors import AdapterOptionError, UsageError
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class _Given(Adapter):
+    """Shared by the two: a module from outside, a loss that may be the user's."""
+
+    name = "custom"
+    description = "a model given by the user"
+    trainable = False
+
+    def __init__(self, loss: LossFn | None = None) -> None:
+        self._loss = loss
+
+    def parse_options(self, given: Mapping[str, Any] | None = None) -> Any:
+        return dict(given or {})
+
+    def options_to_dict(self, options: Any) -> dict[str, Any]:
+        return {
+            k: v if isinstance(v, (int, float, str, bool)) else repr(v) for k, v in options.items()
+        }
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self._loss is None:
+            return nn.functional.cross_entropy(output, target, reduction="none")
+        value = self._loss(output, target)
+        if not isinstance(value, torch.Tensor) or value.dim() != 1:
+            raise UsageError(
+                "loss= must return one loss per example (a 1-D tensor, reduction='none'), got "
+                f"{type(value).__name__} of shape {tuple(getattr(value, 'shape', ()))}"
+            )
+        return value
+
+    def correct(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
+        if output.dim() != 2 or target.dim() != 1 or target.is_floating_point():
+            return None  # accuracy only for class labels
+        return output.argmax(dim=1) == target
+
+
+class ModuleAdapter(_Given):
+    """An ``nn.Module`` from Python: each build returns a deep copy (the user's module is
+    never modified)."""
+
+    name = "module"
+
+    def __init__(self, module: nn.Module, loss: LossFn | None = None) -> None:
+        super().__init__(loss)
+        self.module = module
+
+    def build(self, options: Any, info: DataInfo) -> nn.Module:
+        return copy.deepcopy(self.module)
+
+
+def parse_value(text: str) -> Any:
+    """A --model-arg value: a Python literal (3, 0.5, True, 'a', [64, 64]) or plain text."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def parse_model_args(items: Sequence[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise UsageError(f"--model-arg expects KEY=VALUE with KEY a Python name, got {item!r}")
+        out[key.strip()] = parse_value(value.strip())
+    return out
+
+
+def load_factory(spec: str) -> Callable[..., nn.Module]:
+    """``module.path:factory`` imported as ``python -m`` would (the current directory first)."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise UsageError(f"--model expects module.path:factory, got {spec!r}")
+    cwd = str(Path.cwd())
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UsageError(
+            f"--model {spec}: cannot import {module_name} ({exc}); run from the folder that "
+            "holds it, or install its package"
+        ) from exc
+    factory = module
+    for part in attr.split("."):
+        factory = getattr(factory, part, None)
+        if factory is None:
+            raise UsageError(f"--model {spec}: {module_name} has no {attr}")
+    if not callable(factory):
+        raise UsageError(f"--model {spec}: {attr} is not callable")
+    return factory  # type: ignore[return-value]
+
+
+class FactoryAdapter(_Given):
+    """``--model module.path:factory --model-arg KEY=VALUE``: calls ``factory(**args)``."""
+
+    name = "model"
+
+    def __init__(self, spec: str, args: Mapping[str, Any], loss: LossFn | None = None) -> None:
+        super().__init__(loss)
+        self.spec = spec
+        self.factory = load_factory(spec)
+        self.args = dict(args)
+
+    def parse_options(self, given: Mapping[str, Any] | None = None) -> Any:
+        return {**self.args, **dict(given or {})}
+
+    def build(self, options: Any, info: DataInfo) -> nn.Module:
+        try:
+            module = self.factory(**options)
+        except TypeError as exc:
+            raise AdapterOptionError(f"--model {self.spec}: {exc} (check --model-arg)") from exc
+        if not isinstance(module, nn.Module):
+            raise UsageError(
+                f"--model {self.spec} returned {type(module).__name__}, not a torch nn.Module"
+            )
+        return module
