@@ -74,7 +74,7 @@ def _specs(
 def _checkpoint(x: Endpoint, role: str, source: S.SourceSpec) -> Checkpoint:
     """A path or source string, a state dict, or a module's current weights."""
     if isinstance(x, (str, Path)):
-        return open_source(str(x), source.trust_pickle, source.offline)
+        return open_source(str(x), source.trust_pickle, source.offline, source.ema)
     if isinstance(x, nn.Module):
         tensors = {k: v.detach().cpu().clone() for k, v in x.state_dict().items()}
     elif isinstance(x, dict):
@@ -149,6 +149,7 @@ def compare(
     gauss_examples: int | None = None,
     offline: bool = False,
     trust_pickle: bool = False,
+    ema: bool = False,
     progress: Callable[[int, float, float], None] | None = None,
 ) -> PathResult:
     """The straight path from ``init`` (alpha = 0) to ``final`` (alpha = 1).
@@ -178,7 +179,7 @@ def compare(
     ev, tolerance = _specs(
         alphas, gauss, bn, bn_batch_size, batch_size, device, dtype, gauss_examples, tol
     )
-    source = S.SourceSpec(trust_pickle=trust_pickle, offline=offline)
+    source = S.SourceSpec(trust_pickle=trust_pickle, offline=offline, ema=ema)
     dataset = _dataset(data, data_limit)
     data_spec = None
     if dataset is None:

@@ -78,7 +78,9 @@ class Checkpoint:
         return self.path.name
 
 
-def load_checkpoint(path: str | os.PathLike[str], trust_pickle: bool = False) -> Checkpoint:
+def load_checkpoint(
+    path: str | os.PathLike[str], trust_pickle: bool = False, ema: bool = False
+) -> Checkpoint:
     """Read a checkpoint file or directory into a :class:`Checkpoint` (CPU tensors).
 
     ``trust_pickle`` lets torch pickles with arbitrary globals through (``weights_only=False``):
@@ -101,7 +103,11 @@ def load_checkpoint(path: str | os.PathLike[str], trust_pickle: bool = False) ->
         notes = []
     else:
         obj = _torch_load(p, trust_pickle)
-        tensors, notes = unwrap_state_dict(obj, p)
+        tensors, notes = unwrap_state_dict(_pick_ema(obj, p) if ema else obj, p)
+        if _is_lightning(obj):
+            tensors, stripped_attr = strip_lightning_attribute(tensors)
+            if stripped_attr:
+                notes.append(f"stripped the LightningModule attribute prefix {stripped_attr!r}")
         metadata = {}
     tensors, stripped = strip_prefixes(tensors)
     notes += [f"stripped prefix {s!r}" for s in stripped]
@@ -168,6 +174,11 @@ def _pick_in_directory(d: Path) -> Path:
     if len(files) == 1:
         return files[0]
     if not files:
+        if any(c.is_dir() and c.name.startswith("checkpoint-") for c in d.iterdir()):
+            raise CheckpointNotFoundError(
+                f"{d}: a training run folder (checkpoint-N inside); pass {d}@first and "
+                f"{d}@last, or one {d}/checkpoint-N"
+            )
         raise CheckpointNotFoundError(
             f"{d}: directory holds no weights file; expected one of "
             f"{', '.join(DIRECTORY_CANDIDATES)} or a single .safetensors/.pt file"
@@ -352,6 +363,66 @@ def _check_zip(p: Path) -> None:
         )
 
 
+# Training stacks store their settings beside the weights: Lightning's hyper-parameters
+# (AttributeDict, omegaconf containers), timm train.py's argparse Namespace, paths, numpy
+# scalars. A global from these namespaces is loaded as an inert placeholder (its code never
+# runs; the settings are skipped); any other global is refused as before.
+SKIPPED_GLOBAL_PREFIXES = (
+    "argparse.",
+    "pathlib.",
+    "lightning.",
+    "lightning_fabric.",
+    "pytorch_lightning.",
+    "omegaconf.",
+    "timm.",
+    "transformers.",
+    "accelerate.",
+    "numpy.",
+    "torchmetrics.",
+    "collections.",
+    "enum.",
+    "datetime.",
+    "functools.partial",
+)
+# A checkpoint naming more distinct foreign globals than this is not a training checkpoint.
+MAX_SKIPPED_GLOBALS = 64
+
+
+class SkippedSetting:
+    """Stands in for a training framework's object inside a checkpoint: takes any
+    arguments and state, keeps nothing, runs nothing."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+    def __call__(self, *args: Any, **kwargs: Any) -> SkippedSetting:
+        return SkippedSetting()
+
+
+def _weights_only_load(p: Path) -> Any:
+    """``torch.load(weights_only=True)``, retried with known training-stack globals mapped
+    to :class:`SkippedSetting` (so a Lightning or timm checkpoint loads, settings skipped)."""
+    skipped: list[tuple[Any, str]] = []
+    while True:
+        try:
+            with torch.serialization.safe_globals(skipped):
+                return torch.load(p, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            found = _GLOBAL_RE.search(str(exc))
+            name = found.group(1) if found else None
+            if (
+                name is None
+                or not name.startswith(SKIPPED_GLOBAL_PREFIXES)
+                or any(n == name for _, n in skipped)
+                or len(skipped) >= MAX_SKIPPED_GLOBALS
+            ):
+                raise
+            skipped.append((SkippedSetting, name))
+
+
 def _torch_load(p: Path, trust_pickle: bool = False) -> Any:
     """torch.load with weights_only=True; arbitrary globals are refused, never executed."""
     _check_zip(p)
@@ -367,7 +438,7 @@ def _torch_load(p: Path, trust_pickle: bool = False) -> Any:
         except Exception as exc:  # any failure of a trusted pickle is still a bad file
             raise CheckpointFormatError(f"{p}: cannot be unpickled ({_first_line(exc)})") from exc
     try:
-        return torch.load(p, map_location="cpu", weights_only=True)
+        return _weights_only_load(p)
     except pickle.UnpicklingError as exc:
         text = str(exc)
         if "Weights only load failed" in text:
@@ -384,6 +455,43 @@ def _torch_load(p: Path, trust_pickle: bool = False) -> Any:
             f"{p}: not a readable torch checkpoint ({type(exc).__name__}: {_first_line(exc)}); "
             "it may be truncated or corrupt"
         ) from exc
+
+
+# timm train.py keeps the EMA weights (--model-ema) beside the raw ones under these keys.
+EMA_KEYS = ("state_dict_ema", "model_ema", "ema")
+
+
+def _pick_ema(obj: Any, p: Path) -> Any:
+    """``--ema``: the exponential-moving-average weights of a training checkpoint."""
+    if isinstance(obj, dict):
+        for key in EMA_KEYS:
+            if isinstance(obj.get(key), dict):
+                return obj[key]
+    raise CheckpointFormatError(
+        f"{p}: --ema asks for EMA weights, but the file holds none ({', '.join(EMA_KEYS)}); "
+        "drop --ema"
+    )
+
+
+def _is_lightning(obj: Any) -> bool:
+    """A PyTorch Lightning ``.ckpt``: the state dict beside Lightning's own bookkeeping."""
+    return (
+        isinstance(obj, dict)
+        and "state_dict" in obj
+        and ("pytorch-lightning_version" in obj or "lightning_version" in obj or "loops" in obj)
+    )
+
+
+def strip_lightning_attribute(
+    tensors: dict[str, torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], str | None]:
+    """A LightningModule keeps its network in an attribute (``self.model``): when every
+    key starts with the same attribute, drop it so the keys are the network's own."""
+    firsts = {k.split(".", 1)[0] for k in tensors}
+    if len(firsts) != 1 or not all("." in k for k in tensors):
+        return tensors, None
+    prefix = f"{firsts.pop()}."
+    return {k[len(prefix) :]: v for k, v in tensors.items()}, prefix
 
 
 def unwrap_state_dict(obj: Any, p: Path) -> tuple[dict[str, torch.Tensor], list[str]]:

@@ -72,6 +72,9 @@ def check_local_source(text: str) -> None:
     text = str(text).strip()
     if text.startswith(SOURCE_PREFIXES) or Path(text).expanduser().exists():
         return
+    run, _, which = text.rpartition("@")
+    if which in ("first", "last") and Path(run).expanduser().is_dir():
+        return  # a training run folder with a selector, resolved by the source layer
     if _HUB_ID.match(text.split("@")[0]) and not text.endswith(_WEIGHT_SUFFIXES):
         raise CheckpointNotFoundError(
             f"{text}: no such file or directory; if it is a Hugging Face Hub id, write "

@@ -56,10 +56,13 @@ class ModelChoice:
     """'cli', 'metadata' or 'config'."""
 
 
-def open_source(text: str, trust_pickle: bool = False, offline: bool = False) -> Checkpoint:
-    """Resolve a source (path, hf:, timm:, init:) and load its weights."""
+def open_source(
+    text: str, trust_pickle: bool = False, offline: bool = False, ema: bool = False
+) -> Checkpoint:
+    """Resolve a source (path, hf:, timm:, init:) and load its weights (``ema``: the EMA
+    weights of a training checkpoint)."""
     resolved = materialize(resolve(str(text), offline=offline))
-    ckpt = load_checkpoint(resolved.path, trust_pickle)
+    ckpt = load_checkpoint(resolved.path, trust_pickle, ema)
     ckpt.source = resolved
     return ckpt
 
@@ -242,8 +245,8 @@ def compare_pair(
     """
     source = source or SourceSpec()
     t_start = time.perf_counter()
-    init = open_source(init_path, source.trust_pickle, source.offline)
-    final = open_source(final_path, source.trust_pickle, source.offline)
+    init = open_source(init_path, source.trust_pickle, source.offline, source.ema)
+    final = open_source(final_path, source.trust_pickle, source.offline, source.ema)
     return compare_checkpoints(
         init,
         final,

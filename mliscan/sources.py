@@ -18,6 +18,7 @@ it (repository, revision, resolved commit hash).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import asdict, dataclass, field
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from mliscan.checkpoints import is_safe_relative
-from mliscan.errors import HubError, UsageError
+from mliscan.errors import CheckpointNotFoundError, HubError, UsageError
 from mliscan.paths import check_local_source
 
 PREFIXES = ("hf:", "timm:", "init:")
@@ -96,8 +97,45 @@ def resolve(text: str, *, offline: bool = False) -> Resolved:
         return resolve_timm(text, offline=offline)
     if text.startswith("init:"):
         return resolve_init(text, offline=offline)
+    selected = _RUN_SELECTOR.fullmatch(text)
+    if selected and Path(selected.group(1)).expanduser().is_dir():
+        folder = trainer_checkpoint(Path(selected.group(1)).expanduser(), selected.group(2))
+        return Resolved(text=text, path=folder, kind="path")
     check_local_source(text)
     return Resolved(text=text, path=Path(text).expanduser(), kind="path")
+
+
+# A Hugging Face Trainer run folder with a selector: RUN@first, RUN@last (its checkpoint-N
+# folders ordered by the global step in their trainer_state.json).
+_RUN_SELECTOR = re.compile(r"^(.+)@(first|last)$")
+_CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
+
+
+def trainer_checkpoints(run: Path) -> list[tuple[int, Path]]:
+    """(global step, folder) of a Trainer run's checkpoint-N folders, in step order."""
+    found = []
+    for d in run.iterdir():
+        m = _CHECKPOINT_DIR.match(d.name)
+        if not m or not d.is_dir():
+            continue
+        step = int(m.group(1))
+        try:
+            state = json.loads((d / "trainer_state.json").read_text(encoding="utf-8"))
+            if isinstance(state, dict) and isinstance(state.get("global_step"), int):
+                step = state["global_step"]
+        except (OSError, UnicodeDecodeError, ValueError):
+            pass  # no readable trainer_state.json: the folder name's step
+        found.append((step, d))
+    return sorted(found)
+
+
+def trainer_checkpoint(run: Path, which: str) -> Path:
+    found = trainer_checkpoints(run)
+    if not found:
+        raise CheckpointNotFoundError(
+            f"{run}@{which}: {run} holds no checkpoint-N folders of a Hugging Face Trainer run"
+        )
+    return found[0][1] if which == "first" else found[-1][1]
 
 
 def parse_hf(text: str) -> tuple[str, str]:

@@ -297,6 +297,11 @@ class SourceSpec(Spec):
         panel=SOURCE,
         numeric=False,
     )
+    ema: bool = opt(
+        False,
+        "Read the EMA weights of training checkpoints (timm train.py's state_dict_ema).",
+        panel=SOURCE,
+    )
 
 
 @dataclass(frozen=True)

@@ -63,12 +63,13 @@ def logit_trajectories(
     examples: int = 10,
     trust_pickle: bool = False,
     offline: bool = False,
+    ema: bool = False,
 ) -> dict[str, Any]:
     spec = spec or EvalSpec(alphas=25, gauss=False)
     if examples < 1:
         raise UsageError("--examples must be at least 1")
-    init = open_source(init_path, trust_pickle, offline)
-    final = open_source(final_path, trust_pickle, offline)
+    init = open_source(init_path, trust_pickle, offline, ema)
+    final = open_source(final_path, trust_pickle, offline, ema)
     ctx = setup(init, arch, arch_options, data, spec)
     adapter = ctx.choice.adapter
     theta0 = adapter.map_keys(init.tensors, ctx.choice.options)

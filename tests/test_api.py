@@ -211,3 +211,12 @@ def test_own_model_from_the_command_line(mlp_pair: Path, tmp_path: Path, capsys,
         capsys,
     )
     assert code == 2 and "Traceback" not in err
+
+
+def test_api_names_are_not_shadowed_by_modules() -> None:
+    import mliscan.cli.app
+    import mliscan.families
+    import mliscan.results
+
+    assert callable(mliscan.compare) and callable(mliscan.grid) and callable(mliscan.track)
+    assert mliscan.PathResult.__name__ == "PathResult"

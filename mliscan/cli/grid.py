@@ -95,7 +95,7 @@ def grid(
 
     for path in [*(init or []), *(optimum or [])]:
         check_local_source(path)  # before torch is imported: a typo fails at once
-    from mliscan import grid as g
+    from mliscan import families as g
     from mliscan import results
     from mliscan.cli import ui
     from mliscan.errors import UsageError
@@ -132,7 +132,9 @@ def grid(
             local = int(os.environ.get("LOCAL_RANK", "0"))
             torch.cuda.set_device(local)
             spec = spec.replace(device=f"cuda:{local}")
-    open_ = functools.partial(open_source, trust_pickle=source.trust_pickle, offline=source.offline)
+    open_ = functools.partial(
+        open_source, trust_pickle=source.trust_pickle, offline=source.offline, ema=source.ema
+    )
     ctx = setup(open_(str(first)), specs[S.ArchSpec], None, specs[S.DataSpec], spec)
     adapter, options = ctx.choice.adapter, ctx.choice.options
     ends_i, ends_o = g.gather_endpoints(

@@ -76,6 +76,7 @@ def logits(
         examples=examples,
         trust_pickle=source.trust_pickle,
         offline=source.offline,
+        ema=source.ema,
     )
     written = plots.plot_logit_pca(
         result["points"], result["labels"], result["alphas"], result["explained_variance"], out

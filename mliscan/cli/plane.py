@@ -56,7 +56,9 @@ def plane(
 
     source, grid_spec, out_spec = specs[S.SourceSpec], specs[S.PlaneSpec], specs[spine.OutputSpec]
     resolution, quiet, plot = grid_spec.resolution, out_spec.quiet, out_spec.plot
-    ckpts = [open_source(str(p), source.trust_pickle, source.offline) for p in (a, b, c)]
+    ckpts = [
+        open_source(str(p), source.trust_pickle, source.offline, source.ema) for p in (a, b, c)
+    ]
     check_pair(ckpts[0], ckpts[1])
     check_pair(ckpts[0], ckpts[2])
     spec = specs[S.EvalSpec]

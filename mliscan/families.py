@@ -1,4 +1,4 @@
-"""Path families beyond init -> final (Section 4.3, Figures 6 and 8).
+"""Path families beyond init -> final (Section 4.3, Figures 6 and 8); the module behind ``mliscan grid``.
 
 * unrelated initialisations -> an optimum (``compare --unrelated K``);
 * all init-init, init-optimum (own and unrelated) and optimum-optimum pairs (``grid``).
