@@ -143,6 +143,23 @@ def reestimate(
     module.eval()
     if spec.mode == "interpolate" or not layers:
         return None
+    _UNBIASED[0] = spec.variance == "unbiased"
+    try:
+        out = _reestimate(module, layers, inputs, spec, forward, chunk)
+    finally:
+        _UNBIASED[0] = False
+    # with unbiased variances eval mode no longer reproduces the pass: no reuse
+    return None if spec.variance == "unbiased" else out
+
+
+def _reestimate(
+    module: nn.Module,
+    layers: list[BNLayer],
+    inputs: torch.Tensor,
+    spec: BNSpec,
+    forward: Callable[[torch.Tensor], object] | None,
+    chunk: int | None,
+) -> object | None:
     run = forward or module
     full = spec.mode == "exact" and spec.batch_size is None
     held = isinstance(inputs, torch.Tensor)  # streamed data is never held whole
@@ -184,10 +201,26 @@ def all_bn_keep_stats(module: nn.Module) -> bool:
     return all(m.running_mean is not None for m in module.modules() if isinstance(m, BNLayer))
 
 
-def _store(m: BNLayer, mean: torch.Tensor, var: torch.Tensor) -> None:
-    assert m.running_mean is not None and m.running_var is not None
+# --bn-variance: "population" stores each layer's population variance (self-consistent:
+# eval mode then normalises the data exactly as the full-batch pass did); "unbiased" stores
+# N/(N-1) times it, torch's convention (a momentum=None pass, swa_utils.update_bn, REPAIR).
+_UNBIASED = [False]
+
+
+def _store(m: BNLayer, mean: torch.Tensor, var: torch.Tensor, count: float | None = None) -> None:
+    if m.running_mean is None or m.running_var is None:  # pragma: no cover - filtered above
+        return
+    if _UNBIASED[0] and count is not None and count > 1:
+        var = var * (count / (count - 1))
     m.running_mean.copy_(mean.to(m.running_mean.dtype))
     m.running_var.copy_(var.to(m.running_var.dtype))
+
+
+def _store_pooled(
+    m: BNLayer, means: torch.Tensor, variances: torch.Tensor, counts: list[int]
+) -> None:
+    mean, var = combine_moments(means, variances, counts)
+    _store(m, mean, var, float(sum(counts)))
 
 
 def _exact(layers, inputs, slices, run) -> object:
@@ -223,7 +256,7 @@ def _exact(layers, inputs, slices, run) -> object:
     for m in layers:
         means, variances, counts = seen[id(m)]
         if counts:  # a layer the forward pass never reached keeps its reset statistics
-            _store(m, *combine_moments(torch.stack(means), torch.stack(variances), counts))
+            _store_pooled(m, torch.stack(means), torch.stack(variances), counts)
     return out
 
 
@@ -262,7 +295,7 @@ def _exact_layerwise(module: nn.Sequential, layers, inputs, slices) -> torch.Ten
             variances.append(var)
             counts.extend([g[0].numel() // g.shape[2]] * g.shape[0])
         cat = torch.cat if len(outs) > 1 else (lambda t: t[0])
-        _store(child, *combine_moments(cat(means), cat(variances), counts))
+        _store_pooled(child, cat(means), cat(variances), counts)
         x = cat(outs)
     return x
 
@@ -306,7 +339,7 @@ def _exact_chunked(layers, inputs, chunk: int, run) -> None:
         if measured is None:
             return  # the remaining layers are never reached by the forward pass
         layer, means, variances, counts = measured
-        _store(layer, *combine_moments(torch.stack(means), torch.stack(variances), counts))
+        _store_pooled(layer, torch.stack(means), torch.stack(variances), counts)
         todo.remove(layer)
 
 

@@ -108,6 +108,7 @@ class BNPolicy:
         return (
             bool(self.layers)
             and self.spec.mode == "exact"
+            and self.spec.variance == "population"
             and self.spec.batch_size is None
             and self.chunk is None
             and batchnorm.all_bn_keep_stats(self.module)

@@ -479,12 +479,27 @@ class BNSpec(Spec):
         show="all",
     )
 
+    variance: Literal["population", "unbiased"] = opt(
+        "population",
+        "The variance stored by the exact mode: population (self-consistent; mliscan's "
+        "default) or unbiased (N/(N-1) times it: torch's momentum=None pass, "
+        "swa_utils.update_bn, REPAIR and the paper's code store this).",
+        flag="--bn-variance",
+        panel=EVAL,
+    )
+
     def __post_init__(self) -> None:
         if self.mode == "paper" and self.batch_size is None:
             object.__setattr__(self, "batch_size", PAPER_BN_BATCH_SIZE)
         super().__post_init__()
 
     def check(self) -> None:
+        if self.variance == "unbiased" and self.mode != "exact":
+            raise self.fail(
+                "variance",
+                f"applies to --bn-mode exact (paper keeps torch's own convention, interpolate "
+                f"stores nothing), got --bn-mode {self.mode}",
+            )
         if self.max_batches is not None and self.batch_size is None and self.mode == "exact":
             raise self.fail(
                 "max_batches",
@@ -497,6 +512,7 @@ class BNSpec(Spec):
             "mode": self.mode,
             "batch_size": "all" if self.batch_size is None else self.batch_size,
             "max_batches": self.max_batches,
+            "variance": self.variance,
         }
 
 

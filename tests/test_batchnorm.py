@@ -253,3 +253,39 @@ def test_lean_forward_rectifies_in_place_but_never_the_data() -> None:
         torch.testing.assert_close(fwd(x), net(x))
     torch.testing.assert_close(x, before)  # Flatten is a view of the data: ReLU copies there
     assert batchnorm.lean_forward(_Residual()) is None
+
+
+def test_unbiased_variance_reproduces_torchs_momentum_none_pass() -> None:
+    """--bn-variance unbiased stores what torch's cumulative (momentum=None) pass over the
+    whole data as one batch stores; population differs from it by exactly (N-1)/N."""
+    import copy
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 5), nn.BatchNorm1d(5), nn.ReLU(), nn.Linear(5, 3))
+    x = torch.randn(40, 6)
+    ref = copy.deepcopy(net)
+    ref[1].reset_running_stats()
+    ref[1].momentum = None
+    ref.train()
+    with torch.no_grad():
+        ref(x)
+    unbiased = copy.deepcopy(net)
+    batchnorm.reestimate(unbiased, [unbiased[1]], x, BNSpec(variance="unbiased"))
+    torch.testing.assert_close(unbiased[1].running_var, ref[1].running_var)
+    torch.testing.assert_close(unbiased[1].running_mean, ref[1].running_mean)
+    population = copy.deepcopy(net)
+    assert batchnorm.reestimate(population, [population[1]], x, BNSpec()) is not None
+    torch.testing.assert_close(population[1].running_var * 40 / 39, ref[1].running_var)
+    # pooled batches: the same N/(N-1) over the pooled population variance
+    pooled = copy.deepcopy(net)
+    batchnorm.reestimate(pooled, [pooled[1]], x, BNSpec(batch_size=16, variance="unbiased"))
+    torch.testing.assert_close(pooled[1].running_var, ref[1].running_var)
+
+
+def test_unbiased_variance_is_for_the_exact_mode() -> None:
+    import pytest
+
+    from mliscan.spec import SpecError
+
+    with pytest.raises(SpecError, match="--bn-variance: applies to --bn-mode exact"):
+        BNSpec(mode="paper", variance="unbiased")

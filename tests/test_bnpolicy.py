@@ -124,3 +124,21 @@ def test_one_example_cannot_give_bn_statistics(mlp_bn_pair, capsys):
     import json
 
     assert json.loads(out)["gauss_length"] is not None
+
+
+def test_bn_variance_is_recorded_and_changes_the_curve_slightly(mlp_bn_pair, capsys):
+    import json
+
+    from tests.conftest import run_cli
+
+    init, final = mlp_bn_pair / "init.safetensors", mlp_bn_pair / "final.safetensors"
+    base = ["compare", init, final, "--alphas", "4", "--no-gauss", "-q", "--json", "-"]
+    code, out, _ = run_cli(base, capsys)
+    population = json.loads(out)
+    code, out, err = run_cli([*base, "--bn-variance", "unbiased"], capsys)
+    assert code == 0, err
+    unbiased = json.loads(out)
+    assert population["bn"]["variance"] == "population"
+    assert unbiased["bn"]["variance"] == "unbiased"
+    rel = [abs(a - b) / b for a, b in zip(unbiased["loss"], population["loss"], strict=True)]
+    assert 0 < max(rel) < 1e-2  # N/(N-1) with N = 400: a small, real difference

@@ -82,11 +82,16 @@ def _mono_text(r: dict[str, Any]) -> str:
 
 
 def _bn_text(bn: dict[str, Any]) -> str:
+    if bn["mode"] == "interpolate":
+        return "interpolated running statistics"
     if bn["mode"] == "exact" and bn["batch_size"] == "all":
-        return "exact, whole data"
-    text = f"{bn['mode']}, batch {bn['batch_size']}"
+        text = "exact, whole data"
+    else:
+        text = f"{bn['mode']}, batch {bn['batch_size']}"
     if bn.get("max_batches"):
         text += f", ≤{bn['max_batches']} batches"
+    if bn.get("variance") == "unbiased":
+        text += ", unbiased variance"
     return text
 
 
