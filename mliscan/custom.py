@@ -118,7 +118,7 @@ def load_factory(spec: str) -> Callable[..., nn.Module]:
             raise UsageError(f"--model {spec}: {module_name} has no {attr}")
     if not callable(factory):
         raise UsageError(f"--model {spec}: {attr} is not callable")
-    return factory  # type: ignore[return-value]
+    return factory
 
 
 class FactoryAdapter(_Given):

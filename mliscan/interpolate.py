@@ -136,7 +136,8 @@ class Interpolator:
                 reread.append(k)
             del b
         read = self.theta1_reader
-        assert read is not None
+        if read is None and reread:  # pragma: no cover - _to_difference is only called with one
+            raise RuntimeError("theta_T must be re-read, but no reader was given")
         for k in reread:
             b = _on_device(read(k), self.targets[k])  # as theta_T was held: same values
             delta[k] = _widened_difference(b, self.t0[k], self._difference_dtype(k))

@@ -512,7 +512,11 @@ class BNSpec(Spec):
             "mode": self.mode,
             "batch_size": "all" if self.batch_size is None else self.batch_size,
             "max_batches": self.max_batches,
-            "variance": self.variance,
+            # what the stored running_var holds: the exact mode's choice; torch's running
+            # average of unbiased batch variances (paper); the endpoints' own (interpolate)
+            "variance": {"exact": self.variance, "paper": "unbiased (running average)"}.get(
+                self.mode, "interpolated"
+            ),
         }
 
 

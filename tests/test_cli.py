@@ -53,7 +53,12 @@ def test_compare_json_and_plot_without_arch(mlp_pair: Path, tmp_path: Path, caps
     assert r["arch"] == "mlp" and r["data"]["name"] == "digits" and r["data"]["examples"] == 400
     assert len(r["alphas"]) == len(r["loss"]) == 50
     assert r["alphas"][0] == 0.0 and r["alphas"][-1] == 1.0
-    assert r["bn"] == {"mode": "exact", "batch_size": "all", "max_batches": None}
+    assert r["bn"] == {
+        "mode": "exact",
+        "batch_size": "all",
+        "max_batches": None,
+        "variance": "population",
+    }
     assert set(r["timing"]) >= {"load", "bn", "evaluate", "gauss"}
     run = json.loads((mlp_pair / "run.json").read_text())
     assert r["loss"][-1] == pytest.approx(run["final_train_loss"], rel=1e-6)
@@ -148,7 +153,12 @@ def test_bn_options_are_recorded(mlp_bn_pair: Path, capsys) -> None:
         ],
         capsys,
     )
-    assert json.loads(out)["bn"] == {"mode": "paper", "batch_size": 256, "max_batches": None}
+    assert json.loads(out)["bn"] == {
+        "mode": "paper",
+        "batch_size": 256,
+        "max_batches": None,
+        "variance": "unbiased (running average)",
+    }
     code, _, err = run_cli(["compare", init, final, "-q", "--bn-batch-size", "many"], capsys)
     assert code == 2 and "--bn-batch-size" in err
     # a warm-up subset is the first K batches of N: 'all' (one batch) has no subset
