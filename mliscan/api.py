@@ -104,8 +104,13 @@ def _dataset(data: Data, limit: int | None) -> Dataset | None:
         xs, ys = [], []
         if isinstance(data, torch.utils.data.DataLoader):
             items: Any = data
-        else:
+        elif isinstance(data, torch.utils.data.Dataset):
             items = torch.utils.data.DataLoader(data, batch_size=256, shuffle=False)
+        else:
+            raise UsageError(
+                "data= takes a dataset name, a tuple (X, y) of tensors, a torch Dataset or a "
+                f"DataLoader, got {type(data).__name__}"
+            )
         count = 0
         for batch in items:
             if not isinstance(batch, (tuple, list)) or len(batch) < 2:

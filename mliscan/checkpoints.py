@@ -99,6 +99,11 @@ def load_checkpoint(
     elif p.suffix in SAFETENSORS_SUFFIXES or (
         p.suffix not in TORCH_SUFFIXES and not zipfile.is_zipfile(p)
     ):
+        if ema:
+            raise CheckpointFormatError(
+                f"{p}: --ema reads the EMA weights of a training checkpoint (.pth.tar, .ckpt); "
+                "a safetensors file holds one set of weights: drop --ema"
+            )
         tensors, metadata = _load_safetensors(p)
         notes = []
     else:

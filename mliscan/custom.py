@@ -111,6 +111,11 @@ def load_factory(spec: str) -> Callable[..., nn.Module]:
             f"--model {spec}: cannot import {module_name} ({exc}); run from the folder that "
             "holds it, or install its package"
         ) from exc
+    except Exception as exc:  # the user's module failed while importing: their error
+        raise UsageError(
+            f"--model {spec}: importing {module_name} raised {type(exc).__name__}: "
+            f"{' '.join(str(exc).split())[:200]}"
+        ) from exc
     factory = module
     for part in attr.split("."):
         factory = getattr(factory, part, None)
@@ -140,6 +145,11 @@ class FactoryAdapter(_Given):
             module = self.factory(**options)
         except TypeError as exc:
             raise AdapterOptionError(f"--model {self.spec}: {exc} (check --model-arg)") from exc
+        except Exception as exc:  # the user's factory failed: their error, named as such
+            raise AdapterOptionError(
+                f"--model {self.spec}: the factory raised {type(exc).__name__}: "
+                f"{' '.join(str(exc).split())[:200]}"
+            ) from exc
         if not isinstance(module, nn.Module):
             raise UsageError(
                 f"--model {self.spec} returned {type(module).__name__}, not a torch nn.Module"

@@ -220,3 +220,25 @@ def test_api_names_are_not_shadowed_by_modules() -> None:
 
     assert callable(mliscan.compare) and callable(mliscan.grid) and callable(mliscan.track)
     assert mliscan.PathResult.__name__ == "PathResult"
+
+
+def test_hostile_arguments_of_the_api_and_of_model(
+    tmp_path: Path, mlp_pair: Path, capsys, monkeypatch
+) -> None:
+    from mliscan.errors import MliscanError
+
+    init, final = _files(mlp_pair)
+    for bad in (123, ("a", "b"), (torch.zeros(3, 64), torch.zeros(2, dtype=torch.long))):
+        with pytest.raises(MliscanError):
+            mliscan.compare(init, final, model=torch.nn.Linear(64, 10), data=bad)
+    (tmp_path / "boom.py").write_text("raise RuntimeError('boom at import')\n")
+    (tmp_path / "fails.py").write_text("def make():\n    raise ValueError('no')\n")
+    monkeypatch.chdir(tmp_path)
+    for spec, needle in (
+        ("boom:make", "importing boom raised RuntimeError"),
+        ("fails:make", "the factory raised ValueError"),
+    ):
+        code, _, err = run_cli(["compare", init, final, "--model", spec, "-q"], capsys)
+        assert code == 2 and needle in err, err
+    code, _, err = run_cli(["compare", init, final, "--ema", "-q"], capsys)
+    assert code == 2 and "drop --ema" in err
