@@ -129,3 +129,42 @@ def test_every_reader_fails_as_a_typed_error(tmp_path: Path) -> None:
     for name in ("mnist", "fashion-mnist", "cifar10", "cifar100", "wikitext2"):
         with pytest.raises(MliscanError):
             load_dataset(DataSpec(name, data_dir=str(tmp_path / "empty")))
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "needle"),
+    [
+        ("c.jsonl", '{"text": "a"}\n{"text": 5}\n', "needs an object with a 'text' string"),
+        ("c.jsonl", "not json\n", "not JSON"),
+        ("c.jsonl", "[" * 100000 + "]" * 100000 + "\n", "JSON"),
+        ("c.csv", "title,label\nx,1\n", "needs a header row with a 'text' column"),
+        ("c.csv", 'text,label\n"' + "x" * (1 << 18) + '",1\n', "CSV"),
+        ("c.txt", b"\xff\xfe\x00bad", "not UTF-8"),
+    ],
+)
+def test_text_corpora_malformed(tmp_path: Path, name: str, content, needle: str) -> None:
+    from mliscan.text import read_documents
+
+    path = tmp_path / name
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    with pytest.raises(DataError, match=needle):
+        read_documents(path)
+
+
+def test_image_folder_with_a_broken_image(tmp_path: Path) -> None:
+    """A file named .png that is not an image: a DataError naming it."""
+    from mliscan.data import _imagefolder
+
+    (tmp_path / "cat").mkdir()
+    (tmp_path / "cat" / "a.png").write_bytes(b"not a png at all")
+
+    class Hooks:
+        @staticmethod
+        def image_transform(im):  # pragma: no cover - never reached
+            raise AssertionError
+
+    with pytest.raises(DataError, match=r"a\.png: not a readable image"):
+        _imagefolder(tmp_path, DataSpec("imagefolder", data_dir=str(tmp_path)), Hooks)
