@@ -36,6 +36,7 @@ class AutoencoderOptions:
 
 
 class AutoencoderAdapter(Adapter):
+    permutation = "sequential"  # --align: hidden units of a plain Sequential
     targets_from_inputs = True  # the loss reconstructs the input
     name = "autoencoder"
     description = (

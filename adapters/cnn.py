@@ -27,6 +27,7 @@ def _flat_size(features: nn.Module, shape: tuple[int, ...]) -> int:
 
 
 class SimpleCNNAdapter(Adapter):
+    permutation = "sequential"  # --align: hidden units of a plain Sequential
     name = "simplecnn"
     description = "two 3x3 stride-2 convolutions (32, 64) with ReLU and a linear head"
     default_data = "digits"
@@ -48,6 +49,7 @@ class SimpleCNNAdapter(Adapter):
 
 
 class LeNet5Adapter(Adapter):
+    permutation = "sequential"  # --align: hidden units of a plain Sequential
     name = "lenet5"
     description = "LeNet-5 (LeCun et al. 1998): conv-tanh-avgpool x2, 120-84 tanh head"
     default_data = "mnist"
@@ -89,6 +91,7 @@ def _pool() -> nn.Module:
 
 
 class AlexNetAdapter(Adapter):
+    permutation = "sequential"  # --align: hidden units of a plain Sequential
     name = "alexnet"
     description = "AlexNet, CIFAR-sized: 5 conv (64-192-384-256-256), 3 max-pools, 1024-1024 head"
     default_data = "cifar10"
@@ -145,6 +148,7 @@ VGG_CONFIGS = {
 
 
 class VGGAdapter(Adapter):
+    permutation = "sequential"  # --align: hidden units of a plain Sequential
     default_data = "cifar10"
     Options = CNNOptions
     train_defaults = TrainDefaults(optimizer="sgd", lr=0.01, epochs=200, batch_size=128)

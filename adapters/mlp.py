@@ -37,6 +37,7 @@ class MLPOptions:
 
 
 class MLPAdapter(Adapter):
+    permutation = "sequential"  # --align: hidden units of a plain Sequential
     name = "mlp"
     description = "fully-connected classifier (Sequential of Linear, [BatchNorm1d], activation)"
     default_data = "digits"

@@ -71,6 +71,8 @@ class Adapter(ABC):
     custom_logits: ClassVar[bool] = False
     """``logits`` is not the module output (the second-order pass then does not apply)."""
     targets_from_inputs: ClassVar[bool] = False
+    permutation: ClassVar[str | None] = None
+    """How ``--align`` permutes hidden units: "sequential" (a plain nn.Sequential), or None."""
     """``prepare_targets`` derives the targets from the inputs (such data cannot be streamed)."""
     """Whether ``mliscan train`` can train it (hub adapters evaluate only)."""
 

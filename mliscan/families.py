@@ -29,7 +29,7 @@ from mliscan.evaluate import PathEvaluator, PreparedData, alpha_grid
 from mliscan.identity import key as identity_key
 from mliscan.paths import FINAL_FILE, INIT_FILE, SOURCE_PREFIXES, unique_labels
 from mliscan.pipeline import open_source
-from mliscan.results import PathResult, curve_rows, is_complete, path_row
+from mliscan.results import PathResult, curve_rows, is_complete, num, path_row
 from mliscan.spec import EvalSpec
 from mliscan.store import ResultStore
 
@@ -157,14 +157,36 @@ class Context:
     module: torch.nn.Module
     data: PreparedData
     spec: EvalSpec
+    align: str = "none"
 
     def evaluate(self, a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, Any]:
-        """The stored record of the path a -> b (``PathResult.stored``)."""
-        ev = PathEvaluator(self.adapter, self.module, a, b, self.data, self.spec)
-        curve = ev.run(alpha_grid(self.spec.alphas))
-        dist, norm = metrics.weight_distance(a, b, ev.roles.parameters)
+        """The stored record of the path a -> b (``PathResult.stored``); with ``align``,
+        of a -> b aligned to a, the unaligned path's numbers kept beside it."""
+        alignment = None
+        if self.align != "none":
+            from mliscan.align import align
+
+            aligned, alignment = align(
+                self.adapter.permutation, self.module, a, b, self.adapter.name
+            )
+            plain = self._curve(a, b, gauss=False)
+            alignment.update(
+                unaligned_distance=num(plain[2]),
+                unaligned_barrier=num(metrics.barrier(plain[0].alphas, plain[0].loss)),
+                unaligned_min_delta=num(metrics.min_delta(plain[0].loss)),
+            )
+            b = aligned
+        curve, _, dist, norm = self._curve(a, b)
         result = PathResult("a", "b", self.adapter.name, {}, {}, self.spec, curve, dist, norm)
-        return result.stored()
+        return {**result.stored(), "alignment": alignment}
+
+    def _curve(
+        self, a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], gauss: bool | None = None
+    ) -> tuple[Any, Any, float, float]:
+        ev = PathEvaluator(self.adapter, self.module, a, b, self.data, self.spec)
+        curve = ev.run(alpha_grid(self.spec.alphas), gauss=gauss)
+        dist, norm = metrics.weight_distance(a, b, ev.roles.parameters)
+        return curve, ev.roles, dist, norm
 
 
 def check_compatible(first: Endpoint, other: Endpoint) -> None:

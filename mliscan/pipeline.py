@@ -34,7 +34,7 @@ from mliscan.interpolate import TensorRoles
 from mliscan.registry import adapter_for_config, get_adapter, names
 from mliscan.results import PathResult
 from mliscan.sources import Resolved, resolve
-from mliscan.spec import DEFAULT_TOLERANCE, ArchSpec, DataSpec, EvalSpec, SourceSpec
+from mliscan.spec import DEFAULT_TOLERANCE, AlignSpec, ArchSpec, DataSpec, EvalSpec, SourceSpec
 
 # Datasets whose preprocessing the model defines (tokenizer, image transform).
 MODEL_DEFINED_DATA = ("text", "imagefolder")
@@ -236,6 +236,7 @@ def compare_pair(
     progress: ProgressFn | None = None,
     unrelated_seeds: Sequence[int] = (),
     source: SourceSpec | None = None,
+    align_spec: AlignSpec | None = None,
 ) -> PathResult:
     """Evaluate the straight path from ``init_path`` to ``final_path`` (paths or sources:
     ``hf:ORG/NAME@REV``, ``timm:NAME``, ``init:SOURCE``).
@@ -244,6 +245,7 @@ def compare_pair(
     module's working weights; the loaded dicts are not kept beside them.
     """
     source = source or SourceSpec()
+    align = align_spec.align if align_spec is not None else "none"
     t_start = time.perf_counter()
     init = open_source(init_path, source.trust_pickle, source.offline, source.ema)
     final = open_source(final_path, source.trust_pickle, source.offline, source.ema)
@@ -258,6 +260,7 @@ def compare_pair(
         progress=progress,
         unrelated_seeds=unrelated_seeds,
         t_start=t_start,
+        align=align,
     )
 
 
@@ -273,6 +276,7 @@ def compare_checkpoints(
     progress: ProgressFn | None = None,
     unrelated_seeds: Sequence[int] = (),
     t_start: float | None = None,
+    align: str = "none",
 ) -> PathResult:
     """The straight path between two loaded checkpoints (files, or state dicts from Python
     wrapped as :class:`Checkpoint`); ``compare_pair`` and ``mliscan.compare`` both end here."""
@@ -290,6 +294,11 @@ def compare_checkpoints(
     theta1 = choice.adapter.map_keys(final.tensors, choice.options)
     init_path_s, final_path_s = str(init.path), str(final.path)
     roles = TensorRoles.of(ctx.module, interpolate_bn_stats=spec.bn.mode == "interpolate")
+    alignment = None
+    if align != "none":
+        alignment = _aligned(choice.adapter, ctx, theta0, theta1, roles, spec)
+        theta1 = alignment.pop("state")
+        unrelated_seeds = ()  # the unrelated-init study is of the unaligned optimum
     distance, normalized = metrics.weight_distance(theta0, theta1, roles.parameters)
     identical = all(torch.equal(theta0[k], theta1[k]) for k in roles.interpolated)
     # Large models: theta_T is re-read from disk at alpha = 1 instead of being kept (its
@@ -334,7 +343,32 @@ def compare_checkpoints(
         unrelated=unrelated,
         unrelated_seeds=list(unrelated_seeds),
         sources=sources,
+        alignment=alignment,
     )
+
+
+def _aligned(
+    adapter: Adapter,
+    ctx: Setup,
+    theta0: dict[str, torch.Tensor],
+    theta1: dict[str, torch.Tensor],
+    roles: TensorRoles,
+    spec: EvalSpec,
+) -> dict[str, Any]:
+    """theta_T aligned to theta_0 by weight matching, with the unaligned path's numbers."""
+    from mliscan.align import align as weight_match
+
+    aligned, record = weight_match(adapter.permutation, ctx.module, theta0, theta1, adapter.name)
+    unaligned = PathEvaluator(adapter, ctx.module, theta0, theta1, ctx.prepared, spec)
+    curve = unaligned.run(alpha_grid(spec.alphas), gauss=False)
+    dist, _ = metrics.weight_distance(theta0, theta1, roles.parameters)
+    record.update(
+        unaligned_distance=dist,
+        unaligned_barrier=metrics.barrier(curve.alphas, curve.loss),
+        unaligned_min_delta=metrics.min_delta(curve.loss),
+        state=aligned,
+    )
+    return record
 
 
 def _module_reader(

@@ -32,6 +32,10 @@ PATH_SCHEMA = {
     "gauss_length": "f64",
     "loss_a": "f64",
     "loss_b": "f64",
+    # with --align: the path before alignment (null otherwise)
+    "unaligned_distance": "f64",
+    "unaligned_barrier": "f64",
+    "unaligned_min_delta": "f64",
 }
 CURVE_SCHEMA = {
     "path_id": "str",
@@ -78,6 +82,8 @@ class PathResult:
     unrelated_seeds: list[int] = field(default_factory=list)
     sources: dict[str, Any] = field(default_factory=dict)
     """How each endpoint was resolved (hub repository, revision, commit hash)."""
+    alignment: dict[str, Any] | None = None
+    """--align: method, iterations, and the unaligned distance, barrier and min-Δ."""
 
     # ---- the paper's metrics (Section 3) ---------------------------------------------------
     @property
@@ -147,6 +153,9 @@ class PathResult:
             "timing": {k: round(v, 4) for k, v in self.timing.items()},
             "unrelated": self._unrelated() if self.unrelated else None,
             "sources": self.sources,
+            "alignment": None
+            if self.alignment is None
+            else {k: num(v) if isinstance(v, float) else v for k, v in self.alignment.items()},
         }
 
     def _unrelated(self) -> dict[str, Any]:
@@ -257,7 +266,11 @@ def metrics_of(record: dict[str, Any], tolerance: float) -> dict[str, Any]:
 def path_row(record: dict[str, Any], tolerance: float) -> dict[str, Any]:
     """The ``paths.parquet`` row of a stored path record (keys of ``PATH_SCHEMA``)."""
     m = metrics_of(record, tolerance)
+    alignment = record.get("alignment") or {}
     return {
+        "unaligned_distance": num(alignment.get("unaligned_distance")),
+        "unaligned_barrier": num(alignment.get("unaligned_barrier")),
+        "unaligned_min_delta": num(alignment.get("unaligned_min_delta")),
         "path_id": record.get("path_id"),
         "family": record.get("family"),
         "a": record.get("a"),

@@ -756,3 +756,17 @@ class ReportSpec(Spec):
         numeric=False,
         metavar="COLUMNS",
     )
+
+
+@dataclass(frozen=True)
+class AlignSpec(Spec):
+    """Permutation alignment of the second endpoint to the first before interpolating."""
+
+    concern: ClassVar[str] = "alignment"
+    align: Literal["none", "weight-matching"] = opt(
+        "none",
+        "Permute the hidden units of the second endpoint to best match the first (weight "
+        "matching, Ainsworth et al. 2023) before interpolating; the JSON keeps the unaligned "
+        "distance, barrier and min-Δ beside the aligned path's.",
+        panel=EVAL,
+    )

@@ -25,6 +25,7 @@ from mliscan.paths import atomic_write_json
     S.EvalSpec,
     S.VerdictSpec,
     S.GateSpec,
+    S.AlignSpec,
     spine.OutputSpec,
 )
 def compare(
@@ -99,6 +100,7 @@ def compare(
             progress=progress,
             unrelated_seeds=list(unrelated_seed or range(unrelated)),
             source=specs[S.SourceSpec],
+            align_spec=specs[S.AlignSpec],
         )
     record = result.to_dict()
     record["label"] = label

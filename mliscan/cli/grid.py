@@ -36,6 +36,7 @@ def _distributed() -> tuple[int, int]:
     S.DataSpec,
     S.EvalSpec,
     S.VerdictSpec,
+    S.AlignSpec,
     spine.OutputSpec,
     # a fixed batch size, so resumed and sharded runs agree bit for bit
     defaults={"batch_size": 1024, "gauss": False},
@@ -151,12 +152,15 @@ def grid(
     everything = ends_i + ends_o
     for e in everything[1:]:
         g.check_compatible(everything[0], e)
+    align = specs[S.AlignSpec].align
     settings = g.settings_of(
         spec, ctx.data_record(), adapter.name, adapter.options_to_dict(options)
     )
+    if align != "none":  # a new setting: older stores keep their keys
+        settings["align"] = align
     tasks = g.plan(ends_i, ends_o, settings)
     store = g.open_store(out)
-    engine = g.Context(adapter, ctx.module, ctx.prepared, spec)
+    engine = g.Context(adapter, ctx.module, ctx.prepared, spec, align)
     done_before = sum(store.has(t.pid) for t in tasks)
     if rank == 0:
         ui.err.print(

@@ -18,6 +18,7 @@ from mliscan.cli import spine
     S.DataSpec,
     S.EvalSpec,
     S.PlaneSpec,
+    S.AlignSpec,
     spine.OutputSpec,
     defaults={"batch_size": 1024, "gauss": False},
     exclude=("alphas", "gauss", "gauss_examples", "gauss_method", "alpha_chunk", "json"),
@@ -65,6 +66,15 @@ def plane(
     ctx = setup(ckpts[0], specs[S.ArchSpec], None, specs[S.DataSpec], spec)
     adapter = ctx.choice.adapter
     states = [adapter.map_keys(ck.tensors) for ck in ckpts]
+    align = specs[S.AlignSpec].align
+    alignments = {}
+    if align != "none":  # B and C are permuted to match A before the plane is made
+        from mliscan.align import align as weight_match
+
+        for i, name in ((1, "B"), (2, "C")):
+            states[i], alignments[name] = weight_match(
+                adapter.permutation, ctx.module, states[0], states[i], adapter.name
+            )
     evaluator = PathEvaluator(adapter, ctx.module, states[0], states[1], ctx.prepared, spec)
     the_plane = pl.make_plane(*states, evaluator.roles.interpolated)
     bounds = pl.default_range(the_plane) if grid_spec.range is None else grid_spec.range
@@ -77,6 +87,8 @@ def plane(
         "arch": adapter.name,
         "arch_options": adapter.options_to_dict(ctx.choice.options),
     }
+    if align != "none":
+        settings["align"] = align
 
     def point_key(i: int, j: int) -> str:
         return identity_key("plane-point", hashes, {**settings, "point": [i, j]})
@@ -126,6 +138,7 @@ def plane(
                 "data": ctx.data_record(),
                 "arch": adapter.name,
                 "key": identity_key("plane", hashes, settings),
+                "alignment": alignments or None,
             },
         )
     if plot is not None:

@@ -114,6 +114,16 @@ def result_table(r: dict[str, Any]) -> Table:
         ("arch · data", f"{r['arch']} · {r['data']['name']} ({r['data']['examples']} examples)"),
         ("alphas · BN statistics", f"{len(r['alphas'])} · {_bn_text(r['bn'])}"),
     ]
+    a = r.get("alignment")
+    if a:
+        rows.append(
+            (
+                "aligned (weight matching)",
+                f"{a['units_moved']} units moved; unaligned: distance "
+                f"{fmt(a['unaligned_distance'])}, min-Δ {fmt(a['unaligned_min_delta'])}, "
+                f"barrier {fmt(a['unaligned_barrier'])}",
+            )
+        )
     for k, v in rows:
         table.add_row(k, v)
     return table

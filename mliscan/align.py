@@ -1,0 +1,194 @@
+"""Permutation alignment of two endpoints before interpolating (weight matching).
+
+Hidden units can be permuted without changing the function a network computes; much of the
+barrier between independently trained optima is this symmetry (Entezari et al. 2022;
+Ainsworth et al., "Git Re-Basin", ICLR 2023). Weight matching finds, for each group of
+permutable units, the permutation of the second endpoint whose weights best match the
+first's: a linear assignment per group (``scipy.optimize.linear_sum_assignment``), iterated
+over the groups until no permutation changes.
+
+The permutation structure is declared by the adapter (``Adapter.permutation``); for
+``"sequential"`` it is read off a plain ``nn.Sequential`` of Linear / Conv / BatchNorm /
+activation / pooling / Flatten layers: every hidden layer's output units (channels) form
+one group, which permutes that layer's output axis, the next layer's input axis (in blocks
+of H*W after a Flatten) and the BatchNorm parameters and statistics between them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mliscan.errors import UsageError
+
+# Layers that act elementwise or per channel without parameters: they keep the grouping.
+_PASS_THROUGH = (
+    nn.ReLU,
+    nn.Tanh,
+    nn.GELU,
+    nn.Sigmoid,
+    nn.Identity,
+    nn.Dropout,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+)
+MAX_ITERATIONS = 100
+
+
+@dataclass
+class PermutationSpec:
+    """Groups of permutable units and, per tensor, which group permutes each axis."""
+
+    sizes: dict[str, int] = field(default_factory=dict)
+    axes: dict[str, tuple[str | None, ...]] = field(default_factory=dict)
+    blocks: dict[str, int] = field(default_factory=dict)
+    """Tensor -> block size of its axis 1 (a Linear after a Flatten of channels)."""
+
+
+def sequential_spec(module: nn.Module) -> PermutationSpec:
+    """The permutation structure of a plain ``nn.Sequential`` (see the module docstring)."""
+    if not isinstance(module, nn.Sequential):
+        raise UsageError("--align needs a plain nn.Sequential network for this architecture")
+    spec = PermutationSpec()
+    weighted = [i for i, m in enumerate(module) if isinstance(m, (nn.Linear, nn.Conv2d, nn.Conv1d))]
+    if not weighted:
+        raise UsageError("--align: the network has no Linear or Conv layers to align")
+    last = weighted[-1]
+    current: str | None = None  # the group of the current feature / channel axis
+    channels = 0
+    flattened_block = 1
+    for i, m in enumerate(module):
+        name = str(i)
+        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+            out_group = None if i == last else f"P{i}"
+            extra = (None,) * (m.weight.dim() - 2)
+            spec.axes[f"{name}.weight"] = (out_group, current, *extra)
+            if isinstance(m, nn.Linear) and flattened_block > 1 and current is not None:
+                spec.blocks[f"{name}.weight"] = flattened_block
+            if m.bias is not None:
+                spec.axes[f"{name}.bias"] = (out_group,)
+            if out_group is not None:
+                spec.sizes[out_group] = m.weight.shape[0]
+            current, channels, flattened_block = out_group, m.weight.shape[0], 1
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            for p in ("weight", "bias", "running_mean", "running_var"):
+                if getattr(m, p, None) is not None:
+                    spec.axes[f"{name}.{p}"] = (current,)
+        elif isinstance(m, nn.Flatten):
+            flattened_block = -1  # resolved by the next Linear's input width
+        elif not isinstance(m, _PASS_THROUGH):
+            raise UsageError(f"--align: layer {name} ({type(m).__name__}) has no permutation rule")
+        if flattened_block == -1:
+            nxt = next(
+                (module[j] for j in range(i + 1, len(module)) if isinstance(module[j], nn.Linear)),
+                None,
+            )
+            if nxt is not None and channels:
+                flattened_block = max(1, nxt.in_features // channels)
+    return spec
+
+
+def _expand(perm: np.ndarray, block: int) -> np.ndarray:
+    """A channel permutation acting on flattened features (blocks of ``block``)."""
+    if block <= 1:
+        return perm
+    return (perm[:, None] * block + np.arange(block)[None, :]).reshape(-1)
+
+
+def _permuted(
+    t: torch.Tensor,
+    axes: tuple[str | None, ...],
+    perms: Mapping[str, np.ndarray],
+    block: int,
+    skip: int | None = None,
+) -> torch.Tensor:
+    for a, g in enumerate(axes):
+        if g is None or a == skip:
+            continue
+        index = _expand(perms[g], block if a == 1 else 1)
+        t = t.index_select(a, torch.as_tensor(index, device=t.device))
+    return t
+
+
+def weight_matching(
+    spec: PermutationSpec,
+    a: Mapping[str, torch.Tensor],
+    b: Mapping[str, torch.Tensor],
+    seed: int = 0,
+) -> tuple[dict[str, np.ndarray], int]:
+    """Permutations of ``b``'s groups that best match ``a`` (iterated linear assignment);
+    returns (permutation per group, iterations)."""
+    from scipy.optimize import linear_sum_assignment
+
+    perms = {g: np.arange(n) for g, n in spec.sizes.items()}
+    rng = np.random.default_rng(seed)
+    names = [k for k in spec.axes if k in a and a[k].is_floating_point()]
+    iterations = 0
+    for iterations in range(1, MAX_ITERATIONS + 1):  # noqa: B007 - the count is returned
+        changed = False
+        for g in rng.permutation(sorted(perms)):
+            n = spec.sizes[g]
+            score = torch.zeros(n, n, dtype=torch.float64)
+            for k in names:
+                axes = spec.axes[k]
+                block = spec.blocks.get(k, 1)
+                for axis, group in enumerate(axes):
+                    if group != g:
+                        continue
+                    wa = a[k].double()
+                    wb = _permuted(b[k].double(), axes, perms, block, skip=axis)
+                    width = block if axis == 1 else 1
+                    wa = wa.movedim(axis, 0).reshape(n, width, -1).reshape(n, -1)
+                    wb = wb.movedim(axis, 0).reshape(n, width, -1).reshape(n, -1)
+                    score += (wa @ wb.T).cpu()
+            s = score.numpy()
+            _, cols = linear_sum_assignment(s, maximize=True)
+            old = s[np.arange(n), perms[g]].sum()
+            new = s[np.arange(n), cols].sum()
+            if new > old + 1e-12 * max(1.0, abs(old)):
+                perms[g] = cols
+                changed = True
+        if not changed:
+            break
+    return perms, iterations
+
+
+def apply(
+    spec: PermutationSpec, state: Mapping[str, torch.Tensor], perms: Mapping[str, np.ndarray]
+) -> dict[str, torch.Tensor]:
+    """``state`` with every declared axis permuted (the same function, other unit order)."""
+    out = dict(state)
+    for k, axes in spec.axes.items():
+        if k in out:
+            out[k] = _permuted(out[k], axes, perms, spec.blocks.get(k, 1)).contiguous()
+    return out
+
+
+def align(
+    permutation: str | None,
+    module: nn.Module,
+    a: Mapping[str, torch.Tensor],
+    b: Mapping[str, torch.Tensor],
+    arch: str,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """``b`` aligned to ``a`` by weight matching, and the record of what was done."""
+    if permutation != "sequential":
+        raise UsageError(
+            f"--align: --arch {arch} declares no permutation structure yet (aligned today: "
+            "mlp, autoencoder, simplecnn, lenet5, alexnet, vgg16, vgg19)"
+        )
+    spec = sequential_spec(module)
+    perms, iterations = weight_matching(spec, a, b)
+    moved = int(sum((p != np.arange(len(p))).sum() for p in perms.values()))
+    return apply(spec, b, perms), {
+        "method": "weight-matching",
+        "iterations": iterations,
+        "groups": len(perms),
+        "units_moved": moved,
+    }
