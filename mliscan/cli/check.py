@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -56,10 +55,10 @@ def check(
       mliscan check init.pt final.pt --arch mlp --hidden 128,128 --max-barrier 0.05
     """
     from mliscan.cli import ui
-    from mliscan.cli.compare import pair_label
+    from mliscan.cli.compare import pair_label, write_outputs
     from mliscan.errors import UsageError
     from mliscan.gates import evaluate, markdown_summary, write_junit
-    from mliscan.paths import atomic_write_json, check_local_source, run_label
+    from mliscan.paths import check_local_source, run_label
 
     gate, out = specs[S.GateSpec], specs[spine.OutputSpec]
     if not gate.any_threshold():
@@ -104,16 +103,7 @@ def check(
     console.print(
         f"loss {spark}  ({record['arch']}, {len(record['alphas'])} alphas, {elapsed:.1f}s)"
     )
-    if out.json_out == "-":
-        print(json.dumps(record, indent=2))
-    elif out.json_out:
-        atomic_write_json(out.json_out, record)
-        ui.wrote(out.json_out)
-    if out.plot is not None:
-        from mliscan.plots import plot_curves
-
-        plot_curves([record], Path(out.plot))
-        ui.wrote(out.plot)
+    write_outputs(record, out)
     if junit is not None:
         write_junit(junit, checks, record, elapsed)
         ui.wrote(junit)

@@ -125,7 +125,20 @@ def compare(
     checks = gates.evaluate(record, gate)
     if checks:
         record["checks"] = [c.__dict__ for c in checks]
-    if to_stdout:
+    write_outputs(record, out)
+    failed = [c for c in checks if not c.passed]
+    for c in failed:
+        ui.err.print(
+            f"[red]FAIL[/] {c.description}: observed {ui.fmt(c.observed)}, allowed {c.allowed}"
+        )
+    return EXIT_GATE if failed else EXIT_OK
+
+
+def write_outputs(record: dict, out: spine.OutputSpec) -> None:
+    """The result record as JSON (a file, or '-' for stdout) and its curve as a figure."""
+    from mliscan.cli import ui
+
+    if out.json_out == "-":
         sys.stdout.write(json.dumps(record, indent=2) + "\n")
     elif out.json_out:
         atomic_write_json(out.json_out, record)
@@ -135,12 +148,6 @@ def compare(
 
         plot_curves([record], Path(out.plot))
         ui.wrote(out.plot)
-    failed = [c for c in checks if not c.passed]
-    for c in failed:
-        ui.err.print(
-            f"[red]FAIL[/] {c.description}: observed {ui.fmt(c.observed)}, allowed {c.allowed}"
-        )
-    return EXIT_GATE if failed else EXIT_OK
 
 
 def pair_label(init: str, final: str, run_label: Callable[[str], str]) -> str:
