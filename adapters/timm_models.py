@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mliscan.adapter import Adapter, DataHooks, DataInfo, option
+from mliscan.adapter import Adapter, DataHooks, DataInfo, head_classes, option
 from mliscan.errors import AdapterOptionError
 
 # Names under which timm classifiers keep their output layer, to read the class count.
@@ -71,10 +71,7 @@ class TimmAdapter(Adapter):
         return out
 
     def infer_options(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-        for key in _HEADS:
-            if key in tensors and tensors[key].dim() >= 2:
-                return {"num_classes": int(tensors[key].shape[0])}
-        return {}
+        return head_classes(tensors, _HEADS)
 
     def validate_options(self, options: TimmOptions) -> None:
         if not options.model:

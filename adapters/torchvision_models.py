@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mliscan.adapter import Adapter, DataHooks, DataInfo, option
+from mliscan.adapter import Adapter, DataHooks, DataInfo, head_classes, option
 from mliscan.errors import AdapterOptionError
 
 # Names under which torchvision classifiers keep their output layer (the class count).
@@ -51,10 +51,7 @@ class TorchvisionAdapter(Adapter):
         return {"model": "resnet18", "num_classes": 7}, DataInfo((3, 32, 32), 7)
 
     def infer_options(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-        for key in _HEADS:
-            if key in tensors and tensors[key].dim() >= 2:
-                return {"num_classes": int(tensors[key].shape[0])}
-        return {}
+        return head_classes(tensors, _HEADS)
 
     def validate_options(self, options: TorchvisionOptions) -> None:
         if not options.model:

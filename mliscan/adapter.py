@@ -313,3 +313,12 @@ def probe_forward(adapter: Adapter, module: nn.Module, x: torch.Tensor, data: st
             f"--arch {adapter.name} cannot run on --data {data} ({type(exc).__name__}: {first}); "
             f"choose data this architecture takes (its default is {adapter.default_data})"
         ) from exc
+
+
+def head_classes(tensors: Mapping[str, torch.Tensor], heads: tuple[str, ...]) -> dict[str, Any]:
+    """``{"num_classes": N}`` read off the first of ``heads`` (output-layer weight names) that
+    the checkpoint holds; ``{}`` when none (image-classifier adapters' infer_options)."""
+    for key in heads:
+        if key in tensors and tensors[key].dim() >= 2:
+            return {"num_classes": int(tensors[key].shape[0])}
+    return {}
