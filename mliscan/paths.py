@@ -20,6 +20,13 @@ from mliscan.errors import CheckpointNotFoundError, UsageError
 INIT_FILE = "init.safetensors"
 FINAL_FILE = "final.safetensors"
 RUN_FILE = "run.json"
+CHECKPOINTS_DIR = "checkpoints"
+"""Where ``mliscan train --save-every K`` keeps the weights of epoch k, beside init and final."""
+
+
+def checkpoint_name(epoch: int) -> str:
+    """``checkpoints/epoch-<epoch>.safetensors``, relative to the run folder."""
+    return f"{CHECKPOINTS_DIR}/epoch-{epoch}.safetensors"
 
 
 def file_mode() -> int:

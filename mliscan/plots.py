@@ -351,3 +351,34 @@ def plot_logit_pca(
     ax.legend(fontsize=8)
     fig.tight_layout()
     return save_figure(fig, base)
+
+
+def plot_trajectory(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
+    """MLI along training: min-Δ, barrier, normalized distance and Gauss length of the paths
+    from θ₀ to each checkpoint and from each checkpoint to θ_T, against the step."""
+    plt = _pyplot()
+    numbered = all(r["step"] is not None for r in rows)
+    x = [r["step"] if numbered else i for i, r in enumerate(rows)]
+    panels = (
+        ("min_delta", "min-Δ (largest rise)"),
+        ("barrier", "loss barrier"),
+        ("normalized_distance", "‖θ_b − θ_a‖ / ‖θ_a‖"),
+        ("gauss_length", "average Gauss length"),
+    )
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True)
+    for ax, (key, title) in zip(axes.flat, panels, strict=True):
+        for direction, label, style in (
+            ("from_init", "θ₀ → θ_k", "o-"),
+            ("to_final", "θ_k → θ_T", "s--"),
+        ):
+            ys = [r[f"{key}_{direction}"] for r in rows]
+            ys = [float("nan") if v is None else float(v) for v in ys]
+            ax.plot(x, ys, style, label=label, markersize=3)
+        ax.set_title(title)
+    for ax in axes[1]:
+        ax.set_xlabel("step" if numbered else "checkpoint")
+        if not numbered:
+            ax.set_xticks(x, [r["label"] for r in rows], rotation=45, ha="right")
+    axes[0][0].legend()
+    fig.tight_layout()
+    save_figure_to(fig, path)

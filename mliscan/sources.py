@@ -315,3 +315,73 @@ def resolve_init(text: str, *, offline: bool = False) -> Resolved:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+# ---- revision lists (mliscan trajectory over a Hub repository's training steps) ----------
+_GLOB_CHARS = set("*?[")
+
+
+def cached_revisions(repo: str) -> list[str]:
+    """The branch and tag names of ``repo`` held in the local Hugging Face cache."""
+    refs = hub_cache_dir() / ("models--" + repo.replace("/", "--")) / "refs"
+    if not refs.is_dir():
+        return []
+    return sorted(str(f.relative_to(refs)) for f in refs.rglob("*") if f.is_file())
+
+
+def remote_revisions(repo: str) -> list[str]:
+    """The branch and tag names of ``repo`` on the Hub."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    try:
+        refs = HfApi().list_repo_refs(repo)
+    except RepositoryNotFoundError as exc:
+        raise HubError(
+            f"hf:{repo}: no such repository on the Hub (or it is private: log in first)"
+        ) from exc
+    except Exception as exc:
+        raise HubError(
+            f"hf:{repo}: cannot list its revisions on the Hub ({_first_line(exc)}); pass "
+            "--offline to use the revisions in the local cache"
+        ) from exc
+    return sorted({r.name for r in [*refs.branches, *refs.tags]})
+
+
+def step_of(name: str) -> int | None:
+    """The training step a revision or file name carries: its last integer (``step1000`` ->
+    1000, ``epoch-5`` -> 5); None when it has none (``main``)."""
+    found = re.findall(r"\d+", name)
+    return int(found[-1]) if found else None
+
+
+def expand_revisions(repo: str, revisions: str, *, offline: bool = False) -> list[str]:
+    """``--revisions step0,step1000,main`` or ``'step*'``: explicit names in the order given;
+    each pattern expands, in step order, to the matching branches and tags (from the local
+    cache when offline, else from the Hub)."""
+    import fnmatch
+
+    wanted = [r.strip() for r in revisions.split(",") if r.strip()]
+    if not wanted:
+        raise UsageError("--revisions is empty; give names (step0,step1000) or a pattern ('step*')")
+    known: list[str] | None = None
+    out: list[str] = []
+    for item in wanted:
+        if not _GLOB_CHARS & set(item):
+            if not _REV_RE.match(item) or ".." in item:
+                raise UsageError(f"--revisions: {item!r} is not a valid revision name")
+            out.append(item)
+            continue
+        if known is None:
+            known = cached_revisions(repo) if is_offline(offline) else remote_revisions(repo)
+        matched = [r for r in known if fnmatch.fnmatchcase(r, item)]
+        if not matched:
+            where = "in the local Hugging Face cache" if is_offline(offline) else "on the Hub"
+            raise UsageError(
+                f"--revisions {item!r} matches no revision of hf:{repo} {where} "
+                f"({len(known)} known)"
+            )
+        matched.sort(key=lambda r: (step_of(r) is None, step_of(r) or 0, r))
+        out.extend(matched)
+    seen: set[str] = set()
+    return [r for r in out if not (r in seen or seen.add(r))]

@@ -24,7 +24,7 @@ from mliscan.checkpoints import save_checkpoint
 from mliscan.data import load_dataset
 from mliscan.errors import UsageError
 from mliscan.evaluate import PathEvaluator, prepare_data, resolve_device
-from mliscan.paths import FINAL_FILE, INIT_FILE, RUN_FILE, atomic_write_json
+from mliscan.paths import FINAL_FILE, INIT_FILE, RUN_FILE, atomic_write_json, checkpoint_name
 from mliscan.registry import get_adapter
 from mliscan.spec import DataSpec, EvalSpec, Spec, opt
 
@@ -61,6 +61,13 @@ class TrainSpec(Spec):
     )
     amp: bool = opt(False, "Mixed precision (bfloat16 autocast) for the training steps.")
     device: str = opt("cpu", "Training device.", numeric=False)
+    save_every: int | None = opt(
+        None,
+        "Keep the weights every K epochs as checkpoints/epoch-<k>.safetensors (for "
+        "mliscan trajectory).",
+        ge=1,
+        numeric=False,
+    )
 
     def check(self) -> None:
         if self.lr <= 0:
@@ -69,7 +76,10 @@ class TrainSpec(Spec):
             raise self.fail("switch_at", "--switch-optimizer and --switch-at go together")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if self.save_every is None:  # runs recorded before the option stay finished
+            del out["save_every"]
+        return out
 
 
 EpochFn = Callable[[int, int, float, float], None]
@@ -137,6 +147,7 @@ def train(spec: TrainSpec, out_dir: str | Path, on_epoch: EpochFn | None = None)
     start = {k: theta0[k].to(device) for k in param_names}
     stopped_at = None
     diverged_at: int | None = None
+    kept: list[dict[str, Any]] = []
     for epoch in range(spec.epochs):
         if spec.switch_optimizer is not None and epoch == spec.switch_at:
             optimizer = make_optimizer(spec, module.parameters(), spec.switch_optimizer)
@@ -173,6 +184,10 @@ def train(spec: TrainSpec, out_dir: str | Path, on_epoch: EpochFn | None = None)
         if spec.until_loss is not None and total / n < spec.until_loss:
             stopped_at = epoch + 1
             break
+        # every K epochs, but not the last: its weights are final.safetensors
+        every = spec.save_every
+        if every is not None and (epoch + 1) % every == 0 and epoch + 1 < spec.epochs:
+            kept.append(_keep_checkpoint(module, out, epoch + 1, meta))
 
     theta1 = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
     # The final training loss as compare reports it at alpha = 1 (BN statistics re-estimated).
@@ -191,6 +206,7 @@ def train(spec: TrainSpec, out_dir: str | Path, on_epoch: EpochFn | None = None)
         "final_train_loss": final_loss,
         "final_train_accuracy": final_acc,
         "history": history,
+        "checkpoints": kept,
         "wall_time_s": time.perf_counter() - t_start,
         "device": str(device),
         "versions": {
@@ -202,6 +218,16 @@ def train(spec: TrainSpec, out_dir: str | Path, on_epoch: EpochFn | None = None)
     }
     atomic_write_json(out / RUN_FILE, record)
     return record
+
+
+def _keep_checkpoint(
+    module: torch.nn.Module, out: Path, epoch: int, meta: dict[str, Any]
+) -> dict[str, Any]:
+    """Write the weights after ``epoch`` to ``checkpoints/epoch-<epoch>.safetensors``."""
+    name = checkpoint_name(epoch)
+    state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+    save_checkpoint(out / name, state, {**meta, "role": "checkpoint", "epoch": epoch})
+    return {"epoch": epoch, "file": name}
 
 
 def _test_split(spec: TrainSpec) -> Any:

@@ -1,103 +1,260 @@
-"""Figure 3: the logits of a few examples along the path, projected on their top two
-principal components.
+"""MLI along a training trajectory (``mliscan trajectory``): for every saved checkpoint θ_k,
+the path θ₀ → θ_k (from the initialisation) and the path θ_k → θ_T (to the final weights).
 
-Each selected example contributes one logit vector per alpha (after batch-norm re-estimation
-at that alpha, as for the loss). The PCA is fitted on all of those vectors together (centred,
-SVD), so trajectories of different examples share one projection.
+Sources of a trajectory, in step order:
+
+* a run folder of ``mliscan train --save-every K``: ``init.safetensors`` (step 0),
+  ``checkpoints/epoch-<k>.safetensors`` (step k) and ``final.safetensors`` (the last epoch);
+* a Hugging Face Trainer run folder (its ``checkpoint-N`` folders, step N);
+* a folder of checkpoint files, each step read off the file name's last integer
+  (``init.*`` is step 0, ``final.*`` the last);
+* ``hf:ORG/NAME`` with a list of revisions (``step0,step1000,main`` or ``'step*'``, the
+  patterns expanded from the local cache when offline).
+
+Each path is one record of the same store as ``mliscan grid`` (``families.open_store``,
+identity = the endpoints' content hashes and the evaluation settings), so an interrupted
+trajectory resumes where it stopped and paths shared with a grid are not recomputed. A
+zero-length path (θ₀ → θ₀, θ_T → θ_T) is not evaluated: its distance, rise and barrier are
+0 and its Gauss length is undefined (null).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
+from mliscan import families
+from mliscan.checkpoints import Checkpoint
+from mliscan.errors import CheckpointNotFoundError, UsageError
+from mliscan.identity import key as identity_key
+from mliscan.paths import CHECKPOINTS_DIR, FINAL_FILE, INIT_FILE, RUN_FILE
+from mliscan.results import curve_rows, metrics_of
+from mliscan.sources import expand_revisions, parse_hf, step_of, trainer_checkpoints
+from mliscan.store import ResultStore
 
-from mliscan.errors import UsageError
-from mliscan.evaluate import PathEvaluator, alpha_grid
-from mliscan.pipeline import open_source, setup
-from mliscan.spec import ArchSpec, DataSpec, EvalSpec
-
-
-def pick_examples(labels: torch.Tensor, n: int) -> list[int]:
-    """The first ``n`` examples taken round-robin over classes (balanced, deterministic)."""
-    if labels.dim() != 1:
-        raise UsageError("mliscan logits needs a classifier (one label per example)")
-    by_class: dict[int, list[int]] = {}
-    for i, y in enumerate(labels.tolist()):
-        by_class.setdefault(int(y), []).append(i)
-    order: list[int] = []
-    depth = 0
-    while len(order) < n and any(depth < len(v) for v in by_class.values()):
-        for c in sorted(by_class):
-            if depth < len(by_class[c]) and len(order) < n:
-                order.append(by_class[c][depth])
-        depth += 1
-    return order
-
-
-def pca2(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Project [A, E, D] onto the top two principal components of all A*E vectors:
-    ([A, E, 2], explained variance ratio of each component)."""
-    flat = z.reshape(-1, z.shape[-1]).astype(np.float64)
-    centred = flat - flat.mean(axis=0)
-    _, s, vt = np.linalg.svd(centred, full_matrices=False)
-    comps = vt[:2]
-    if comps.shape[0] < 2:  # one-dimensional logits: pad with a zero axis
-        comps = np.vstack([comps, np.zeros_like(comps)])
-        s = np.concatenate([s, [0.0]])
-    total = float((s**2).sum()) or 1.0
-    explained = (s[:2] ** 2) / total
-    return (centred @ comps.T).reshape(*z.shape[:2], 2), explained
+DIRECTIONS = ("from_init", "to_final")
+FAMILY = {"from_init": "from-init", "to_final": "to-final"}
+METRICS = ("min_delta", "monotonic", "barrier", "distance", "normalized_distance", "gauss_length")
+TRAJECTORY_SCHEMA: dict[str, str] = {
+    "step": "i64",
+    "label": "str",
+    "source": "str",
+    "loss": "f64",
+    "accuracy": "f64",
+    **{f"{m}_{d}": ("bool" if m == "monotonic" else "f64") for d in DIRECTIONS for m in METRICS},
+    "path_id_from_init": "str",
+    "path_id_to_final": "str",
+}
+WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+_EPOCH_FILE = re.compile(r"^epoch-(\d+)\.safetensors$")
 
 
-def logit_trajectories(
-    init_path: str,
-    final_path: str,
-    *,
-    arch: ArchSpec | str | None = None,
-    arch_options: Mapping[str, Any] | None = None,
-    data: DataSpec | Mapping[str, Any] | None = None,
-    spec: EvalSpec | None = None,
-    examples: int = 10,
-    trust_pickle: bool = False,
-    offline: bool = False,
-    ema: bool = False,
-) -> dict[str, Any]:
-    spec = spec or EvalSpec(alphas=25, gauss=False)
-    if examples < 1:
-        raise UsageError("--examples must be at least 1")
-    init = open_source(init_path, trust_pickle, offline, ema)
-    final = open_source(final_path, trust_pickle, offline, ema)
-    ctx = setup(init, arch, arch_options, data, spec)
-    adapter = ctx.choice.adapter
-    theta0 = adapter.map_keys(init.tensors, ctx.choice.options)
-    theta1 = adapter.map_keys(final.tensors, ctx.choice.options)
-    evaluator = PathEvaluator(adapter, ctx.module, theta0, theta1, ctx.prepared, spec)
-    chosen = pick_examples(ctx.prepared.targets.cpu(), examples)
-    x = ctx.prepared.inputs[chosen]
-    alphas = alpha_grid(spec.alphas)
-    frames = []
-    for alpha in alphas:
-        evaluator.set_alpha(float(alpha))
-        with torch.inference_mode():
-            z = adapter.logits(ctx.module(x))
-        if z.shape[0] != len(chosen):
+@dataclass(frozen=True)
+class Step:
+    """One checkpoint of a trajectory."""
+
+    step: int | None
+    """The training step (epoch for mliscan runs); None when the name carries none (main)."""
+    label: str
+    source: str
+    """What ``open_source`` reads: a path or an ``hf:REPO@REVISION``."""
+
+
+def find_steps(source: str, revisions: str | None = None, *, offline: bool = False) -> list[Step]:
+    """The checkpoints of a trajectory source, first (θ₀) to last (θ_T)."""
+    if source.startswith("hf:"):
+        if "@" in source:
             raise UsageError(
-                f"--arch {adapter.name} gives {z.shape[0] // len(chosen)} logit vectors per "
-                "example; mliscan logits needs one (a classifier)"
+                f"{source}: give the revisions of a trajectory with --revisions, not @REVISION"
             )
-        frames.append(z.double().cpu().numpy())
-    stacked = np.stack(frames)  # [A, E, D]
-    points, explained = pca2(stacked)
-    return {
-        "init": str(init.path),
-        "final": str(final.path),
-        "arch": adapter.name,
-        "alphas": alphas.tolist(),
-        "examples": chosen,
-        "labels": [int(v) for v in ctx.prepared.targets.cpu()[chosen].tolist()],
-        "explained_variance": explained.tolist(),
-        "points": points,
+        if revisions is None:
+            raise UsageError(
+                f"{source}: a trajectory over a Hub repository needs --revisions "
+                "(e.g. step0,step1000,main or 'step*')"
+            )
+        repo, _ = parse_hf(source)
+        names = expand_revisions(repo, revisions, offline=offline)
+        steps = [Step(step_of(n), n, f"hf:{repo}@{n}") for n in names]
+    else:
+        if revisions is not None:
+            raise UsageError("--revisions goes with an hf:ORG/NAME source (a Hub repository)")
+        folder = Path(source).expanduser()
+        if not folder.is_dir():
+            raise CheckpointNotFoundError(
+                f"{source}: not a folder; give a run folder of `mliscan train --save-every K`, "
+                "a folder of checkpoints, or hf:ORG/NAME --revisions ..."
+            )
+        steps = _folder_steps(folder)
+    if len(steps) < 2:
+        raise UsageError(
+            f"{source}: a trajectory needs at least two checkpoints, found {len(steps)}"
+            + (
+                " (train with --save-every K to keep the checkpoints between init and final)"
+                if len(steps) == 1
+                else ""
+            )
+        )
+    return steps
+
+
+def _folder_steps(folder: Path) -> list[Step]:
+    init, final = folder / INIT_FILE, folder / FINAL_FILE
+    if init.is_file() and final.is_file():  # an mliscan run folder
+        kept = []
+        ckdir = folder / CHECKPOINTS_DIR
+        if ckdir.is_dir():
+            for f in ckdir.iterdir():
+                m = _EPOCH_FILE.match(f.name)
+                if m and f.is_file():
+                    kept.append(Step(int(m.group(1)), f"epoch-{m.group(1)}", str(f)))
+        kept.sort(key=lambda s: s.step or 0)
+        last = _final_epoch(folder)
+        if last is not None and kept and last <= (kept[-1].step or 0):
+            last = (
+                None  # a record that disagrees with the files: no step is better than a wrong one
+            )
+        return [Step(0, "init", str(init)), *kept, Step(last, "final", str(final))]
+    trainer = trainer_checkpoints(folder)
+    if trainer:
+        return [Step(step, d.name, str(d)) for step, d in trainer]
+    found: list[Step] = []
+    for f in sorted(folder.iterdir()):
+        if not f.is_file() or f.suffix not in WEIGHT_SUFFIXES:
+            continue
+        stem = f.name[: -len(f.suffix)]
+        step = 0 if stem == "init" else step_of(stem)
+        if stem != "final" and step is None:
+            raise UsageError(
+                f"{f}: the file name carries no step number; name checkpoints by their step "
+                "(step-1000.safetensors, epoch-5.pt), or init.* and final.*"
+            )
+        found.append(Step(step, stem, str(f)))
+    found.sort(key=lambda s: (s.label == "final", s.step or 0))
+    return found
+
+
+def _final_epoch(folder: Path) -> int | None:
+    """The epoch of a run's final weights, from its ``run.json`` (None if unreadable)."""
+    try:
+        record = json.loads((folder / RUN_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(record, dict):
+        return None
+    stopped = record.get("stopped_at_epoch")
+    if isinstance(stopped, int):
+        return stopped
+    history = record.get("history")
+    return len(history) if isinstance(history, list) and history else None
+
+
+@dataclass
+class Trajectory:
+    """The measured trajectory: one row per checkpoint, and the paths' stored records."""
+
+    rows: list[dict[str, Any]]
+    records: dict[str, dict[str, Any]]
+    """Stored path records by path id."""
+    computed: int
+
+    def curves(self) -> list[dict[str, Any]]:
+        """``curves.parquet`` rows: both paths of every checkpoint, α by α."""
+        out = []
+        for row in self.rows:
+            for d in DIRECTIONS:
+                pid = row[f"path_id_{d}"]
+                if pid is None:
+                    continue
+                rec = dict(self.records[pid])
+                rec.update(family=FAMILY[d], path_id=pid)
+                out += curve_rows(rec)
+        return out
+
+
+def measure(
+    steps: Sequence[Step],
+    load: Callable[[Step, str], families.Endpoint],
+    ctx: families.Context,
+    settings: dict[str, Any],
+    store: ResultStore,
+    tolerance: float,
+    on_done: Callable[[Step, str, bool], None] | None = None,
+) -> Trajectory:
+    """Both paths of every step (missing ones computed and stored), then the table.
+
+    ``load(step, kind)`` reads one checkpoint; only θ₀, θ_T and the current θ_k are held."""
+    first = load(steps[0], "init")
+    last = load(steps[-1], "optimum")
+    families.check_compatible(first, last)
+    rows: list[dict[str, Any]] = []
+    records: dict[str, dict[str, Any]] = {}
+    computed = 0
+    for i, st in enumerate(steps):
+        end = first if i == 0 else last if i == len(steps) - 1 else load(st, "optimum")
+        families.check_compatible(first, end)
+        row: dict[str, Any] = {"step": st.step, "label": st.label, "source": st.source}
+        for d, (a, b) in (("from_init", (first, end)), ("to_final", (end, last))):
+            if a.hash == b.hash:  # a zero-length path
+                row.update(_zero_length(d))
+                if on_done:
+                    on_done(st, d, False)
+                continue
+            pid = identity_key("path", [a.hash, b.hash], settings)
+            record = store.load(pid)
+            fresh = record is None
+            if record is None:
+                record = ctx.evaluate(a.tensors, b.tensors)
+                record.update(
+                    path_id=pid,
+                    family=FAMILY[d],
+                    a=a.label,
+                    b=b.label,
+                    a_hash=a.hash,
+                    b_hash=b.hash,
+                    own_pair=None,
+                )
+                store.put(pid, record)
+                computed += 1
+            records[pid] = record
+            m = metrics_of(record, tolerance)
+            row.update({f"{k}_{d}": m[k] for k in METRICS}, **{f"path_id_{d}": pid})
+            at = -1 if d == "from_init" else 0  # θ_k's own loss and accuracy
+            row.setdefault("loss", _num(record["loss"][at]))
+            acc = record.get("accuracy")
+            row.setdefault("accuracy", _num(acc[at]) if acc else None)
+            if on_done:
+                on_done(st, d, fresh)
+        rows.append(row)
+    return Trajectory(rows, records, computed)
+
+
+def _zero_length(direction: str) -> dict[str, Any]:
+    """The metrics of a path from a point to itself: no rise, no barrier, no length; the
+    Gauss length (a mean over the curve's turning) is undefined."""
+    values = {
+        "min_delta": 0.0,
+        "monotonic": True,
+        "barrier": 0.0,
+        "distance": 0.0,
+        "normalized_distance": 0.0,
+        "gauss_length": None,
     }
+    return {**{f"{k}_{direction}": v for k, v in values.items()}, f"path_id_{direction}": None}
+
+
+def _num(v: Any) -> float | None:
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+
+def endpoint_loader(
+    adapter: Any, open_: Callable[[str], Checkpoint]
+) -> Callable[[Step, str], families.Endpoint]:
+    def load(step: Step, kind: str) -> families.Endpoint:
+        return families.load_endpoint(step.source, kind, step.label, None, adapter, open_)
+
+    return load

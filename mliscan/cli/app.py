@@ -21,6 +21,7 @@ from mliscan.cli import report as report_cmd
 from mliscan.cli import runs as runs_cmd
 from mliscan.cli import spine
 from mliscan.cli import train as train_cmd
+from mliscan.cli import trajectory as trajectory_cmd
 from mliscan.cli.errors import (
     EXIT_INPUT,
     EXIT_INTERRUPTED,
@@ -56,6 +57,7 @@ app.command("plane", cls=spine.command_class())(spine.plain_help(plane_cmd.plane
 app.command("report", cls=spine.command_class())(spine.plain_help(report_cmd.report))
 app.command("logits", cls=spine.command_class())(spine.plain_help(logits_cmd.logits))
 app.command("runs", cls=spine.command_class())(spine.plain_help(runs_cmd.runs))
+app.command("trajectory", cls=spine.command_class())(spine.plain_help(trajectory_cmd.trajectory))
 
 
 # typer vendors click: its usage errors share the base class of the public typer.BadParameter.

@@ -61,8 +61,8 @@ def logits(
     check_local_source(final)
     from mliscan import plots
     from mliscan.cli import ui
+    from mliscan.logitpca import logit_trajectories
     from mliscan.paths import atomic_write_json
-    from mliscan.trajectory import logit_trajectories
 
     source, json_out = specs[S.SourceSpec], specs[spine.OutputSpec].json_out
     spec = specs[S.EvalSpec]

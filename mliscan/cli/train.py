@@ -98,6 +98,15 @@ def train(
     amp: Annotated[
         bool, typer.Option("--amp", help="Mixed precision (bfloat16 autocast) for training steps.")
     ] = False,
+    save_every: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Keep the weights every K epochs as checkpoints/epoch-<k>.safetensors "
+            "(for `mliscan trajectory`).",
+            metavar="K",
+        ),
+    ] = None,
     device: o.Device = "cpu",
     quiet: o.Quiet = False,
     retry_failed: Annotated[
@@ -132,6 +141,8 @@ def train(
       mliscan train --out runs/lstm --arch lstm-lm --data wikitext2 --data-dir ~/data --optimizer sgd,adam --lr 0.001,0.01 --epochs 40
 
       mliscan compare runs/adam-bn/init.safetensors runs/adam-bn/final.safetensors
+
+      mliscan train --out runs/traj --optimizer adam --lr 0.01 --epochs 30 --save-every 5
     """
     from mliscan.cli import ui
     from mliscan.registry import get_adapter
@@ -169,6 +180,7 @@ def train(
         augment=augment,
         amp=amp,
         device=device,
+        save_every=save_every,
     )
     axes: dict[str, list] = {
         "optimizer": parse_list(optimizer, str, "--optimizer"),

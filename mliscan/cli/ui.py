@@ -199,6 +199,44 @@ def heatmap(rows: Sequence[dict[str, Any]], family: str, tolerance: float) -> Ta
     return table
 
 
+def trajectory_table(rows: Sequence[dict[str, Any]], tolerance: float) -> Table:
+    """One line per checkpoint: the path from θ₀ and the path to θ_T (min-Δ coloured green
+    when monotonic at the tolerance)."""
+    table = Table(
+        title=f"MLI along training (green: monotonic at tol {tolerance:g})", title_style="bold"
+    )
+    for name in ("step", "checkpoint", "loss", "min-Δ from θ₀", "min-Δ to θ_T"):
+        table.add_column(name, justify="left" if name == "checkpoint" else "right")
+    for name in (
+        "barrier from θ₀",
+        "barrier to θ_T",
+        "dist from θ₀",
+        "dist to θ_T",
+        "Gauss from θ₀",
+    ):
+        table.add_column(name, justify="right")
+
+    def delta(r: dict[str, Any], d: str) -> str:
+        mono = r[f"monotonic_{d}"]
+        colour = "green" if mono else ("red" if mono is False else "yellow")
+        return f"[{colour}]{fmt(r[f'min_delta_{d}'], 3)}[/]"
+
+    for r in rows:
+        table.add_row(
+            "" if r["step"] is None else str(r["step"]),
+            escape(str(r["label"])),
+            fmt(r.get("loss")),
+            delta(r, "from_init"),
+            delta(r, "to_final"),
+            fmt(r["barrier_from_init"], 3),
+            fmt(r["barrier_to_final"], 3),
+            fmt(r["distance_from_init"], 3),
+            fmt(r["distance_to_final"], 3),
+            fmt(r["gauss_length_from_init"], 3),
+        )
+    return table
+
+
 # Progress when stderr is not a terminal (nohup, SLURM, CI logs): one timestamped line at
 # most every PROGRESS_INTERVAL seconds (and at the start and the end of each task).
 PROGRESS_INTERVAL = float(os.environ.get("MLISCAN_PROGRESS_INTERVAL", "10"))
