@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -32,6 +32,9 @@ from mliscan.adapter import (
     sequence_logits,
 )
 from mliscan.errors import AdapterOptionError
+
+if TYPE_CHECKING:  # rules are stated through the tracer the engine passes in
+    from mliscan.taylor import Stack, Tracer
 
 
 def _positive(value: Any) -> int:
@@ -76,8 +79,28 @@ class LSTMLayer(nn.Module):
             outs.append(h)
         return torch.stack(outs, dim=1)
 
+    def taylor_forward(self, t: Tracer, st: Stack) -> Stack:
+        """The same recurrence in second-order rules (mliscan.taylor): z, z', z''."""
+        J = t.rules
+        x = t.jet(st)
+        n, length = x[0].shape[:2]
+        pre = t.dense(self, x, "weight_ih", "bias_ih")
+        h = c = J.zeros(x[0].new_zeros(n, self.hidden))
+        outs = []
+        for step in range(length):
+            gates = J.add(
+                J.map(lambda v, s=step: v[:, s], pre), t.dense(self, h, "weight_hh", "bias_hh")
+            )
+            i, f, g, o = (J.map(lambda v, j=j: v.chunk(4, dim=1)[j], gates) for j in range(4))
+            c = J.add(J.mul(J.sigmoid(f), c), J.mul(J.sigmoid(i), J.tanh(g)))
+            h = J.mul(J.sigmoid(o), J.tanh(c))
+            outs.append(h)
+        return t.stack(J.stack(outs, 1))
+
 
 class LSTMLM(nn.Module):
+    taylor_positions = True  # taylor_forward honours t.positions (the Gauss logits only)
+
     def __init__(self, vocab: int, emb: int, hidden: int, layers: int, dropout: float, tied: bool):
         super().__init__()
         self.embed = nn.Embedding(vocab, emb)
@@ -98,6 +121,12 @@ class LSTMLM(nn.Module):
             x = self.drop(layer(x))
         return self.decoder(x)
 
+    def taylor_forward(self, t: Tracer, st: Stack) -> Stack:
+        x = t.stack(t.embedding(self.embed, st[0]))  # st: the token ids
+        for layer in self.rnn:
+            x = t(layer, x)  # dropout is the identity in eval mode
+        return t.stack(t.dense(self.decoder, _at_positions(t, t.jet(x))))
+
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, dim: int, heads: int) -> None:
@@ -116,6 +145,30 @@ class CausalSelfAttention(nn.Module):
         out = torch.softmax(scores, dim=-1) @ v
         return self.proj(out.transpose(1, 2).reshape(n, length, dim))
 
+    def taylor_forward(self, t: Tracer, st: Stack) -> Stack:
+        J = t.rules
+        x = t.jet(st)
+        n, length, dim = x[0].shape
+        hd = dim // self.heads
+        qkv = t.dense(self.qkv, x)
+        q, k, v = (
+            J.map(lambda u, j=j: u.view(n, length, 3, self.heads, hd)[:, :, j].transpose(1, 2), qkv)
+            for j in range(3)
+        )
+        scores = J.map(
+            lambda u: u / math.sqrt(hd), J.matmul(q, J.map(lambda u: u.transpose(-1, -2), k))
+        )
+        future = torch.ones(length, length, dtype=torch.bool, device=x[0].device).triu(1)
+        z, d1, d2 = scores  # masked: -inf in the value, 0 in its derivatives
+        scores = (
+            z.masked_fill(future, float("-inf")),
+            None if d1 is None else d1.masked_fill(future, 0.0),
+            None if d2 is None else d2.masked_fill(future, 0.0),
+        )
+        out = J.matmul(J.softmax(scores, -1), v)
+        out = J.map(lambda u: u.transpose(1, 2).reshape(n, length, dim), out)
+        return t.stack(t.dense(self.proj, out))
+
 
 class Block(nn.Module):
     """Post-norm Transformer block (as torch.nn.TransformerEncoderLayer's default)."""
@@ -133,8 +186,16 @@ class Block(nn.Module):
         x = self.norm1(x + self.drop(self.attn(x)))
         return self.norm2(x + self.drop(self.ff2(self.drop(F.relu(self.ff1(x))))))
 
+    def taylor_forward(self, t: Tracer, st: Stack) -> Stack:
+        J = t.rules
+        x = t.layer_norm(self.norm1, J.add(t.jet(st), t.jet(t(self.attn, st))))
+        h = t.dense(self.ff2, J.relu(t.dense(self.ff1, x)))
+        return t.stack(t.layer_norm(self.norm2, J.add(x, h)))
+
 
 class TransformerLM(nn.Module):
+    taylor_positions = True  # taylor_forward honours t.positions (the Gauss logits only)
+
     def __init__(
         self, vocab: int, dim: int, heads: int, ff: int, layers: int, dropout: float, context: int
     ) -> None:
@@ -168,6 +229,28 @@ class TransformerLM(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.decoder(x)
+
+    def taylor_forward(self, t: Tracer, st: Stack) -> Stack:
+        ids = st[0]
+        length = ids.shape[1]
+        if length > self.positions.shape[0]:
+            raise ValueError(
+                f"sequences of {length} tokens exceed the context of {self.positions.shape[0]}"
+            )
+        e, d1, _ = t.embedding(self.embed, ids)
+        scale = math.sqrt(self.dim)
+        pos = self.positions[:length].to(self.embed.weight.dtype)
+        x = t.stack((e * scale + pos, None if d1 is None else d1 * scale, None))
+        for block in self.blocks:
+            x = t(block, x)
+        return t.stack(t.dense(self.decoder, _at_positions(t, t.jet(x))))
+
+
+def _at_positions(t: Tracer, x: Any) -> Any:
+    """Only the positions the Gauss length reads, when the tracer asks for them."""
+    if t.positions is None:
+        return x
+    return t.rules.map(lambda v: v[:, t.positions], x)
 
 
 class _WordLMAdapter(Adapter):

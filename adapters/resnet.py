@@ -132,6 +132,8 @@ class ResNetAdapter(Adapter):
     default_data = "cifar10"
     Options = ResNetOptions
     train_defaults = TrainDefaults(optimizer="sgd", lr=0.1, epochs=200, batch_size=128)
+    # --align: the residual stream shared across blocks, widened by zero-padding shortcuts
+    permutation = "cifar-resnet"
 
     def __init__(self, depth: int) -> None:
         if (depth - 2) % 6:

@@ -49,6 +49,12 @@ def workload(name: str, device: torch.device, images: int):
         opts = adapter.parse_options({"hidden": "128,128", "bn": name == "mlp-bn"})
         ds = load_dataset(DataSpec("digits"))
         x, y, info = ds.inputs, ds.targets, DataInfo(ds.input_shape, 10)
+    elif name in ("lstm-lm", "transformer-lm"):
+        # the built-in word-level LMs at their default sizes on the bundled tinytext
+        adapter = get_adapter(name)
+        opts = adapter.parse_options({})
+        ds = load_dataset(DataSpec(adapter.default_data))
+        x, y, info = ds.inputs, ds.targets, DataInfo(ds.input_shape, ds.num_classes)
     elif name == "resnet20":
         adapter = get_adapter("resnet20")
         opts = adapter.parse_options({})
@@ -172,7 +178,11 @@ def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--workload", default="mlp", choices=["mlp", "mlp-bn", "resnet20"])
+    p.add_argument(
+        "--workload",
+        default="mlp",
+        choices=["mlp", "mlp-bn", "resnet20", "lstm-lm", "transformer-lm"],
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
@@ -212,6 +222,13 @@ def main() -> None:
             template, adapter, theta0, theta1, data, has_bn, True
         )
         methods["(d) mliscan + Gauss"] = lambda: engine.run(alphas, gauss=True)
+        if engine.fast_gauss:  # the general fallback, for comparison
+            by_jvp = PathEvaluator(
+                adapter, module, theta0, theta1, data, EvalSpec(bn=bn, gauss_method="jvp")
+            )
+            methods["(d') mliscan + Gauss by nested jvp"] = lambda: by_jvp.run(alphas, gauss=True)
+        if adapter.custom_logits:  # the paper's double backward reads image classifiers only
+            del methods["(b') paper-style + Gauss (double backward)"]
     try:
         import loss_landscapes  # noqa: F401
 

@@ -41,12 +41,27 @@ _PASS_THROUGH = (
 MAX_ITERATIONS = 100
 
 
+Segment = tuple[str, np.ndarray]
+"""A group and the positions along an axis it permutes (the group's unit i sits at pos[i])."""
+AxisPerm = tuple[Segment, ...] | None
+"""How one axis of a tensor is permuted: by segments (None: not permuted)."""
+
+
+def whole(group: str, n: int) -> tuple[Segment, ...]:
+    """An axis of ``n`` units permuted entirely by ``group``."""
+    return ((group, np.arange(n)),)
+
+
 @dataclass
 class PermutationSpec:
-    """Groups of permutable units and, per tensor, which group permutes each axis."""
+    """Groups of permutable units and, per tensor, how each axis is permuted.
+
+    An axis usually belongs to one group; the CIFAR ResNets' residual stream after a
+    zero-padding shortcut is made of several: the previous stage's stream (embedded at an
+    offset) and the new, zero-padded channels."""
 
     sizes: dict[str, int] = field(default_factory=dict)
-    axes: dict[str, tuple[str | None, ...]] = field(default_factory=dict)
+    axes: dict[str, tuple[AxisPerm, ...]] = field(default_factory=dict)
     blocks: dict[str, int] = field(default_factory=dict)
     """Tensor -> block size of its axis 1 (a Linear after a Flatten of channels)."""
 
@@ -60,26 +75,25 @@ def sequential_spec(module: nn.Module) -> PermutationSpec:
     if not weighted:
         raise UsageError("--align: the network has no Linear or Conv layers to align")
     last = weighted[-1]
-    current: str | None = None  # the group of the current feature / channel axis
+    current: AxisPerm = None  # how the current feature / channel axis is permuted
     channels = 0
     flattened_block = 1
     for i, m in enumerate(module):
         name = str(i)
         if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
-            out_group = None if i == last else f"P{i}"
+            n_out = m.weight.shape[0]
+            out: AxisPerm = None if i == last else whole(f"P{i}", n_out)
             extra = (None,) * (m.weight.dim() - 2)
-            spec.axes[f"{name}.weight"] = (out_group, current, *extra)
+            spec.axes[f"{name}.weight"] = (out, current, *extra)
             if isinstance(m, nn.Linear) and flattened_block > 1 and current is not None:
                 spec.blocks[f"{name}.weight"] = flattened_block
             if m.bias is not None:
-                spec.axes[f"{name}.bias"] = (out_group,)
-            if out_group is not None:
-                spec.sizes[out_group] = m.weight.shape[0]
-            current, channels, flattened_block = out_group, m.weight.shape[0], 1
+                spec.axes[f"{name}.bias"] = (out,)
+            if out is not None:
+                spec.sizes[f"P{i}"] = n_out
+            current, channels, flattened_block = out, n_out, 1
         elif isinstance(m, nn.modules.batchnorm._BatchNorm):
-            for p in ("weight", "bias", "running_mean", "running_var"):
-                if getattr(m, p, None) is not None:
-                    spec.axes[f"{name}.{p}"] = (current,)
+            _norm(spec, name, m, current)
         elif isinstance(m, nn.Flatten):
             flattened_block = -1  # resolved by the next Linear's input width
         elif not isinstance(m, _PASS_THROUGH):
@@ -94,6 +108,67 @@ def sequential_spec(module: nn.Module) -> PermutationSpec:
     return spec
 
 
+def _norm(spec: PermutationSpec, name: str, m: nn.Module, axis: AxisPerm) -> None:
+    """A BatchNorm's parameters and statistics follow their channels (nothing for Identity)."""
+    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+        for p in ("weight", "bias", "running_mean", "running_var"):
+            if getattr(m, p, None) is not None:
+                spec.axes[f"{name}.{p}"] = (axis,)
+
+
+def _conv(spec: PermutationSpec, name: str, m: nn.Module, out: AxisPerm, inp: AxisPerm) -> None:
+    spec.axes[f"{name}.weight"] = (out, inp, *(None,) * (m.weight.dim() - 2))
+    if m.bias is not None:
+        spec.axes[f"{name}.bias"] = (out,)
+
+
+def cifar_resnet_spec(module: nn.Module) -> PermutationSpec:
+    """The permutation structure of the CIFAR ResNets (``adapters/resnet.py``).
+
+    The residual stream is one permutation shared by the stem, every block's output and the
+    next block's input. An option-A shortcut places the previous stream at channels
+    ``pad//2 ..`` of a wider one and fills the rest with zeros, so the wider stream's
+    permutation is the previous one at that offset plus a free permutation of the
+    zero-padded channels (any other would change the function). Inside a block, the first
+    convolution's channels are a group of their own. Fixup's scalar biases and multipliers
+    are not permuted."""
+    blocks = getattr(module, "layers", None)
+    if not all(hasattr(module, a) for a in ("conv1", "bn1", "fc")) or not isinstance(
+        blocks, nn.Sequential
+    ):
+        raise UsageError("--align: the network is not a CIFAR ResNet of mliscan's resnet adapter")
+    spec = PermutationSpec()
+    width = module.conv1.weight.shape[0]
+    spec.sizes["S"] = width
+    stream = whole("S", width)
+    _conv(spec, "conv1", module.conv1, stream, None)
+    _norm(spec, "bn1", module.bn1, stream)
+    for i, block in enumerate(blocks):
+        p = f"layers.{i}"
+        cout = block.conv1.weight.shape[0]
+        inner = whole(f"B{i}", cout)
+        spec.sizes[f"B{i}"] = cout
+        if cout != width:  # a zero-padding shortcut: the stream widens
+            lo = block.pad // 2
+            zeros = np.r_[np.arange(lo), np.arange(lo + width, cout)]
+            spec.sizes[f"Z{i}"] = len(zeros)
+            stream = (*((g, pos + lo) for g, pos in stream), (f"Z{i}", zeros))
+            out = stream
+            block_in = tuple((g, pos - lo) for g, pos in stream[:-1])
+        else:
+            out = block_in = stream
+        _conv(spec, f"{p}.conv1", block.conv1, inner, block_in)
+        _norm(spec, f"{p}.bn1", block.bn1, inner)
+        _conv(spec, f"{p}.conv2", block.conv2, out, inner)
+        _norm(spec, f"{p}.bn2", block.bn2, out)
+        width = cout
+    spec.axes["fc.weight"] = (None, stream)
+    return spec
+
+
+STRUCTURES = {"sequential": sequential_spec, "cifar-resnet": cifar_resnet_spec}
+
+
 def _expand(perm: np.ndarray, block: int) -> np.ndarray:
     """A channel permutation acting on flattened features (blocks of ``block``)."""
     if block <= 1:
@@ -101,17 +176,26 @@ def _expand(perm: np.ndarray, block: int) -> np.ndarray:
     return (perm[:, None] * block + np.arange(block)[None, :]).reshape(-1)
 
 
+def _index(axis: tuple[Segment, ...], perms: Mapping[str, np.ndarray], size: int) -> np.ndarray:
+    """The gather index of one axis: position pos[i] takes what sat at pos[perm[i]]."""
+    index = np.arange(size)
+    for g, pos in axis:
+        index[pos] = pos[perms[g]]
+    return index
+
+
 def _permuted(
     t: torch.Tensor,
-    axes: tuple[str | None, ...],
+    axes: tuple[AxisPerm, ...],
     perms: Mapping[str, np.ndarray],
     block: int,
     skip: int | None = None,
 ) -> torch.Tensor:
-    for a, g in enumerate(axes):
-        if g is None or a == skip:
+    for a, segments in enumerate(axes):
+        if segments is None or a == skip:
             continue
-        index = _expand(perms[g], block if a == 1 else 1)
+        width = block if a == 1 else 1
+        index = _expand(_index(segments, perms, t.shape[a] // width), width)
         t = t.index_select(a, torch.as_tensor(index, device=t.device))
     return t
 
@@ -138,15 +222,19 @@ def weight_matching(
             for k in names:
                 axes = spec.axes[k]
                 block = spec.blocks.get(k, 1)
-                for axis, group in enumerate(axes):
-                    if group != g:
-                        continue
-                    wa = a[k].double()
-                    wb = _permuted(b[k].double(), axes, perms, block, skip=axis)
-                    width = block if axis == 1 else 1
-                    wa = wa.movedim(axis, 0).reshape(n, width, -1).reshape(n, -1)
-                    wb = wb.movedim(axis, 0).reshape(n, width, -1).reshape(n, -1)
-                    score += (wa @ wb.T).cpu()
+                for axis, segments in enumerate(axes):
+                    for group, pos in segments or ():
+                        if group != g:
+                            continue
+                        wa = a[k].double()
+                        wb = _permuted(b[k].double(), axes, perms, block, skip=axis)
+                        width = block if axis == 1 else 1
+                        rows = torch.as_tensor(pos)
+                        wa = wa.movedim(axis, 0).reshape(-1, width, *wa.movedim(axis, 0).shape[1:])
+                        wb = wb.movedim(axis, 0).reshape(-1, width, *wb.movedim(axis, 0).shape[1:])
+                        wa = wa[rows].reshape(n, -1)
+                        wb = wb[rows].reshape(n, -1)
+                        score += (wa @ wb.T).cpu()
             s = score.numpy()
             _, cols = linear_sum_assignment(s, maximize=True)
             old = s[np.arange(n), perms[g]].sum()
@@ -178,12 +266,12 @@ def align(
     arch: str,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """``b`` aligned to ``a`` by weight matching, and the record of what was done."""
-    if permutation != "sequential":
+    if permutation not in STRUCTURES:
         raise UsageError(
-            f"--align: --arch {arch} declares no permutation structure yet (aligned today: "
-            "mlp, autoencoder, simplecnn, lenet5, alexnet, vgg16, vgg19)"
+            f"--align: --arch {arch} declares no permutation structure (aligned: mlp, "
+            "autoencoder, simplecnn, lenet5, alexnet, vgg16, vgg19 and the CIFAR ResNets)"
         )
-    spec = sequential_spec(module)
+    spec = STRUCTURES[permutation](module)
     perms, iterations = weight_matching(spec, a, b)
     moved = int(sum((p != np.arange(len(p))).sum() for p in perms.values()))
     return apply(spec, b, perms), {

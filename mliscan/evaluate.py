@@ -152,9 +152,11 @@ class PathEvaluator:
         )
         # The hand-written second-order pass is used when every layer has a rule and the
         # adapter's logits are the module output; nested jvp is the general fallback.
+        # A model whose logits are a subset of its output (a language model's Gauss
+        # positions) has the pass when its own rules compute just those (taylor_positions).
         self.fast_gauss = (
             spec.gauss_method != "jvp"
-            and not adapter.custom_logits
+            and (not adapter.custom_logits or getattr(module, "taylor_positions", False))
             and taylor.supports(module, self.interp.t0)
         )
         parts = Parts(
@@ -226,7 +228,12 @@ class PathEvaluator:
         accs: list[float | None] = []
         g = np.empty(len(alphas)) if gauss else None
         timing = {"bn": 0.0, "evaluate": 0.0, "gauss": 0.0}
-        fused = g is not None and self.fast_gauss and self.spec.amp == "off"
+        fused = (
+            g is not None
+            and self.fast_gauss
+            and self.spec.amp == "off"
+            and not self.adapter.custom_logits  # its loss needs every position
+        )
         retry = self.resources.retry
         for i, alpha in enumerate(alphas):
             t0 = time.perf_counter()

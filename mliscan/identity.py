@@ -16,7 +16,7 @@ from typing import Any
 
 # Bump when a change to the numeric code changes any stored number (metrics, BN policy,
 # evaluation order): every cached entry is then recomputed.
-NUMERIC_VERSION = 2
+NUMERIC_VERSION = 3  # 3: Gauss lengths through layer norm corrected (see CHANGELOG)
 
 
 def key(kind: str, endpoints: list[str], settings: dict[str, Any], length: int = 20) -> str:

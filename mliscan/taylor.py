@@ -44,6 +44,9 @@ _LEAVES = (
     nn.Flatten,
     nn.Dropout,
     nn.AvgPool2d,
+    nn.Embedding,
+    nn.LayerNorm,
+    nn.ModuleList,
 )
 
 
@@ -57,10 +60,71 @@ class Tracer:
     ``st`` is a stack: (tensor of k blocks [x; x'; x''] of n rows, k). Every call leaves its
     input stack untouched (a block's input also feeds its shortcut)."""
 
-    def __init__(self, root: nn.Module, delta: Mapping[str, torch.Tensor], n: int) -> None:
+    def __init__(
+        self,
+        root: nn.Module,
+        delta: Mapping[str, torch.Tensor],
+        n: int,
+        positions: torch.Tensor | None = None,
+    ) -> None:
         self.names = {id(m): name for name, m in root.named_modules()}
         self.delta = delta
         self.n = n
+        self.positions = positions
+        # a shared (tied) weight moves once: its difference is held under one of its names
+        self._moving: dict[int, torch.Tensor] = {}
+        for name, p in root.named_parameters(remove_duplicate=False):
+            if name in delta:
+                self._moving[id(p)] = delta[name]
+        """Sequence positions whose outputs are wanted (a language model's Gauss logits):
+        a model may compute its output at these positions only."""
+
+    # jets (see to_jet): the rules that mix several stacks
+    def jet(self, st: Stack) -> Jet:
+        return to_jet(st, self.n)
+
+    def stack(self, jet: Jet) -> Stack:
+        return to_stack(jet)
+
+    def param(self, module: nn.Module, name: str) -> Jet:
+        """A weight along the path: (p, p' = its difference, p'' = 0)."""
+        p = getattr(module, name)
+        d = self.delta.get(self._prefix(module) + name)
+        return p, (self._moving.get(id(p)) if d is None else d), None
+
+    def dense(self, module: nn.Module, x: Jet, weight: str = "weight", bias: str = "bias") -> Jet:
+        """F.linear(x, W, b) with W and b moving along the path: y = W x + b,
+        y' = W x' + W' x + b', y'' = W x'' + 2 W' x' (W applied to every block in one product,
+        W' to [x; x'] in another)."""
+        w, dw, _ = self.param(module, weight)
+        z, z1, z2 = x
+        have = [t for t in (z, z1, z2) if t is not None]
+        ys = list(F.linear(torch.cat(have) if len(have) > 1 else z, w).split(z.shape[0]))
+        y, y1, y2 = ys[0], (ys[1] if z1 is not None else None), (ys[-1] if z2 is not None else None)
+        if dw is not None:
+            ds = list(F.linear(torch.cat([z, z1]) if z1 is not None else z, dw).split(z.shape[0]))
+            y1 = _plus(y1, ds[0])
+            if z1 is not None:
+                y2 = _plus(y2, 2 * ds[1])
+        if getattr(module, bias, None) is not None:
+            b, db, _ = self.param(module, bias)
+            y = y + b
+            y1 = _plus(y1, db)
+        return y, y1, y2
+
+    def embedding(self, module: nn.Module, ids: torch.Tensor) -> Jet:
+        """Rows of a moving table: z = E[ids], z' = E'[ids], z'' = 0."""
+        table, d_table, _ = self.param(module, "weight")
+        return (
+            F.embedding(ids, table),
+            None if d_table is None else F.embedding(ids, d_table),
+            None,
+        )
+
+    def layer_norm(self, module: nn.Module, x: Jet) -> Jet:
+        weight = self.param(module, "weight") if module.weight is not None else None
+        bias = self.param(module, "bias") if getattr(module, "bias", None) is not None else None
+        return jet_layer_norm(x, tuple(module.normalized_shape), weight, bias, module.eps)
 
     def _prefix(self, module: nn.Module) -> str:
         name = self.names[id(module)]
@@ -130,6 +194,8 @@ def supports(module: nn.Module, delta: Mapping[str, torch.Tensor]) -> bool:
             return False
         if isinstance(m, nn.GELU) and m.approximate != "none":
             return False
+        if isinstance(m, nn.Embedding) and m.max_norm is not None:
+            return False
         if isinstance(m, (nn.Conv1d, nn.Conv2d)) and m.padding_mode != "zeros":
             return False
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -140,11 +206,16 @@ def supports(module: nn.Module, delta: Mapping[str, torch.Tensor]) -> bool:
 
 
 def forward2(
-    module: nn.Module, delta: Mapping[str, torch.Tensor], x: torch.Tensor
+    module: nn.Module,
+    delta: Mapping[str, torch.Tensor],
+    x: torch.Tensor,
+    positions: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(z, dz/dalpha, d2z/dalpha2) at the module's current weights (eval mode)."""
+    """(z, dz/dalpha, d2z/dalpha2) at the module's current weights (eval mode); with
+    ``positions``, a sequence model's outputs at those positions only ([N, k, ...])."""
     n = x.shape[0]
-    stack, _k = _run(module, "", delta, x, 1, n, x.data_ptr(), Tracer(module, delta, n))
+    tracer = Tracer(module, delta, n, positions)
+    stack, _k = _run(module, "", delta, x, 1, n, x.data_ptr(), tracer)
     blocks = list(stack.split(n))
     while len(blocks) < 3:
         blocks.append(torch.zeros_like(blocks[0]))
@@ -184,6 +255,10 @@ def _run(
         return _affine(s, k, n, m.weight, m.bias, delta, prefix, op, view)
     if isinstance(m, nn.modules.batchnorm._BatchNorm):
         return _batchnorm(m, prefix, delta, s, k, n)
+    if isinstance(m, (nn.Embedding, nn.LayerNorm)) and tracer is not None:
+        if isinstance(m, nn.Embedding):
+            return to_stack(tracer.embedding(m, s))  # s: the token ids (k = 1)
+        return to_stack(tracer.layer_norm(m, to_jet((s, k), n)))
     if isinstance(m, (nn.Identity, nn.Dropout)):
         return s, k
     if isinstance(m, (nn.Flatten, nn.AvgPool2d)):
@@ -297,3 +372,205 @@ def _batchnorm(m, prefix, delta, s, k, n) -> tuple[torch.Tensor, int]:
     if db is not None:
         blocks[1] = blocks[1] + db.view(shape)
     return torch.cat(blocks), len(blocks)
+
+
+# ---- jets: (z, z', z'') with derivatives that are known to be zero left as None ------------
+# The language models' rules (embedding, layer norm, attention with softmax, LSTM cells)
+# mix several stacks (products, matrix products), so they are written over jets.
+Jet = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]
+
+
+def to_jet(st: Stack, n: int) -> Jet:
+    s, k = st
+    blocks = list(s.split(n)) if k > 1 else [s]
+    return (blocks[0], blocks[1] if k > 1 else None, blocks[2] if k > 2 else None)
+
+
+def to_stack(jet: Jet) -> Stack:
+    z, d1, d2 = jet
+    if d2 is not None:
+        return torch.cat([z, torch.zeros_like(z) if d1 is None else d1, d2]), 3
+    if d1 is not None:
+        return torch.cat([z, d1]), 2
+    return z, 1
+
+
+def _plus(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    if a is None:
+        return b
+    return a if b is None else a + b
+
+
+def _times(c: float, a: torch.Tensor | None) -> torch.Tensor | None:
+    return None if a is None else c * a
+
+
+def jet_map(fn: Callable[[torch.Tensor], torch.Tensor], a: Jet) -> Jet:
+    """A map linear in its input and free of weights (a view, a selection, a scale)."""
+    return (fn(a[0]), None if a[1] is None else fn(a[1]), None if a[2] is None else fn(a[2]))
+
+
+def jet_add(a: Jet, b: Jet) -> Jet:
+    return (a[0] + b[0], _plus(a[1], b[1]), _plus(a[2], b[2]))
+
+
+def jet_product(
+    a: Jet, b: Jet, op: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = torch.mul
+) -> Jet:
+    """A bilinear product (elementwise or matrix): (ab)' = a'b + ab',
+    (ab)'' = a''b + 2a'b' + ab''."""
+    z = op(a[0], b[0])
+    d1 = _plus(None if a[1] is None else op(a[1], b[0]), None if b[1] is None else op(a[0], b[1]))
+    d2 = _plus(
+        _plus(None if a[2] is None else op(a[2], b[0]), None if b[2] is None else op(a[0], b[2])),
+        None if a[1] is None or b[1] is None else 2 * op(a[1], b[1]),
+    )
+    return z, d1, d2
+
+
+def jet_elementwise(a: Jet, f: torch.Tensor, f1: torch.Tensor, f2: torch.Tensor) -> Jet:
+    """y = s(x) given s, s', s'' at x: y' = s' x', y'' = s'' x'^2 + s' x''."""
+    _, d1, d2 = a
+    y1 = None if d1 is None else f1 * d1
+    y2 = _plus(None if d1 is None else f2 * d1 * d1, None if d2 is None else f1 * d2)
+    return f, y1, y2
+
+
+def jet_sigmoid(a: Jet) -> Jet:
+    s = torch.sigmoid(a[0])
+    s1 = s * (1 - s)
+    return jet_elementwise(a, s, s1, s1 * (1 - 2 * s))
+
+
+def jet_tanh(a: Jet) -> Jet:
+    t = torch.tanh(a[0])
+    t1 = 1 - t * t
+    return jet_elementwise(a, t, t1, -2 * t * t1)
+
+
+def jet_relu(a: Jet) -> Jet:
+    mask = (a[0] > 0).to(a[0].dtype)
+    return jet_map(lambda v: v * mask, a)
+
+
+def jet_gelu(a: Jet, approximate: str = "none") -> Jet:
+    x = a[0]
+    if approximate == "tanh":  # 0.5 x (1 + tanh(u)), u = c (x + 0.044715 x^3)
+        c = math.sqrt(2 / math.pi)
+        u = c * (x + 0.044715 * x**3)
+        u1 = c * (1 + 3 * 0.044715 * x * x)
+        u2 = c * 6 * 0.044715 * x
+        t = torch.tanh(u)
+        sech2 = 1 - t * t
+        f = 0.5 * x * (1 + t)
+        f1 = 0.5 * (1 + t) + 0.5 * x * sech2 * u1
+        f2 = sech2 * u1 + 0.5 * x * (sech2 * u2 - 2 * t * sech2 * u1 * u1)
+        return jet_elementwise(a, f, f1, f2)
+    phi = torch.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+    cdf = 0.5 * (1 + torch.erf(x / math.sqrt(2)))
+    return jet_elementwise(a, x * cdf, cdf + x * phi, phi * (2 - x * x))
+
+
+def jet_silu(a: Jet) -> Jet:
+    x = a[0]
+    s = torch.sigmoid(x)
+    s1 = s * (1 - s)
+    return jet_elementwise(a, x * s, s + x * s1, 2 * s1 + x * s1 * (1 - 2 * s))
+
+
+def jet_softmax(a: Jet, dim: int = -1) -> Jet:
+    """s = softmax(x): s' = s (x' - <s, x'>), s'' = s' (x' - <s, x'>) + s (x'' - <s', x'> -
+    <s, x''>). Masked entries (x = -inf) need x' = x'' = 0 there: s is 0 and so are its
+    derivatives."""
+    s = torch.softmax(a[0], dim=dim)
+    _, d1, d2 = a
+    if d1 is None and d2 is None:
+        return s, None, None
+    s1 = None
+    u = None
+    if d1 is not None:
+        u = d1 - (s * d1).sum(dim, keepdim=True)
+        s1 = s * u
+    s2 = None
+    if u is not None and s1 is not None:
+        s2 = s1 * u - s * (s1 * d1).sum(dim, keepdim=True)
+    if d2 is not None:
+        s2 = _plus(s2, s * (d2 - (s * d2).sum(dim, keepdim=True)))
+    return s, s1, s2
+
+
+def jet_layer_norm(
+    a: Jet,
+    shape: tuple[int, ...],
+    weight: Jet | None,
+    bias: Jet | None,
+    eps: float,
+    rms: bool = False,
+) -> Jet:
+    """Layer norm (or RMS norm, ``rms``) over the last ``len(shape)`` axes, with the rules of
+    its parts: u = x - mean x, v = mean u^2 + eps, r = v^(-1/2), n = u r, y = n w + b."""
+    dims = tuple(range(-len(shape), 0))
+
+    def mean(t: torch.Tensor) -> torch.Tensor:
+        return t.mean(dims, keepdim=True)
+
+    x, x1, x2 = a
+    u = x if rms else x - mean(x)
+    u1 = None if x1 is None else (x1 if rms else x1 - mean(x1))
+    u2 = None if x2 is None else (x2 if rms else x2 - mean(x2))
+    v = mean(u * u) + eps
+    r = torch.rsqrt(v)
+    v1 = None if u1 is None else 2 * mean(u * u1)
+    v2 = _plus(None if u1 is None else 2 * mean(u1 * u1), None if u2 is None else 2 * mean(u * u2))
+    r3 = r / v  # v^(-3/2)
+    r1 = None if v1 is None else -0.5 * r3 * v1
+    r2 = _plus(
+        None if v1 is None else 0.75 * (r3 / v) * v1 * v1,
+        None if v2 is None else -0.5 * r3 * v2,
+    )
+    out = jet_product((u, u1, u2), (r, r1, r2))
+    if weight is not None:
+        out = jet_product(out, weight)
+    if bias is not None:
+        out = jet_add(out, bias)
+    return out
+
+
+def zeros_jet(like: torch.Tensor) -> Jet:
+    return torch.zeros_like(like), None, None
+
+
+def stack_jets(jets: list[Jet], dim: int) -> Jet:
+    """torch.stack of jets (a missing derivative counts as zeros where others have one)."""
+
+    def part(i: int) -> torch.Tensor | None:
+        if all(j[i] is None for j in jets):
+            return None
+        return torch.stack([torch.zeros_like(j[0]) if j[i] is None else j[i] for j in jets], dim)
+
+    return torch.stack([j[0] for j in jets], dim), part(1), part(2)
+
+
+class JetRules:
+    """The jet rules, for a model's ``taylor_forward`` (``J = t.rules``): adapters reach them
+    through the tracer the engine passes in, never by importing the engine."""
+
+    map = staticmethod(jet_map)
+    add = staticmethod(jet_add)
+    mul = staticmethod(jet_product)
+    sigmoid = staticmethod(jet_sigmoid)
+    tanh = staticmethod(jet_tanh)
+    relu = staticmethod(jet_relu)
+    gelu = staticmethod(jet_gelu)
+    silu = staticmethod(jet_silu)
+    softmax = staticmethod(jet_softmax)
+    layer_norm = staticmethod(jet_layer_norm)
+    zeros = staticmethod(zeros_jet)
+    stack = staticmethod(stack_jets)
+
+    @staticmethod
+    def matmul(a: Jet, b: Jet) -> Jet:
+        return jet_product(a, b, torch.matmul)
+
+
+Tracer.rules = JetRules

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mliscan.adapter import DataInfo
-from mliscan.align import apply, sequential_spec, weight_matching
+from mliscan.align import STRUCTURES, apply, cifar_resnet_spec, sequential_spec, weight_matching
 from mliscan.registry import get_adapter
 from tests.conftest import run_cli
 
@@ -26,14 +26,22 @@ def _net(name: str, options: dict, info: DataInfo, seed: int):
     [
         ("mlp", {"hidden": "16,12", "bn": True}, DataInfo((1, 8, 8), 10)),
         ("simplecnn", {"bn": True}, DataInfo((1, 8, 8), 10)),
+        ("resnet20", {}, DataInfo((3, 8, 8), 10)),
+        ("resnet20", {"bn": False, "init": "fixup"}, DataInfo((3, 8, 8), 10)),
     ],
 )
 def test_a_permuted_copy_computes_the_same_and_is_recovered(name, options, info) -> None:
     net = _net(name, options, info, 0).eval()
-    spec = sequential_spec(net)
+    spec = STRUCTURES[get_adapter(name).permutation](net)
     rng = np.random.default_rng(1)
     shuffle = {g: rng.permutation(n) for g, n in spec.sizes.items()}
-    a = {k: v.clone() for k, v in net.state_dict().items()}
+    # weights without ties (Fixup zeroes whole layers, which any permutation matches)
+    a = {
+        k: torch.randn_like(v) / (v[0].numel() ** 0.5 if v.dim() > 1 else 3)
+        if v.is_floating_point()
+        else v.clone()
+        for k, v in net.state_dict().items()
+    }
     # BN statistics that are not the defaults, so that they must follow their channels
     for k in a:
         if k.endswith("running_var"):
@@ -112,7 +120,29 @@ def test_an_architecture_without_a_permutation_structure(mlp_pair: Path, capsys)
     from mliscan.align import align
 
     with pytest.raises(Exception, match="declares no permutation structure"):
-        align(None, torch.nn.Linear(2, 2), {}, {}, "resnet20")
+        align(None, torch.nn.Linear(2, 2), {}, {}, "gpt2")
+
+
+def test_the_resnet_stream_keeps_the_zero_padded_channels_apart() -> None:
+    """After an option-A shortcut the wider stream is the previous one at an offset plus
+    the zero-padded channels; a permutation mixing the two would change the function."""
+    net = _net("resnet20", {}, DataInfo((3, 8, 8), 10), 0)
+    spec = cifar_resnet_spec(net)
+    # stage 2's first block widens 16 -> 32: channels 8..23 carry the stage-1 stream
+    out_axis = spec.axes["layers.3.conv2.weight"][0]
+    assert [g for g, _ in out_axis] == ["S", "Z3"]
+    np.testing.assert_array_equal(out_axis[0][1], np.arange(8, 24))
+    np.testing.assert_array_equal(out_axis[1][1], np.r_[np.arange(8), np.arange(24, 32)])
+    # stage 3 (64 channels): the stage-1 stream at 24..39, stage 2's zeros around it
+    fc_in = dict(spec.axes["fc.weight"][1])
+    np.testing.assert_array_equal(fc_in["S"], np.arange(24, 40))
+    np.testing.assert_array_equal(fc_in["Z3"], np.r_[np.arange(16, 24), np.arange(40, 48)])
+    assert spec.sizes == {
+        "S": 16,
+        "Z3": 16,
+        "Z6": 32,
+        **{f"B{i}": c for i, c in enumerate([16] * 3 + [32] * 3 + [64] * 3)},
+    }
 
 
 def test_grid_with_alignment_keeps_both_paths(tmp_path: Path, capsys) -> None:

@@ -78,7 +78,10 @@ def _check_demo_table(printed: str) -> None:
     match = TABLE.search(text)
     assert match, "README.md lost its demo-table block"
     if os.environ.get("MLISCAN_UPDATE_README") == "1":
-        table = "\n".join(line.rstrip() for line in printed.strip("\n").splitlines()) + "\n"
+        lines = [line.rstrip() for line in printed.strip("\n").splitlines()]
+        # the table only: not make's echo of the command line
+        lines = [line for line in lines if "mliscan demo --out" not in line]
+        table = "\n".join(lines) + "\n"
         readme.write_text(text[: match.start(2)] + table + text[match.end(2) :])
         return
     shown, real = _rows(match.group(2)), _rows(printed)

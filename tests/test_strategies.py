@@ -84,3 +84,32 @@ def test_vmapped_chunks_equal_the_per_alpha_loop():
         ev.set_alpha(a)
         loss, acc = ev.per_alpha.loss_and_accuracy()
         assert abs(losses[j] - loss) < 1e-10 and abs(accs[j] - acc) < 1e-12
+
+
+def test_nested_jvp_through_layer_norm_is_corrected() -> None:
+    """torch's layer_norm drops second-order terms under nested forward AD
+    (pytorch/pytorch#196700); the derivative pass replaces it by its composition. Reference:
+    central finite differences in float64."""
+    from torch.func import jvp
+    from torch.nn import functional as F
+
+    from mliscan.strategies import exact_forward_ad
+
+    torch.manual_seed(0)
+    x, d = torch.randn(6, 5, dtype=torch.float64), torch.randn(6, 5, dtype=torch.float64)
+    w, dw = torch.randn(5, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
+
+    def f(a):
+        return F.layer_norm(x + a * d, (5,), w + a * dw, None, 1e-5)
+
+    one, zero = torch.tensor(1.0, dtype=torch.float64), torch.tensor(0.0, dtype=torch.float64)
+
+    def second() -> torch.Tensor:
+        return jvp(lambda a: jvp(f, (a,), (one,))[1], (zero,), (one,))[1]
+
+    h = 1e-4
+    reference = (f(h) - 2 * f(0.0) + f(-h)) / h**2
+    # (torch 2.14's own rule is off by about 100 % here)
+    with exact_forward_ad():
+        torch.testing.assert_close(second(), reference, rtol=1e-5, atol=1e-5)
+    assert F.layer_norm is not None and F.layer_norm.__name__ == "layer_norm"  # restored

@@ -21,7 +21,18 @@ from mliscan.cli.app import app, main
 ALLOWED = {0, 1, 2, 130}
 # Examples per command (MLISCAN_FUZZ_EXAMPLES=500 for a longer hunt; the suite keeps it short).
 EXAMPLES = int(os.environ.get("MLISCAN_FUZZ_EXAMPLES", "25"))
-COMMANDS = ["compare", "check", "grid", "plane", "logits", "report", "train", "runs", "adapters"]
+COMMANDS = [
+    "compare",
+    "check",
+    "grid",
+    "plane",
+    "logits",
+    "report",
+    "train",
+    "runs",
+    "adapters",
+    "trajectory",
+]
 HOSTILE = [
     "",
     "0",
@@ -117,12 +128,20 @@ def _assert_clean(argv: list[str], code: int, err: str) -> None:
 def command_lines(draw: st.DrawFn, command: str, tiny: Path) -> list[str]:
     opts = _options(command)
     argv = [command]
-    n_pos = {"compare": 2, "check": 2, "logits": 2, "plane": 3, "report": 1, "runs": 1}.get(
-        command, 0
-    )
+    n_pos = {
+        "compare": 2,
+        "check": 2,
+        "logits": 2,
+        "plane": 3,
+        "report": 1,
+        "runs": 1,
+        "trajectory": 1,
+    }.get(command, 0)
     real = [str(tiny / "init.safetensors"), str(tiny / "final.safetensors")]
     if n_pos >= 2 and draw(st.booleans()):  # half the time a real pair: reach the engine
         argv += [*real, real[0]][:n_pos]
+    elif command == "trajectory" and draw(st.booleans()):  # a real run folder
+        argv.append(str(tiny))
     else:
         for _ in range(n_pos):
             argv.append(draw(st.sampled_from([*HOSTILE, *real, str(tiny), str(tiny.parent)])))
@@ -131,7 +150,7 @@ def command_lines(draw: st.DrawFn, command: str, tiny: Path) -> list[str]:
         argv.append(flag)
         if takes:
             argv.append(draw(st.sampled_from(HOSTILE)))
-    if command in ("compare", "check", "logits", "plane", "grid"):
+    if command in ("compare", "check", "logits", "plane", "grid", "trajectory"):
         argv += (
             ["--data-limit", "20", "--alphas", "3"]
             if command != "plane"
