@@ -55,6 +55,8 @@ def workload(name: str, device: torch.device, images: int):
         opts = adapter.parse_options({})
         ds = load_dataset(DataSpec(adapter.default_data))
         x, y, info = ds.inputs, ds.targets, DataInfo(ds.input_shape, ds.num_classes)
+    elif name in HUB_WORKLOADS:
+        return hub_workload(name, device)
     elif name == "resnet20":
         adapter = get_adapter("resnet20")
         opts = adapter.parse_options({})
@@ -75,6 +77,35 @@ def workload(name: str, device: torch.device, images: int):
     }
     data = prepare_data(adapter, x, y, device, torch.float32)
     return adapter, module.to(device), theta0, theta1, data
+
+
+# Hub language models, built offline into a temporary Hugging Face cache (tests/hubcache.py):
+# step0 (the init) and main (3 noisy steps later); the tests' corpus as 64-token sequences.
+HUB_WORKLOADS = {"gpt2-tiny": "gpt2", "pythia-shaped": "pythia", "llama-tiny": "llama"}
+
+
+def hub_workload(name: str, device: torch.device):
+    import os
+    import tempfile
+
+    from mliscan.pipeline import open_source, setup
+    from tests import hubcache
+
+    kind = HUB_WORKLOADS[name]
+    root = Path(tempfile.mkdtemp(prefix="mliscan-bench-hub-"))
+    repo = f"org/{name}"
+    for rev, steps in (("step0", 0), ("main", 3)):
+        files = hubcache.hf_model_files(kind, 0, steps=steps, parent=root)
+        hubcache.add_revision(root / "cache", repo, [rev], files)
+    (root / "corpus.txt").write_text(hubcache.CORPUS)
+    os.environ["HF_HUB_CACHE"] = str(root / "cache")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    first, last = open_source(f"hf:{repo}@step0"), open_source(f"hf:{repo}@main")
+    data = DataSpec(name="text", data_file=str(root / "corpus.txt"), seq_len=64)
+    ctx = setup(first, None, None, data, EvalSpec(device=str(device)))
+    adapter = ctx.choice.adapter
+    theta0, theta1 = adapter.map_keys(first.tensors), adapter.map_keys(last.tensors)
+    return adapter, ctx.module, theta0, theta1, ctx.prepared
 
 
 def sync(device: torch.device) -> None:
@@ -126,7 +157,7 @@ def paper_style(template, adapter, theta0, theta1, data, has_bn: bool, gauss: bo
             else theta0[k]
             for k in theta0
         }
-        model.load_state_dict(state)
+        model.load_state_dict(state, strict=False)  # tied heads (Hub LMs) are absent
         if has_bn:
             for m in model.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -181,7 +212,7 @@ def main() -> None:
     p.add_argument(
         "--workload",
         default="mlp",
-        choices=["mlp", "mlp-bn", "resnet20", "lstm-lm", "transformer-lm"],
+        choices=["mlp", "mlp-bn", "resnet20", "lstm-lm", "transformer-lm", *HUB_WORKLOADS],
     )
     p.add_argument("--device", default="cpu")
     p.add_argument("--repeats", type=int, default=5)

@@ -187,7 +187,13 @@ class Tracer:
 
 def supports(module: nn.Module, delta: Mapping[str, torch.Tensor]) -> bool:
     """True when every submodule has a rule here and BN statistics are not interpolated."""
+    covered: list[str] = []  # modules whose own rule covers their whole subtree
     for name, m in module.named_modules():
+        if any(name.startswith(c) for c in covered):
+            continue
+        if getattr(m, "taylor_complete", False):
+            covered.append(f"{name}." if name else "")
+            continue
         if isinstance(m, nn.Sequential) or hasattr(m, "taylor_forward"):
             continue
         if not isinstance(m, _LEAVES):

@@ -103,6 +103,18 @@ def tiny_config(kind: str):
             max_position_embeddings=64,
             architectures=["GPTNeoXForCausalLM"],
         )
+    if kind == "pythia":  # the shape of Pythia-14m (parallel residual, 1/4 rotary), tiny vocab
+        return GPTNeoXConfig(
+            vocab_size=VOCAB,
+            hidden_size=128,
+            num_hidden_layers=6,
+            num_attention_heads=4,
+            intermediate_size=512,
+            rotary_pct=0.25,
+            use_parallel_residual=True,
+            max_position_embeddings=2048,
+            architectures=["GPTNeoXForCausalLM"],
+        )
     if kind == "llama":
         return LlamaConfig(
             vocab_size=VOCAB,
@@ -140,6 +152,7 @@ def hf_model_files(kind: str, seed: int, steps: int = 0, parent: Path | None = N
     auto = {
         "gpt2": "AutoModelForCausalLM",
         "neox": "AutoModelForCausalLM",
+        "pythia": "AutoModelForCausalLM",
         "llama": "AutoModelForCausalLM",
         "bert": "AutoModelForMaskedLM",
         "bert-cls": "AutoModelForSequenceClassification",

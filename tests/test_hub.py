@@ -397,3 +397,31 @@ def test_sparse_gauss_logits_equal_the_full_output(offline: Path, monkeypatch, c
     full = _compare(args, capsys)
     assert sparse["gauss_integrand"] == pytest.approx(full["gauss_integrand"], rel=1e-5)
     assert sparse["loss"] == full["loss"]
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "neox", "llama", "bert", "bert-cls"])
+def test_hub_models_take_the_gauss_length_by_their_rules_equal_to_nested_jvp(
+    offline: Path, kind: str
+) -> None:
+    """GPT-2, GPT-NeoX, Llama, BERT masked LM and classifier: the second-order rules
+    (adapters/hf.py) are used and give nested jvp's Gauss integrand (float64)."""
+    from mliscan.evaluate import PathEvaluator
+    from mliscan.pipeline import open_source, setup
+    from mliscan.spec import DataSpec, EvalSpec
+
+    first = open_source(f"hf:org/tiny-{kind}@step0")
+    last = open_source(f"hf:org/tiny-{kind}@main")
+    corpus = offline / ("reviews.csv" if kind == "bert-cls" else "corpus.txt")
+    data = DataSpec(name="text", data_file=str(corpus), seq_len=16, limit=6)
+    ctx = setup(first, None, None, data, EvalSpec(dtype="float64"))
+    adapter, options = ctx.choice.adapter, ctx.choice.options
+    t0, t1 = adapter.map_keys(first.tensors, options), adapter.map_keys(last.tensors, options)
+    found = {}
+    for method in ("auto", "jvp"):
+        spec = EvalSpec(gauss_method=method, dtype="float64")
+        ev = PathEvaluator(adapter, ctx.module, t0, t1, ctx.prepared, spec)
+        found[method] = ev.run([0.0, 0.6, 1.0]).gauss_integrand
+        assert ev.fast_gauss == (method == "auto")
+        assert ev.per_alpha.second_order == (method == "auto")  # the self-check passed
+    # Llama's RMS norm runs in float32 inside transformers even for float64 weights
+    np.testing.assert_allclose(found["auto"], found["jvp"], rtol=1e-6 if kind == "llama" else 1e-8)
