@@ -435,7 +435,9 @@ def _rotary(module: nn.Module, q: Any, k: Any, cos: torch.Tensor, sin: torch.Ten
     import sys
 
     apply = sys.modules[type(module).__module__].apply_rotary_pos_emb
-    parts = [apply(a, b, cos, sin) if a is not None else (None, None) for a, b in zip(q, k)]
+    parts = [
+        apply(a, b, cos, sin) if a is not None else (None, None) for a, b in zip(q, k, strict=True)
+    ]
     return tuple(p[0] for p in parts), tuple(p[1] for p in parts)
 
 
@@ -521,7 +523,7 @@ def _llama(t: Any, model: nn.Module, ids: torch.Tensor) -> Any:
 
         q, k = _rotary(attn, heads(attn.q_proj), heads(attn.k_proj), cos, sin)
         v = heads(attn.v_proj)
-        k, v = (J.map(lambda u: u.repeat_interleave(groups, dim=1), a) for a in (k, v))
+        k, v = (J.map(lambda u, g=groups: u.repeat_interleave(g, dim=1), a) for a in (k, v))
         x = J.add(x, t.dense(attn.o_proj, _merge_heads(J, _attend(J, q, k, v, attn.scaling))))
         h = rms(layer.post_attention_layernorm, x)
         mlp = layer.mlp
