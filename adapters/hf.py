@@ -146,7 +146,8 @@ class _HFAdapter(Adapter):
     objective: ClassVar[str] = ""
     suffixes: ClassVar[tuple[str, ...]] = ()
     auto_class: ClassVar[str] = ""
-    eval_batch_candidates = (1, 4, 8, 16)
+    # the output budget (resources.OUTPUT_BYTES_BUDGET) caps these for large vocabularies
+    eval_batch_candidates = (1, 4, 16, 64)
 
     example_config: ClassVar[dict[str, Any]] = {}
 
@@ -465,8 +466,7 @@ def _gpt2(t: Any, model: nn.Module, ids: torch.Tensor) -> Any:
         x = J.add(x, out)
         h = conv1d(block.mlp.c_fc, t.layer_norm(block.ln_2, x))
         x = J.add(x, conv1d(block.mlp.c_proj, _activation(J, act, h)))
-    x = _positions(t, x)
-    return t.dense(model.lm_head, t.layer_norm(core.ln_f, x))
+    return t.head(lambda h: t.dense(model.lm_head, t.layer_norm(core.ln_f, h)), x)
 
 
 def _neox(t: Any, model: nn.Module, ids: torch.Tensor) -> Any:
@@ -496,9 +496,8 @@ def _neox(t: Any, model: nn.Module, ids: torch.Tensor) -> Any:
         else:
             x = J.add(out, x)
             x = J.add(mlp(x), x)
-    x = _positions(t, x)
     head = getattr(model, "lm_head", None) or model.embed_out  # embed_out before transformers 5
-    return t.dense(head, t.layer_norm(core.final_layer_norm, x))
+    return t.head(lambda h: t.dense(head, t.layer_norm(core.final_layer_norm, h)), x)
 
 
 def _llama(t: Any, model: nn.Module, ids: torch.Tensor) -> Any:
@@ -529,8 +528,7 @@ def _llama(t: Any, model: nn.Module, ids: torch.Tensor) -> Any:
         mlp = layer.mlp
         inner = J.mul(_activation(J, act, t.dense(mlp.gate_proj, h)), t.dense(mlp.up_proj, h))
         x = J.add(x, t.dense(mlp.down_proj, inner))
-    x = _positions(t, x)
-    return t.dense(model.lm_head, rms(core.norm, x))
+    return t.head(lambda h: t.dense(model.lm_head, rms(core.norm, h)), x)
 
 
 def _bert_encoder(t: Any, bert: nn.Module, ids: torch.Tensor, mask: torch.Tensor | None) -> Any:
@@ -574,11 +572,15 @@ def _bert_encoder(t: Any, bert: nn.Module, ids: torch.Tensor, mask: torch.Tensor
 
 def _bert_mlm(t: Any, model: nn.Module, ids: torch.Tensor) -> Any:
     J = t.rules
-    x = _positions(t, _bert_encoder(t, model.bert, ids, None))
     head = model.cls.predictions
     tr = head.transform
-    h = t.layer_norm(tr.LayerNorm, _activation(J, model.config.hidden_act, t.dense(tr.dense, x)))
-    return t.dense(head.decoder, h)
+    act = model.config.hidden_act
+
+    def predict(x: Any) -> Any:
+        h = t.layer_norm(tr.LayerNorm, _activation(J, act, t.dense(tr.dense, x)))
+        return t.dense(head.decoder, h)
+
+    return t.head(predict, _bert_encoder(t, model.bert, ids, None))
 
 
 def _bert_classifier(t: Any, model: nn.Module, pair: torch.Tensor) -> Any:
@@ -586,12 +588,6 @@ def _bert_classifier(t: Any, model: nn.Module, pair: torch.Tensor) -> Any:
     x = _bert_encoder(t, model.bert, pair[:, 0], pair[:, 1])
     pooled = J.tanh(t.dense(model.bert.pooler.dense, J.map(lambda u: u[:, 0], x)))
     return t.dense(model.classifier, pooled)
-
-
-def _positions(t: Any, x: Any) -> Any:
-    if t.positions is None:
-        return x
-    return t.rules.map(lambda v: v[:, t.positions], x)
 
 
 def _rule_for(model: nn.Module) -> Any:

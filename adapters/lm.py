@@ -125,7 +125,7 @@ class LSTMLM(nn.Module):
         x = t.stack(t.embedding(self.embed, st[0]))  # st: the token ids
         for layer in self.rnn:
             x = t(layer, x)  # dropout is the identity in eval mode
-        return t.stack(t.dense(self.decoder, _at_positions(t, t.jet(x))))
+        return t.stack(t.head(lambda h: t.dense(self.decoder, h), t.jet(x)))
 
 
 class CausalSelfAttention(nn.Module):
@@ -243,14 +243,7 @@ class TransformerLM(nn.Module):
         x = t.stack((e * scale + pos, None if d1 is None else d1 * scale, None))
         for block in self.blocks:
             x = t(block, x)
-        return t.stack(t.dense(self.decoder, _at_positions(t, t.jet(x))))
-
-
-def _at_positions(t: Tracer, x: Any) -> Any:
-    """Only the positions the Gauss length reads, when the tracer asks for them."""
-    if t.positions is None:
-        return x
-    return t.rules.map(lambda v: v[:, t.positions], x)
+        return t.stack(t.head(lambda h: t.dense(self.decoder, h), t.jet(x)))
 
 
 class _WordLMAdapter(Adapter):

@@ -104,7 +104,9 @@ def hub_workload(name: str, device: torch.device):
     data = DataSpec(name="text", data_file=str(root / "corpus.txt"), seq_len=64)
     ctx = setup(first, None, None, data, EvalSpec(device=str(device)))
     adapter = ctx.choice.adapter
-    theta0, theta1 = adapter.map_keys(first.tensors), adapter.map_keys(last.tensors)
+    options = ctx.choice.options
+    theta0 = adapter.map_keys(first.tensors, options)
+    theta1 = adapter.map_keys(last.tensors, options)
     return adapter, ctx.module, theta0, theta1, ctx.prepared
 
 

@@ -228,12 +228,10 @@ class PathEvaluator:
         accs: list[float | None] = []
         g = np.empty(len(alphas)) if gauss else None
         timing = {"bn": 0.0, "evaluate": 0.0, "gauss": 0.0}
-        fused = (
-            g is not None
-            and self.fast_gauss
-            and self.spec.amp == "off"
-            and not self.adapter.custom_logits  # its loss needs every position
-        )
+        fused = g is not None and self.fast_gauss and self.spec.amp == "off"
+        if fused and self.adapter.custom_logits:  # a model's own rules: checked once first
+            self.set_alpha(float(alphas[0]))
+            fused = self.per_alpha.check_rules()
         retry = self.resources.retry
         for i, alpha in enumerate(alphas):
             t0 = time.perf_counter()

@@ -131,6 +131,20 @@ class PerAlpha:
         """True: the hand-written second-order pass; False: nested jvp."""
         self.checked = False
 
+    def check_rules(self) -> bool:
+        """The check of ``_rules_agree`` on the first two examples, before a fused pass
+        (False: the rules are not used from here on)."""
+        p = self.p
+        if self.checked or not self.second_order or not p.adapter.custom_logits:
+            return self.second_order
+        x = p.inputs[:2]
+        positions = gauss_positions(x.shape[1], x.device)
+        with torch.inference_mode():
+            z, _, _ = taylor.forward2(p.module, p.delta(), x, positions)
+        if not self._rules_agree(x, z.reshape(-1, z.shape[-1])):
+            self.second_order = False
+        return self.second_order
+
     def _rules_agree(self, x: torch.Tensor, z: torch.Tensor) -> bool:
         """Once per evaluator: a model's own rules (a language model written out for the
         second-order pass) give the logits of its forward; if not (a library release that
@@ -236,17 +250,27 @@ class FusedSecondOrder:
         totals = Totals(p.adapter, p.device)
         g_total = torch.zeros((), dtype=torch.float64, device=p.device)
         delta = p.delta()
+        rows = 0
         for s in p.batches():
-            z, vel, acc = taylor.forward2(p.module, delta, p.inputs[s])
+            x = p.inputs[s]
+            positions = None
+            if p.adapter.custom_logits:  # a sequence model: derivatives at its Gauss positions
+                positions = gauss_positions(x.shape[1], x.device)
+            z, vel, acc = taylor.forward2(p.module, delta, x, positions, full_values=True)
             totals.add(z, p.targets[s])
             keep = max(0, min(s.stop, limit) - s.start)
             if keep:
-                g_total += metrics.gauss_integrand(vel[:keep], acc[:keep]).sum()
+                if positions is not None:  # one logit vector per example and position
+                    vel, acc = vel[:keep].flatten(0, -2), acc[:keep].flatten(0, -2)
+                else:
+                    vel, acc = vel[:keep], acc[:keep]
+                g_total += metrics.gauss_integrand(vel, acc).sum()
+                rows += vel.shape[0]
         loss, accuracy = totals.means(p.n)
         return (
             float(loss[0]),
             None if accuracy is None else float(accuracy[0]),
-            float(g_total) / limit,
+            float(g_total) / rows,
         )
 
 

@@ -66,8 +66,12 @@ class Tracer:
         delta: Mapping[str, torch.Tensor],
         n: int,
         positions: torch.Tensor | None = None,
+        full_values: bool = False,
     ) -> None:
         self.names = {id(m): name for name, m in root.named_modules()}
+        self.full_values = full_values
+        self.values: torch.Tensor | None = None
+        """With ``full_values``: the output at every position (value only), for the loss."""
         self.delta = delta
         self.n = n
         self.positions = positions
@@ -78,6 +82,16 @@ class Tracer:
                 self._moving[id(p)] = delta[name]
         """Sequence positions whose outputs are wanted (a language model's Gauss logits):
         a model may compute its output at these positions only."""
+
+    def head(self, fn: Callable[[Jet], Jet], x: Jet) -> Jet:
+        """A sequence model's output head (a per-position map) at the Gauss positions only;
+        with ``full_values``, its value at every position too (kept in ``values``: the loss
+        of the same pass)."""
+        if self.positions is None:
+            return fn(x)
+        if self.full_values:
+            self.values = fn((x[0], None, None))[0]
+        return fn(jet_map(lambda v: v[:, self.positions], x))
 
     # jets (see to_jet): the rules that mix several stacks
     def jet(self, st: Stack) -> Jet:
@@ -216,16 +230,19 @@ def forward2(
     delta: Mapping[str, torch.Tensor],
     x: torch.Tensor,
     positions: torch.Tensor | None = None,
+    full_values: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(z, dz/dalpha, d2z/dalpha2) at the module's current weights (eval mode); with
-    ``positions``, a sequence model's outputs at those positions only ([N, k, ...])."""
+    ``positions``, a sequence model's outputs at those positions only ([N, k, ...]), z
+    included unless ``full_values`` (z then at every position, for the loss)."""
     n = x.shape[0]
-    tracer = Tracer(module, delta, n, positions)
+    tracer = Tracer(module, delta, n, positions, full_values)
     stack, _k = _run(module, "", delta, x, 1, n, x.data_ptr(), tracer)
     blocks = list(stack.split(n))
     while len(blocks) < 3:
         blocks.append(torch.zeros_like(blocks[0]))
-    return blocks[0], blocks[1], blocks[2]
+    value = tracer.values if tracer.values is not None else blocks[0]
+    return value, blocks[1], blocks[2]
 
 
 def _run(
