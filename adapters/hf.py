@@ -414,17 +414,10 @@ def _activation(J: Any, name: str, x: Any) -> Any:
 
 
 def _attend(J: Any, q: Any, k: Any, v: Any, scaling: float) -> Any:
-    """Causal softmax attention of jets [N, heads, L, d] (masked scores: -inf, derivatives 0)."""
+    """Causal softmax attention of jets [N, heads, L, d]."""
     length = q[0].shape[-2]
-    scores = J.map(lambda u: u * scaling, J.matmul(q, J.map(lambda u: u.transpose(-1, -2), k)))
     future = torch.ones(length, length, dtype=torch.bool, device=q[0].device).triu(1)
-    z, d1, d2 = scores
-    scores = (
-        z.masked_fill(future, float("-inf")),
-        None if d1 is None else d1.masked_fill(future, 0.0),
-        None if d2 is None else d2.masked_fill(future, 0.0),
-    )
-    return J.matmul(J.softmax(scores, -1), v)
+    return J.attention(q, k, v, scaling, future)
 
 
 def _merge_heads(J: Any, x: Any) -> Any:
@@ -552,17 +545,7 @@ def _bert_encoder(t: Any, bert: nn.Module, ids: torch.Tensor, mask: torch.Tensor
             return J.map(lambda u: u.view(*u.shape[:-1], -1, hd).transpose(1, 2), t.dense(m, h))
 
         q, k, v = heads(sa.query), heads(sa.key), heads(sa.value)
-        scores = J.map(
-            lambda u, s=sa.scaling: u * s, J.matmul(q, J.map(lambda u: u.transpose(-1, -2), k))
-        )
-        if padding is not None:
-            z, d1, d2 = scores
-            scores = (
-                z.masked_fill(padding, float("-inf")),
-                None if d1 is None else d1.masked_fill(padding, 0.0),
-                None if d2 is None else d2.masked_fill(padding, 0.0),
-            )
-        out = _merge_heads(J, J.matmul(J.softmax(scores, -1), v))
+        out = _merge_heads(J, J.attention(q, k, v, sa.scaling, padding))
         so = layer.attention.output
         x = t.layer_norm(so.LayerNorm, J.add(t.dense(so.dense, out), x))
         inner = _activation(J, act, t.dense(layer.intermediate.dense, x))

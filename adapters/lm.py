@@ -155,17 +155,8 @@ class CausalSelfAttention(nn.Module):
             J.map(lambda u, j=j: u.view(n, length, 3, self.heads, hd)[:, :, j].transpose(1, 2), qkv)
             for j in range(3)
         )
-        scores = J.map(
-            lambda u: u / math.sqrt(hd), J.matmul(q, J.map(lambda u: u.transpose(-1, -2), k))
-        )
         future = torch.ones(length, length, dtype=torch.bool, device=x[0].device).triu(1)
-        z, d1, d2 = scores  # masked: -inf in the value, 0 in its derivatives
-        scores = (
-            z.masked_fill(future, float("-inf")),
-            None if d1 is None else d1.masked_fill(future, 0.0),
-            None if d2 is None else d2.masked_fill(future, 0.0),
-        )
-        out = J.matmul(J.softmax(scores, -1), v)
+        out = J.attention(q, k, v, 1.0 / math.sqrt(hd), future)
         out = J.map(lambda u: u.transpose(1, 2).reshape(n, length, dim), out)
         return t.stack(t.dense(self.proj, out))
 

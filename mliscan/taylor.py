@@ -112,14 +112,13 @@ class Tracer:
         W' to [x; x'] in another)."""
         w, dw, _ = self.param(module, weight)
         z, z1, z2 = x
-        have = [t for t in (z, z1, z2) if t is not None]
-        ys = list(F.linear(torch.cat(have) if len(have) > 1 else z, w).split(z.shape[0]))
-        y, y1, y2 = ys[0], (ys[1] if z1 is not None else None), (ys[-1] if z2 is not None else None)
+        y = F.linear(z, w)
+        y1 = None if z1 is None else F.linear(z1, w)
+        y2 = None if z2 is None else F.linear(z2, w)
         if dw is not None:
-            ds = list(F.linear(torch.cat([z, z1]) if z1 is not None else z, dw).split(z.shape[0]))
-            y1 = _plus(y1, ds[0])
+            y1 = _plus(y1, F.linear(z, dw))
             if z1 is not None:
-                y2 = _plus(y2, 2 * ds[1])
+                y2 = _plus(y2, F.linear(z1, 2 * dw))
         if getattr(module, bias, None) is not None:
             b, db, _ = self.param(module, bias)
             y = y + b
@@ -502,24 +501,67 @@ def jet_silu(a: Jet) -> Jet:
 
 
 def jet_softmax(a: Jet, dim: int = -1) -> Jet:
-    """s = softmax(x): s' = s (x' - <s, x'>), s'' = s' (x' - <s, x'>) + s (x'' - <s', x'> -
-    <s, x''>). Masked entries (x = -inf) need x' = x'' = 0 there: s is 0 and so are its
-    derivatives."""
+    """s = softmax(x): s' = s u with u = x' - <s, x'>, and s'' = s (u^2 + x'' - <s, x''> -
+    <s u, x'>). Where x = -inf (a mask) s is 0 and so are both derivatives, whatever finite
+    x' and x'' are there."""
     s = torch.softmax(a[0], dim=dim)
     _, d1, d2 = a
     if d1 is None and d2 is None:
         return s, None, None
+    inner = None
     s1 = None
-    u = None
     if d1 is not None:
         u = d1 - (s * d1).sum(dim, keepdim=True)
         s1 = s * u
-    s2 = None
-    if u is not None and s1 is not None:
-        s2 = s1 * u - s * (s1 * d1).sum(dim, keepdim=True)
+        inner = u * u - (s1 * d1).sum(dim, keepdim=True)
     if d2 is not None:
-        s2 = _plus(s2, s * (d2 - (s * d2).sum(dim, keepdim=True)))
-    return s, s1, s2
+        inner = _plus(inner, d2 - (s * d2).sum(dim, keepdim=True))
+    return s, s1, s * inner
+
+
+def jet_attention(
+    q: Jet, k: Jet, v: Jet, scaling: float, masked: torch.Tensor | None = None
+) -> Jet:
+    """softmax(q k^T scaling, masked scores at -inf) v over the last two axes ([..., L, d]).
+
+    The products are grouped so that every [L, L] tensor is written once: the scores'
+    derivatives are single products over concatenated feature axes (q k1^T + q1 k^T =
+    [q, q1] [k1, k]^T), and each of s, s', s'' multiplies the values' blocks side by side.
+    The scale is applied to q (smaller than the scores), and the scores' derivatives need no
+    mask (see jet_softmax)."""
+    q = jet_map(lambda u: u * scaling, q)
+    (q0, q1, q2), (k0, k1, k2) = q, k
+
+    def pairs(terms: list[tuple[torch.Tensor | None, torch.Tensor | None]]) -> torch.Tensor | None:
+        live = [(a, b) for a, b in terms if a is not None and b is not None]
+        if not live:
+            return None
+        left = torch.cat([a for a, _ in live], -1) if len(live) > 1 else live[0][0]
+        right = torch.cat([b for _, b in live], -1) if len(live) > 1 else live[0][1]
+        return left @ right.transpose(-1, -2)
+
+    z = q0 @ k0.transpose(-1, -2)
+    d1 = pairs([(q1, k0), (q0, k1)])
+    d2 = pairs([(q2, k0), (None if q1 is None else 2 * q1, k1), (q0, k2)])
+    if masked is not None:
+        z = z.masked_fill(masked, float("-inf"))
+    s, s1, s2 = jet_softmax((z, d1, d2), -1)
+    v0, v1, v2 = v
+    width = v0.shape[-1]
+
+    def times(p: torch.Tensor, blocks: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
+        live = [b for b in blocks if b is not None]
+        out = (p @ torch.cat(live, -1)).split(width, -1) if len(live) > 1 else [p @ live[0]]
+        it = iter(out)
+        return [None if b is None else next(it) for b in blocks]
+
+    y, y1, y2 = times(s, [v0, v1, v2])
+    if s1 is not None:
+        a, b = times(s1, [v0, None if v1 is None else 2 * v1])
+        y1, y2 = _plus(y1, a), _plus(y2, b)
+    if s2 is not None:
+        y2 = _plus(y2, s2 @ v0)
+    return y, y1, y2
 
 
 def jet_layer_norm(
@@ -587,6 +629,7 @@ class JetRules:
     gelu = staticmethod(jet_gelu)
     silu = staticmethod(jet_silu)
     softmax = staticmethod(jet_softmax)
+    attention = staticmethod(jet_attention)
     layer_norm = staticmethod(jet_layer_norm)
     zeros = staticmethod(zeros_jet)
     stack = staticmethod(stack_jets)

@@ -35,7 +35,20 @@ def _rms(x, w):
     return x * torch.rsqrt((x * x).mean(-1, keepdim=True) + 1e-6) * w
 
 
+_FUTURE = torch.ones(5, 5, dtype=torch.bool).triu(1)
+
+
+def _attention(q, k, v):
+    scores = (q * 0.7) @ k.transpose(-1, -2)
+    return torch.softmax(scores.masked_fill(_FUTURE, float("-inf")), -1) @ v
+
+
 RULES = {
+    "attention": (
+        _attention,
+        lambda q, k, v: J.attention(q, k, v, 0.7, _FUTURE),
+        [(2, 3, 5, 4)] * 3,
+    ),
     "softmax": (lambda x: torch.softmax(x, -1), lambda x: J.softmax(x, -1), [(3, 5)]),
     "layer_norm": (
         lambda x, w, b: _composite_layer_norm(x, (5,), w, b, 1e-5),
