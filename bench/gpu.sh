@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks of the engine issue (#7), as one prepared script for a lent device:
 #   bash bench/gpu.sh                       # mlp + Gauss, mlp-bn, resnet20 on 50,000 images,
-#                                           # lstm-lm and transformer-lm with the Gauss length
+#                                           # the language models with the Gauss length
 #   DEVICE=cpu IMAGES=64 ALPHAS=3 REPEATS=1 bash bench/gpu.sh   # a dry run of the same script
 # Targets: mlp (digits, 50 alphas, Gauss length included) under 0.5 s per path after warm-up;
 # resnet20 over 50,000 CIFAR-shaped images with BN re-estimation under 30 s; mliscan at least
@@ -24,3 +24,7 @@ $PY bench/interpolation.py --workload mlp-bn "${common[@]}"
 $PY bench/interpolation.py --workload resnet20 --images "$IMAGES" "${common[@]}"
 $PY bench/interpolation.py --workload lstm-lm --gauss "${common[@]}"
 $PY bench/interpolation.py --workload transformer-lm --gauss "${common[@]}"
+$PY bench/interpolation.py --workload gpt2-tiny --gauss "${common[@]}"
+if [ "$DEVICE" != cpu ]; then  # minutes on a CPU: the dry run leaves it out
+  $PY bench/interpolation.py --workload pythia-shaped --gauss "${common[@]}"
+fi

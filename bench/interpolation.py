@@ -1,6 +1,8 @@
 """Benchmark of the interpolation engine against the forward-pass floor and a paper-style loop.
 
-    python bench/interpolation.py --workload mlp|mlp-bn|resnet20 --device cpu|cuda [--gauss]
+    python bench/interpolation.py --workload NAME --device cpu|cuda [--gauss]
+
+(NAME: mlp, mlp-bn, resnet20, lstm-lm, transformer-lm, gpt2-tiny, pythia-shaped, llama-tiny.)
 
 Times, interleaved over --repeats rounds, for 50 alphas:
   (a) floor         50 evaluation passes of the final model over the data at the best batch
@@ -12,6 +14,7 @@ Times, interleaved over --repeats rounds, for 50 alphas:
                     full-data statistics: one full-batch train-mode pass per alpha that is
                     also the evaluation (--bn-batch-size N times the pooled per-batch mode)
   (d) mliscan+gauss the same with the average Gauss length
+  (d') mliscan+Gauss by nested jvp, for models with second-order rules (the reference)
   (e) loss-landscapes linear_interpolation, when that package is installed (no BN
                     re-estimation, so its curve differs on BN models)
 and prints medians with ratios to (a) and to (b). Speed is reported as ratios measured in one

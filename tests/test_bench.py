@@ -27,7 +27,7 @@ def test_gpu_script_dry_run_on_cpu() -> None:
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout
-    for workload in ("mlp", "mlp-bn", "resnet20"):
+    for workload in ("mlp", "mlp-bn", "resnet20", "lstm-lm", "transformer-lm", "gpt2-tiny"):
         assert f"workload {workload} " in out
     assert "(d) mliscan + Gauss" in out and "Gauss length cost" in out
     assert "BN statistics of the whole data" in out
