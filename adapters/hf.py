@@ -462,12 +462,18 @@ def _gpt2(t: Any, model: nn.Module, ids: torch.Tensor) -> Any:
     return t.head(lambda h: t.dense(model.lm_head, t.layer_norm(core.ln_f, h)), x)
 
 
+def _embed_rotary(t: Any, embed: nn.Module, rotary: nn.Module, ids: torch.Tensor) -> Any:
+    """The token embeddings' jet, and the model's own rotary tables for these positions."""
+    x = t.embedding(embed, ids)
+    position_ids = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0)
+    cos, sin = rotary(x[0], position_ids=position_ids)
+    return x, cos, sin
+
+
 def _neox(t: Any, model: nn.Module, ids: torch.Tensor) -> Any:
     J = t.rules
     core = model.gpt_neox
-    x = t.embedding(core.embed_in, ids)
-    position_ids = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0)
-    cos, sin = core.rotary_emb(x[0], position_ids=position_ids)
+    x, cos, sin = _embed_rotary(t, core.embed_in, core.rotary_emb, ids)
     act = model.config.hidden_act
     for layer in core.layers:
         attn = layer.attention
@@ -496,9 +502,7 @@ def _neox(t: Any, model: nn.Module, ids: torch.Tensor) -> Any:
 def _llama(t: Any, model: nn.Module, ids: torch.Tensor) -> Any:
     J = t.rules
     core = model.model
-    x = t.embedding(core.embed_tokens, ids)
-    position_ids = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0)
-    cos, sin = core.rotary_emb(x[0], position_ids=position_ids)
+    x, cos, sin = _embed_rotary(t, core.embed_tokens, core.rotary_emb, ids)
     act = model.config.hidden_act
 
     def rms(m: nn.Module, h: Any) -> Any:

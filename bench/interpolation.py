@@ -84,7 +84,13 @@ def workload(name: str, device: torch.device, images: int):
 
 # Hub language models, built offline into a temporary Hugging Face cache (tests/hubcache.py):
 # step0 (the init) and main (3 noisy steps later); the tests' corpus as 64-token sequences.
-HUB_WORKLOADS = {"gpt2-tiny": "gpt2", "pythia-shaped": "pythia", "llama-tiny": "llama"}
+HUB_WORKLOADS = {
+    "gpt2-tiny": "gpt2",
+    "pythia-shaped": "pythia",
+    "llama-tiny": "llama",
+    "bert-tiny": "bert",  # masked LM
+    "bert-cls-tiny": "bert-cls",  # sequence classifier on a labelled CSV
+}
 
 
 def hub_workload(name: str, device: torch.device):
@@ -101,10 +107,18 @@ def hub_workload(name: str, device: torch.device):
         files = hubcache.hf_model_files(kind, 0, steps=steps, parent=root)
         hubcache.add_revision(root / "cache", repo, [rev], files)
     (root / "corpus.txt").write_text(hubcache.CORPUS)
+    words = hubcache.WORDS
+    rows = [
+        f"{' '.join(words[i % 30 : i % 30 + 6])},{'pos' if i % 3 else 'neg'}" for i in range(256)
+    ]
+    (root / "reviews.csv").write_text("text,label\n" + "\n".join(rows) + "\n")
     os.environ["HF_HUB_CACHE"] = str(root / "cache")
     os.environ["HF_HUB_OFFLINE"] = "1"
     first, last = open_source(f"hf:{repo}@step0"), open_source(f"hf:{repo}@main")
-    data = DataSpec(name="text", data_file=str(root / "corpus.txt"), seq_len=64)
+    if kind == "bert-cls":
+        data = DataSpec(name="text", data_file=str(root / "reviews.csv"))
+    else:
+        data = DataSpec(name="text", data_file=str(root / "corpus.txt"), seq_len=64)
     ctx = setup(first, None, None, data, EvalSpec(device=str(device)))
     adapter = ctx.choice.adapter
     options = ctx.choice.options
