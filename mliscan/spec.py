@@ -101,6 +101,10 @@ class Opt:
     """How the default is shown in help, when not the value itself."""
     negative: str | None = None
     """Boolean options: the flag that sets False (e.g. --no-gauss); None: a plain flag."""
+    code: bool = False
+    """The value makes mliscan import or run code (a module to import, a pickle to trust):
+    honoured from the command line, Python and the current project's settings file only,
+    never from a settings file above the project (``cli.spine.load_settings``)."""
 
 
 def opt(default: Any = dataclasses.MISSING, help: str = "", **kw: Any) -> Any:
@@ -290,6 +294,7 @@ class SourceSpec(Spec):
         "Allow torch pickles with arbitrary globals (runs their code!).",
         panel=SOURCE,
         numeric=False,
+        code=True,
     )
     offline: bool = opt(
         False,
@@ -348,6 +353,7 @@ class ArchSpec(Spec):
         "output is the logits.",
         panel=ARCH,
         metavar="MODULE:FACTORY",
+        code=True,
     )
     model_arg: tuple[str, ...] = opt(
         (),
@@ -355,6 +361,7 @@ class ArchSpec(Spec):
         "repeatable).",
         panel=ARCH,
         metavar="KEY=VALUE",
+        code=True,
     )
 
     def check(self) -> None:

@@ -210,7 +210,9 @@ def command(
                     help=escape(
                         f"Settings file: default the [tool.mliscan.{name}] table of the nearest "
                         f"pyproject.toml, or the [{name}] table of mliscan.toml; keys are the "
-                        "option names (e.g. max-delta = 0.01). Options given here win."
+                        "option names (e.g. max-delta = 0.01). Options given here win. Keys "
+                        "that run code (model, model-arg, trust-pickle) are refused from a "
+                        "file above the project's repository root."
                     ),
                     show_default=False,
                     metavar="PATH",
@@ -231,20 +233,23 @@ def command(
             inspect.Parameter(CONTEXT, inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
         )
         by_name = {p.name: (p, m) for p, m in generated}
+        code_keys = frozenset(n for n, (_p, m) in by_name.items() if _names_code(m))
 
         @functools.wraps(body)
         def wrapper(**kwargs: Any) -> int:
             ctx = kwargs.pop(CONTEXT, None)
             config_path = kwargs.pop(CONFIG_OPTION, None)
-            settings, source = load_settings(name, config_path, set(by_name))
+            settings, source = load_settings(name, config_path, set(by_name), code_keys)
             values: dict[type, dict[str, Any]] = {cls: {} for cls in classes}
             where: dict[type, dict[str, str]] = {cls: {} for cls in classes}
+            used: list[str] = []
             for pname, (_p, m) in by_name.items():
                 value = kwargs.pop(pname)
                 given = ctx is None or _given(ctx, pname)
                 if not given and pname in settings:
                     value = settings[pname]
                     where[m.spec][m.field] = f"{source}: {pname.replace('_', '-')}"
+                    used.append(pname)
                 f = next(x for x in dataclasses.fields(m.spec) if x.name == m.field)
                 o = S.option_of(f)
                 if o is None:  # pragma: no cover - only declared fields are generated
@@ -263,6 +268,8 @@ def command(
                 values[m.spec][m.field] = value
             for m, value in fixed:  # options left out of this command keep its default
                 values[m.spec][m.field] = value
+            if source is not None:
+                announce(source, name, used, code_keys)
             specs = Specs()
             specs.config = source
             for cls in classes:
@@ -284,6 +291,20 @@ def _given(ctx: Any, pname: str) -> bool:
     return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
 
 
+def _names_code(m: Param) -> bool:
+    """Whether the field ``m`` sets makes mliscan import or run code (``Opt.code``)."""
+    f = next(x for x in dataclasses.fields(m.spec) if x.name == m.field)
+    o = S.option_of(f)
+    return o is not None and o.code
+
+
+SETTINGS_FILES = ("mliscan.toml", "pyproject.toml")
+
+
+def table_name(path: Path, command: str) -> str:
+    return f"[tool.mliscan.{command}]" if path.name == "pyproject.toml" else f"[{command}]"
+
+
 def read_settings(path: Path, command: str) -> dict[str, Any] | None:
     """The settings table for ``command`` in one TOML file (None when it has none)."""
     try:
@@ -292,12 +313,11 @@ def read_settings(path: Path, command: str) -> dict[str, Any] | None:
         raise UsageError(
             f"{path}: not a readable TOML file ({' '.join(str(exc).split())})"
         ) from exc
+    table = table_name(path, command)
     if path.name == "pyproject.toml":
         node = data.get("tool", {}).get("mliscan", {}).get(command)
-        table = f"[tool.mliscan.{command}]"
     else:
         node = data.get(command)
-        table = f"[{command}]"
         if (
             node is None
             and command == "check"
@@ -311,27 +331,50 @@ def read_settings(path: Path, command: str) -> dict[str, Any] | None:
     return node
 
 
+def project_root(start: Path) -> Path:
+    """The folder of the project the user is in: the nearest folder at or above ``start``
+    that holds ``.git`` (a repository's root); ``start`` itself outside any repository."""
+    for folder in [start, *start.parents]:
+        if (folder / ".git").exists():
+            return folder
+    return start
+
+
+def _inside(folder: Path, root: Path) -> bool:
+    return folder == root or root in folder.parents
+
+
+def find_settings(command: str, start: Path) -> tuple[dict[str, Any], Path | None, bool]:
+    """(the table, its file, whether that file belongs to the project): the first
+    mliscan.toml or pyproject.toml holding a table for ``command``, from ``start`` up
+    through its parents. A file in ``start``, or between it and the repository root, is the
+    project's own; one above the root (a shared scratch or home folder) is not."""
+    root = project_root(start)
+    for folder in [start, *start.parents]:
+        for fname in SETTINGS_FILES:
+            path = folder / fname
+            if path.is_file():
+                found = read_settings(path, command)
+                if found is not None:
+                    return found, path, _inside(folder, root)
+    return {}, None, True
+
+
 def load_settings(
-    command: str, explicit: Path | None, known: set[str]
+    command: str, explicit: Path | None, known: set[str], code_keys: frozenset[str] = frozenset()
 ) -> tuple[dict[str, Any], Path | None]:
-    """(settings by parameter name, the file they came from)."""
+    """(settings by parameter name, the file they came from).
+
+    Keys in ``code_keys`` make mliscan import or run code (``--model``, ``--trust-pickle``):
+    a settings file above the project (see :func:`find_settings`) that sets one is refused,
+    naming the file and the key, so a file in a shared parent folder cannot run code in
+    every project below it. ``--config PATH`` is the user's own choice on the command line."""
     if explicit is not None:
         if not explicit.is_file():
             raise UsageError(f"--config {explicit}: no such settings file")
-        node, source = read_settings(explicit, command) or {}, explicit
+        node, source, own = read_settings(explicit, command) or {}, explicit, True
     else:
-        node, source = {}, None
-        for folder in [Path.cwd(), *Path.cwd().parents]:
-            found = None
-            for fname in ("mliscan.toml", "pyproject.toml"):
-                path = folder / fname
-                if path.is_file():
-                    found = read_settings(path, command)
-                    if found is not None:
-                        node, source = found, path
-                        break
-            if found is not None:
-                break
+        node, source, own = find_settings(command, Path.cwd())
     settings = {str(k).replace("-", "_"): v for k, v in node.items()}
     unknown = sorted(str(k) for k in node if str(k).replace("-", "_") not in known)
     if unknown:
@@ -339,7 +382,22 @@ def load_settings(
         raise UsageError(
             f"{source}: unknown {command} setting(s) {', '.join(unknown)}; known: {allowed}"
         )
+    code = sorted(k.replace("_", "-") for k in settings if k in code_keys)
+    if code and not own:
+        raise UsageError(
+            f"{source}: {', '.join(code)} would import or run code, and this settings file is "
+            f"above the project ({project_root(Path.cwd())}); settings files outside the "
+            f"project cannot run code: give --{code[0]} on the command line, or set it in the "
+            "project's own mliscan.toml or pyproject.toml"
+        )
     return settings, source
+
+
+def announce(source: Path, command: str, used: list[str], code_keys: frozenset[str]) -> None:
+    """Name the settings file a command reads, and the keys it took from it, on stderr."""
+    keys = [k.replace("_", "-") + (" (runs code)" if k in code_keys else "") for k in used]
+    shown = ", ".join(keys) if keys else "no setting the command line did not give"
+    print(f"settings from {source} {table_name(source, command)}: {shown}", file=sys.stderr)
 
 
 def _flags_without_metavar(params: list[Any]) -> list[Any]:
