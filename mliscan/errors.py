@@ -55,6 +55,11 @@ class UsageError(MliscanError, ValueError):
     """Options that contradict each other or are out of range."""
 
 
+class UserCodeError(UsageError):
+    """The user's own code (a ``--model`` module, its factory or forward, a trusted pickle)
+    ended the run: it called ``sys.exit``, raised ``KeyboardInterrupt`` itself, or raised."""
+
+
 def short_list(items: list[str] | tuple[str, ...], limit: int = 6) -> str:
     """Join sorted items for a one-line message, eliding the tail."""
     items = sorted(items)

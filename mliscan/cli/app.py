@@ -80,6 +80,7 @@ def _root(
 
 
 def _sigterm(signum: int, frame: object) -> None:
+    InterruptState.signals += 1
     raise KeyboardInterrupt  # finish like Ctrl-C: finished results stay saved, resume hint
 
 
@@ -93,6 +94,7 @@ class _Interrupts:
     @classmethod
     def handler(cls, signum: int, frame: object) -> None:
         cls.count += 1
+        InterruptState.signals += 1
         if cls.count == 1:
             raise KeyboardInterrupt
         print("mliscan: interrupted again: stopped at once", file=sys.stderr, flush=True)
@@ -154,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _sigterm)
         _Interrupts.count = 0
         signal.signal(signal.SIGINT, _Interrupts.handler)
+        InterruptState.watching, InterruptState.signals = True, 0
     from mliscan.cli.train import normalise_bn_argv
 
     argv = normalise_bn_argv(list(sys.argv[1:] if argv is None else argv))

@@ -21,9 +21,21 @@ INTERRUPTED_MESSAGE = (
 
 
 class InterruptState:
-    """Set by a command that printed its own interruption message (with how to resume)."""
+    """``reported``: set by a command that printed its own interruption message (with how to
+    resume). ``watching``: the CLI's signal handlers are installed (``app.main``), and
+    ``signals`` counts the Ctrl-C and SIGTERM they received, so that a KeyboardInterrupt a
+    user's module raised itself is told from a real interruption."""
 
     reported = False
+    watching = False
+    signals = 0
+
+
+def real_interrupt() -> bool:
+    """Whether the KeyboardInterrupt being handled came from a signal (Ctrl-C, SIGTERM), not
+    from code that raised it itself. Without mliscan's handlers (the app run other than
+    through ``main``) every interrupt is taken as real."""
+    return not InterruptState.watching or InterruptState.signals > 0
 
 
 DEBUG_VAR = "MLISCAN_DEBUG"
@@ -40,6 +52,7 @@ TABLE: list[tuple[type[BaseException], str]] = [
     (errors.DataNotFoundError, "data not found"),
     (errors.DataError, "bad data"),
     (errors.HubError, "hub"),
+    (errors.UserCodeError, "your code"),
     (errors.UsageError, "usage"),
     (errors.MliscanError, "error"),
 ]
@@ -85,6 +98,65 @@ def environment_message(exc: BaseException) -> str | None:
     return None
 
 
+def _library_folders() -> tuple[str, ...]:
+    """Folders whose code is not the user's: mliscan (and its adapters), the standard
+    library, installed packages, and the caches of generated code (torch.compile)."""
+    import sysconfig
+    from pathlib import Path
+
+    import mliscan
+
+    here = Path(mliscan.__file__).resolve().parent
+    folders = {str(here), str(here.parent / "adapters")}
+    for name in ("stdlib", "platstdlib", "purelib", "platlib"):
+        path = sysconfig.get_paths().get(name)
+        if path:
+            folders.add(str(Path(path).resolve()))
+    return tuple(f.rstrip(os.sep) + os.sep for f in folders)
+
+
+_GENERATED = ("torchinductor_", f"{os.sep}.triton{os.sep}")
+
+
+def user_frame(exc: BaseException) -> str | None:
+    """``file:line in function`` of the innermost frame of ``exc``'s traceback that runs the
+    user's own code (a ``--model`` module, a trusted pickle's callable), or None."""
+    import traceback
+    from pathlib import Path
+
+    libraries = _library_folders()
+    found = None
+    for frame in traceback.extract_tb(exc.__traceback__):
+        name = frame.filename
+        if name.startswith("<") or any(g in name for g in _GENERATED):
+            continue
+        try:
+            resolved = str(Path(name).resolve())
+        except OSError:
+            continue
+        if not resolved.startswith(libraries):
+            found = f"{name}:{frame.lineno} in {frame.name}"
+    return found
+
+
+def user_code_error(exc: BaseException, who: str | None) -> errors.UserCodeError:
+    """The one-line error for a run that the user's code ended: ``SystemExit``, a
+    ``KeyboardInterrupt`` it raised itself, or another ``BaseException``."""
+    where = user_frame(exc)
+    if isinstance(exc, SystemExit):
+        action = f"called sys.exit({exc.code!r})"
+    elif isinstance(exc, KeyboardInterrupt):
+        action = "raised KeyboardInterrupt itself (no Ctrl-C arrived)"
+    else:
+        text = " ".join(str(exc).split())[:200]
+        action = f"raised {type(exc).__name__}" + (f": {text}" if text else "")
+    subject = who or "code run by mliscan"
+    at = f" at {where}" if where else ""
+    return errors.UserCodeError(
+        f"{subject} {action}{at}; the run did not finish, so nothing was measured or checked"
+    )
+
+
 def report(exc: BaseException) -> int:
     """Print one line for ``exc`` on stderr and return the exit code."""
     for cls, label in TABLE:
@@ -97,6 +169,14 @@ def report(exc: BaseException) -> int:
         print(f"mliscan: {environment}", file=sys.stderr)
         return EXIT_INPUT
     first = " ".join(str(exc).split())[:300]
+    where = user_frame(exc)
+    if where is not None:  # raised while the user's own code ran (a --model forward)
+        print(
+            f"mliscan: your code: {type(exc).__name__}: {first} (raised at {where}); the run "
+            "did not finish",
+            file=sys.stderr,
+        )
+        return EXIT_INPUT
     print(
         f"mliscan: internal error: {type(exc).__name__}: {first} "
         f"(set {DEBUG_VAR}=1 for the traceback, and please report it)",

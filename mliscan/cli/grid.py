@@ -178,8 +178,10 @@ def grid(
                 on_done=lambda t, new: tick(f"{t.a.label} → {t.b.label}"),
             )
     except KeyboardInterrupt:
-        from mliscan.cli.errors import InterruptState
+        from mliscan.cli.errors import InterruptState, real_interrupt
 
+        if not real_interrupt():
+            raise  # the user's code raised it: reported as its error, not as a Ctrl-C
         InterruptState.reported = True
         saved = sum(store.has(t.pid) for t in tasks)
         ui.err.print(

@@ -116,8 +116,10 @@ def plane(
                 on_point=save,
             )
     except KeyboardInterrupt:
-        from mliscan.cli.errors import InterruptState
+        from mliscan.cli.errors import InterruptState, real_interrupt
 
+        if not real_interrupt():
+            raise  # the user's code raised it: reported as its error, not as a Ctrl-C
         InterruptState.reported = True
         ui.err.print(
             f"mliscan: interrupted: finished points are saved in {out}; rerun the same command to resume"

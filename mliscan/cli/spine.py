@@ -25,6 +25,7 @@ import typer
 from rich.markup import escape
 
 from mliscan import spec as S
+from mliscan.cli.errors import real_interrupt, user_code_error
 from mliscan.errors import UsageError
 
 if sys.version_info >= (3, 11):
@@ -276,13 +277,33 @@ def command(
                 if cls is S.EvalSpec and S.BNSpec in specs:
                     values[cls]["bn"] = specs[S.BNSpec]
                 specs[cls] = S.build(cls, values[cls], where[cls])
-            return body(**kwargs, specs=specs)
+            try:
+                return body(**kwargs, specs=specs)
+            except BaseException as exc:
+                # a command's own code never exits or interrupts itself: what does came from
+                # the user's code (a --model module, a trusted pickle), and must not end the
+                # process silently or with a gate's success
+                if isinstance(exc, Exception) or (
+                    isinstance(exc, KeyboardInterrupt) and real_interrupt()
+                ):
+                    raise
+                raise user_code_error(exc, _user_code_named(specs)) from exc
 
         wrapper.__signature__ = sig.replace(parameters=params)
         wrapper.__annotations__ = {}
         return wrapper
 
     return deco
+
+
+def _user_code_named(specs: Specs) -> str | None:
+    """How the user named the code a command runs (``--model X``, ``--trust-pickle``)."""
+    arch, source = specs.get(S.ArchSpec), specs.get(S.SourceSpec)
+    if arch is not None and arch.model is not None:
+        return f"--model {arch.model}"
+    if source is not None and source.trust_pickle:
+        return "a checkpoint's pickled code (--trust-pickle)"
+    return None
 
 
 def _given(ctx: Any, pname: str) -> bool:

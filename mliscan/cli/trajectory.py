@@ -104,8 +104,10 @@ def trajectory(
                 on_done=lambda st, d, new: tick(f"{st.label} {tr.FAMILY[d]}"),
             )
     except KeyboardInterrupt:
-        from mliscan.cli.errors import InterruptState
+        from mliscan.cli.errors import InterruptState, real_interrupt
 
+        if not real_interrupt():
+            raise  # the user's code raised it: reported as its error, not as a Ctrl-C
         InterruptState.reported = True
         ui.err.print(
             f"mliscan: interrupted: the finished paths are saved in {out}; rerun the same "
