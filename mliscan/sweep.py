@@ -246,7 +246,8 @@ def read_index(out: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise UsageError(f"{out}: no {INDEX_TABLE} here (is it the --out folder of a sweep?)")
     try:
-        rows = pl.read_parquet(path).to_dicts()
+        with open(path, "rb") as f:  # the name as written: polars would expand s[1] as a glob
+            rows = pl.read_parquet(f).to_dicts()
     except (OSError, pl.exceptions.PolarsError) as exc:
         raise UsageError(f"{path}: not a readable runs table ({exc})") from exc
     for r in rows:

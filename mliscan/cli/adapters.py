@@ -23,7 +23,7 @@ def adapters() -> int:
     table.add_column("options (default)")
     for a in registry.all_adapters():
         opts = ", ".join(f"{f.name}={_show(f.default)}" for f in dataclasses.fields(a.Options))
-        table.add_row(a.name, a.description, opts or "—")
+        table.add_row(ui.escape(a.name), ui.escape(a.description), ui.escape(opts or "—"))
     ui.out.print(table)
     return 0
 

@@ -99,9 +99,12 @@ def check(
     console = ui.err if out.json_out == "-" else ui.out
     for c in checks:
         mark = "[green]PASS[/]" if c.passed else "[red]FAIL[/]"
-        console.print(f"{mark} {c.description}: observed {ui.fmt(c.observed)}, allowed {c.allowed}")
+        console.print(
+            f"{mark} {ui.escape(c.description)}: observed {ui.fmt(c.observed)}, allowed {c.allowed}"
+        )
     console.print(
-        f"loss {spark}  ({record['arch']}, {len(record['alphas'])} alphas, {elapsed:.1f}s)"
+        f"loss {spark}  ({ui.escape(str(record['arch']))}, {len(record['alphas'])} alphas, "
+        f"{elapsed:.1f}s)"
     )
     write_outputs(record, out)
     if junit is not None:

@@ -165,7 +165,8 @@ def grid(
     if rank == 0:
         ui.err.print(
             f"grid: {len(ends_i)} inits x {len(ends_o)} optima -> {len(tasks)} paths "
-            f"({done_before} already in {out}){'' if world == 1 else f', {world} ranks'}"
+            f"({done_before} already in {ui.escape(str(out))})"
+            f"{'' if world == 1 else f', {world} ranks'}"
         )
     try:
         with ui.count_progress(len(tasks), "paths", quiet or rank != 0) as tick:
@@ -185,7 +186,8 @@ def grid(
         InterruptState.reported = True
         saved = sum(store.has(t.pid) for t in tasks)
         ui.err.print(
-            f"mliscan: interrupted: {saved} of {len(tasks)} paths are saved in {out}; "
+            f"mliscan: interrupted: {saved} of {len(tasks)} paths are saved in "
+            f"{ui.escape(str(out))}; "
             "rerun the same command to resume"
         )
         return 130

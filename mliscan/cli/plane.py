@@ -122,7 +122,8 @@ def plane(
             raise  # the user's code raised it: reported as its error, not as a Ctrl-C
         InterruptState.reported = True
         ui.err.print(
-            f"mliscan: interrupted: finished points are saved in {out}; rerun the same command to resume"
+            f"mliscan: interrupted: finished points are saved in {ui.escape(str(out))}; rerun "
+            "the same command to resume"
         )
         return 130
     anchors = pl.anchor_losses(evaluator, the_plane)

@@ -143,7 +143,7 @@ def report(
         heading = f"{title} (loss < {threshold:g}, min-Δ > {tolerance:g})"
         _write_table(out, name, table, cols, rp.markdown(table, heading))
         written_tables.append((heading, table))
-        ui.out.print(rp.markdown(table, heading))
+        ui.out.print(rp.markdown(table, heading), markup=False)  # values from run.json
     fit = None
     if not no_gauss:
         fit = rp.power_law_fit(

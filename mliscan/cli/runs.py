@@ -28,9 +28,11 @@ def runs(
     from mliscan.sweep import read_index
 
     rows = read_index(out)
-    table = Table(title=f"{out}: {len(rows)} runs")
+    table = Table(title=f"{ui.escape(str(out))}: {len(rows)} runs")
     for col in rows[0] if rows else ["run"]:
-        table.add_column(col, justify="left" if col in ("run", "status") else "right")
+        table.add_column(
+            ui.escape(str(col)), justify="left" if col in ("run", "status") else "right"
+        )
     for r in rows:
         colour = {"complete": "green", "interrupted": "yellow"}.get(str(r["status"]), "dim")
         cells = ["-" if v is None else ui.escape(str(v)) for v in r.values()]

@@ -207,7 +207,7 @@ def train(
         if finished_with(out, specs[0], retry_failed):
             diverged = is_diverged(out)
             ui.err.print(
-                f"{out}: already trained with these settings ("
+                f"{ui.escape(str(out))}: already trained with these settings ("
                 + ("diverged; --retry-failed trains it again" if diverged else "complete")
                 + "); nothing to do"
             )
@@ -217,12 +217,13 @@ def train(
         if record["status"] == "diverged":
             ui.err.print(
                 f"[red]diverged[/]: the training loss became NaN/Inf in epoch "
-                f"{record['diverged_at_epoch']}; {out / 'run.json'} records it (lower --lr?)"
+                f"{record['diverged_at_epoch']}; {ui.escape(str(out / 'run.json'))} records it "
+                "(lower --lr?)"
             )
             ui.wrote(out / "init.safetensors", out / "run.json")
             return EXIT_GATE
         ui.err.print(
-            f"trained {arch} in {record['wall_time_s']:.1f}s: final training loss "
+            f"trained {ui.escape(str(arch))} in {record['wall_time_s']:.1f}s: final training loss "
             f"{ui.fmt(record['final_train_loss'])} (the whole training set, eval mode), "
             f"accuracy {ui.fmt(record['final_train_accuracy'])}"
         )
@@ -242,9 +243,8 @@ def train(
         folders = run_sweep(specs, out, on_run=on_run, on_epoch=on_epoch, retry_failed=retry_failed)
     diverged = sum(is_diverged(f) for f in folders)
     ui.err.print(
-        f"sweep complete: {len(folders)} runs in {out} ({skipped} were already done"
-        + (f"; {diverged} diverged" if diverged else "")
-        + ")"
+        f"sweep complete: {len(folders)} runs in {ui.escape(str(out))} ({skipped} were "
+        "already done" + (f"; {diverged} diverged" if diverged else "") + ")"
     )
     ui.wrote(out / "index.md", out / "runs.parquet")
     return 0

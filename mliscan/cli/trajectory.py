@@ -89,8 +89,10 @@ def trajectory(
     store = g.open_store(out)
     engine = g.Context(adapter, ctx.module, ctx.prepared, spec)
     ui.err.print(
-        f"trajectory: {len(steps)} checkpoints ({steps[0].label} … {steps[-1].label}) -> "
-        f"{2 * len(steps) - 2} paths, stored in {out}"
+        ui.escape(
+            f"trajectory: {len(steps)} checkpoints ({steps[0].label} … {steps[-1].label}) -> "
+            f"{2 * len(steps) - 2} paths, stored in {out}"
+        )
     )
     try:
         with ui.count_progress(2 * len(steps), "paths", out_spec.quiet) as tick:
@@ -110,7 +112,8 @@ def trajectory(
             raise  # the user's code raised it: reported as its error, not as a Ctrl-C
         InterruptState.reported = True
         ui.err.print(
-            f"mliscan: interrupted: the finished paths are saved in {out}; rerun the same "
+            f"mliscan: interrupted: the finished paths are saved in {ui.escape(str(out))}; "
+            "rerun the same "
             "command to resume"
         )
         return 130
@@ -133,6 +136,8 @@ def trajectory(
             atomic_write_json(Path(out_spec.json_out), doc)
             written.append(out_spec.json_out)
     reused = len(result.records) - result.computed
-    ui.err.print(f"trajectory: {result.computed} paths computed, {reused} found in {out}")
+    ui.err.print(
+        f"trajectory: {result.computed} paths computed, {reused} found in {ui.escape(str(out))}"
+    )
     ui.wrote(*written)
     return 0

@@ -97,7 +97,8 @@ def _bn_text(bn: dict[str, Any]) -> str:
 
 def result_table(r: dict[str, Any]) -> Table:
     """One path as a two-column table (metric, value)."""
-    table = Table(title=f"MLI: {r.get('label', r['final'])}", title_style="bold", show_header=False)
+    title = f"MLI: {escape(str(r.get('label', r['final'])))}"
+    table = Table(title=title, title_style="bold", show_header=False)
     table.add_column("metric", style="bold")
     table.add_column("value")
     loss = [float("nan") if v is None else v for v in r["loss"]]
@@ -111,7 +112,10 @@ def result_table(r: dict[str, Any]) -> Table:
         ("normalized distance / ‖θ₀‖", fmt(r["normalized_distance"])),
         ("average Gauss length", _gauss_text(r)),
         ("final accuracy", fmt(r["accuracy_final"])),
-        ("arch · data", f"{r['arch']} · {r['data']['name']} ({r['data']['examples']} examples)"),
+        (
+            "arch · data",
+            escape(f"{r['arch']} · {r['data']['name']} ({r['data']['examples']} examples)"),
+        ),
         ("alphas · BN statistics", f"{len(r['alphas'])} · {_bn_text(r['bn'])}"),
     ]
     a = r.get("alignment")
@@ -133,7 +137,7 @@ def results_table(
     rows: Sequence[dict[str, Any]], title: str = "Monotonic linear interpolation"
 ) -> Table:
     """One row per path, from result dicts (``PathResult.to_dict``)."""
-    table = Table(title=title, title_style="bold")
+    table = Table(title=escape(title), title_style="bold")
     cols = [
         ("path", "left"),
         ("L(0)", "right"),
@@ -154,7 +158,7 @@ def results_table(
         mono_text = "undefined" if mono is None else ("[green]yes[/]" if mono else "[red]NO[/]")
         loss = [float("nan") if v is None else v for v in r["loss"]]
         table.add_row(
-            r.get("label", r["final"]),
+            escape(str(r.get("label", r["final"]))),
             fmt(r["loss_init"]),
             fmt(r["loss_final"]),
             fmt(r["min_delta"]),
@@ -182,7 +186,7 @@ def heatmap(rows: Sequence[dict[str, Any]], family: str, tolerance: float) -> Ta
     )
     table.add_column("a \\ b", style="bold")
     for b in b_labels:
-        table.add_column(b, justify="right")
+        table.add_column(escape(str(b)), justify="right")
     for a in a_labels:
         values = []
         for b in b_labels:
@@ -193,7 +197,7 @@ def heatmap(rows: Sequence[dict[str, Any]], family: str, tolerance: float) -> Ta
             colour = "green" if r["monotonic"] else ("red" if r["monotonic"] is False else "yellow")
             own = "*" if r.get("own_pair") else ""
             values.append(f"[{colour}]{fmt(r['min_delta'], 3)}[/] / {fmt(r['barrier'], 3)}{own}")
-        table.add_row(a, *values)
+        table.add_row(escape(str(a)), *values)
     if any(r.get("own_pair") for r in rows):
         table.caption = "* own pair (the optimum trained from this initialisation)"
     return table
