@@ -33,7 +33,7 @@ from mliscan.errors import (
     UnsafeCheckpointError,
     short_list,
 )
-from mliscan.paths import atomic_path
+from mliscan.paths import atomic_path, parse_json, read_json
 
 METADATA_KEY = "mliscan"
 SAFETENSORS_SUFFIXES = (".safetensors",)
@@ -136,7 +136,7 @@ def _safetensors_reader(p: Path, prefix: str) -> Any:
     from safetensors import safe_open
 
     if p.name.endswith(".index.json"):
-        weight_map = json.loads(p.read_text())["weight_map"]
+        weight_map = read_json(p)["weight_map"]
 
         def shard(name: str) -> Path:
             return p.parent / weight_map[name]
@@ -163,8 +163,8 @@ def read_config(path: Path) -> dict[str, Any] | None:
     if path.stat().st_size > MAX_CONFIG_BYTES:
         raise CheckpointFormatError(f"{path}: larger than 4 MiB; not a model config")
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        value = read_json(path, MAX_CONFIG_BYTES)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointFormatError(f"{path}: not valid JSON ({exc}); fix or remove it") from exc
     if not isinstance(value, dict):
         raise CheckpointFormatError(f"{path}: not a JSON object; fix or remove it")
@@ -281,11 +281,7 @@ def _parse_metadata(raw: dict[str, str], p: Path) -> dict[str, Any]:
     if text is None:
         return {}
     try:
-        value = json.loads(text)
-    except RecursionError as exc:
-        raise CheckpointFormatError(
-            f"{p}: its '{METADATA_KEY}' metadata nests too deeply to read; pass --arch"
-        ) from exc
+        value = parse_json(text)
     except json.JSONDecodeError as exc:
         raise CheckpointFormatError(
             f"{p}: its '{METADATA_KEY}' metadata is not valid JSON ({exc.msg}); "
@@ -299,7 +295,7 @@ def _parse_metadata(raw: dict[str, str], p: Path) -> dict[str, Any]:
 
 def _load_sharded(index: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     try:
-        weight_map = json.loads(index.read_text())["weight_map"]
+        weight_map = read_json(index)["weight_map"]
         if not isinstance(weight_map, dict):
             raise TypeError("weight_map is not an object")
     except (

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from mliscan.errors import DataError, DataNotFoundError, UsageError
-from mliscan.paths import atomic_path, mliscan_cache_dir
+from mliscan.paths import atomic_path, env_value, mliscan_cache_dir
 from mliscan.spec import DataSpec
 from mliscan.text import BUNDLED_TINYTEXT, load_text, load_wikitext
 
@@ -381,8 +381,9 @@ def _imagefolder(root: Path, spec: DataSpec, hooks: Any) -> Dataset:
 def data_memory_budget() -> int:
     """Bytes of decoded data held in memory before it is streamed from a disk cache instead:
     ``$MLISCAN_DATA_MEMORY``, else a quarter of physical memory."""
-    if os.environ.get("MLISCAN_DATA_MEMORY"):
-        return int(float(os.environ["MLISCAN_DATA_MEMORY"]))
+    budget = env_value("MLISCAN_DATA_MEMORY")
+    if budget is not None:
+        return budget
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
     except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX

@@ -10,8 +10,9 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,62 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n")
+
+
+# JSON that mliscan reads (run.json, trainer_state.json, config.json, shard indices, stored
+# results) is at most this large and this deeply nested: mliscan's own records nest 4 levels,
+# a Hub config.json rarely 6. Beyond it the file is refused as invalid JSON, before a
+# RecursionError or an out-of-memory can end the process.
+MAX_JSON_BYTES = 64 << 20
+MAX_JSON_DEPTH = 64
+
+
+class JSONLimitError(json.JSONDecodeError):
+    """A JSON document beyond those bounds (caught wherever malformed JSON is)."""
+
+    def __init__(self, msg: str) -> None:
+        super().__init__(msg, "", 0)
+        self.args = (msg,)
+
+
+def parse_json(text: str | bytes, limit: int = MAX_JSON_BYTES) -> Any:
+    """``json.loads`` bounded in size and nesting: a document beyond either raises
+    :class:`JSONLimitError`, a ``json.JSONDecodeError`` (a ValueError) as malformed JSON."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")
+    if len(text) > limit:
+        raise JSONLimitError(f"longer than {limit} characters")
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise JSONLimitError(f"nested more than {MAX_JSON_DEPTH} levels deep") from None
+    if deeper_than(value, MAX_JSON_DEPTH):
+        raise JSONLimitError(f"nested more than {MAX_JSON_DEPTH} levels deep")
+    return value
+
+
+def deeper_than(value: Any, limit: int) -> bool:
+    """Whether lists and dicts in ``value`` nest more than ``limit`` levels (iteratively)."""
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        children = v.values() if isinstance(v, dict) else v if isinstance(v, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((c, depth + 1) for c in children)
+    return False
+
+
+def read_json(path: str | os.PathLike[str], limit: int = MAX_JSON_BYTES) -> Any:
+    """A JSON file, read literally by its name and bounded (:func:`parse_json`): raises
+    OSError, UnicodeDecodeError or json.JSONDecodeError (both ValueErrors)."""
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise JSONLimitError(f"larger than {limit} bytes")
+    return parse_json(data, limit)
 
 
 SOURCE_PREFIXES = ("hf:", "timm:", "init:")
@@ -141,11 +198,101 @@ def find_runs(dirs: Iterable[str | Path]) -> list[Path]:
     return sorted(runs)
 
 
+# ---- environment variables: one table, each checked when a command starts --------------
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # NaN too
+        raise ValueError
+    return value
+
+
+def _finite_seconds(text: str) -> float:
+    value = _seconds(text)
+    if value == float("inf"):
+        raise ValueError
+    return value
+
+
+def _bytes(text: str) -> int:
+    value = float(text)
+    if not 0 <= value < 2**63:
+        raise ValueError
+    return int(value)
+
+
+def _whole(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text.strip())
+        if value < minimum:
+            raise ValueError
+        return value
+
+    return parse
+
+
+def _folder(text: str) -> Path:
+    path = Path(text).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ValueError
+    return path
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    """An environment variable mliscan reads: its parser and what it accepts."""
+
+    name: str
+    accepts: str
+    parse: Callable[[str], Any]
+
+
+ENVIRONMENT = {
+    v.name: v
+    for v in (
+        EnvVar("MLISCAN_CACHE", "a folder (mliscan's cache)", _folder),
+        EnvVar("MLISCAN_LOCK_TIMEOUT", "seconds to wait for a result store's lock, >= 0", _seconds),
+        EnvVar(
+            "MLISCAN_PROGRESS_INTERVAL",
+            "seconds between progress lines in logs, a finite number >= 0",
+            _finite_seconds,
+        ),
+        EnvVar("MLISCAN_DATA_MEMORY", "bytes of decoded data kept in memory, >= 0", _bytes),
+        EnvVar("MLISCAN_PAUSE_AFTER", "a whole number >= 1 (a test hook)", _whole(1)),
+        EnvVar("MLISCAN_DEBUG", "0 or empty (off), anything else (tracebacks)", str),
+        EnvVar("WORLD_SIZE", "a whole number >= 1 (set by torchrun)", _whole(1)),
+        EnvVar("LOCAL_RANK", "a whole number >= 0 (set by torchrun)", _whole(0)),
+    )
+}
+
+
+def env_value(name: str, default: Any = None) -> Any:
+    """The parsed value of the environment variable ``name`` (``default`` when unset or
+    empty); a value it does not accept is a UsageError saying what it accepts."""
+    var = ENVIRONMENT[name]
+    text = os.environ.get(name, "")
+    if not text.strip():
+        return default
+    try:
+        return var.parse(text)
+    except (ValueError, OverflowError):
+        shown = text if len(text) <= 40 else text[:37] + "..."
+        raise UsageError(f"{name}={shown!r}: expects {var.accepts}") from None
+
+
+def check_environment() -> None:
+    """Every variable of ``ENVIRONMENT`` checked at once, before any work starts."""
+    for name in ENVIRONMENT:
+        env_value(name)
+
+
 def mliscan_cache_dir() -> Path:
     """mliscan's own cache (fresh initialisations, streamed datasets): ``$MLISCAN_CACHE``,
     else ``$XDG_CACHE_HOME/mliscan`` or ``~/.cache/mliscan``."""
-    if os.environ.get("MLISCAN_CACHE"):
-        return Path(os.environ["MLISCAN_CACHE"])
+    cache = env_value("MLISCAN_CACHE")
+    if cache is not None:
+        return cache
     return Path(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")) / "mliscan"
 
 
@@ -161,11 +308,11 @@ def pause_point(folder: str | os.PathLike[str]) -> None:
     """Count one stored result; at the N-th (``$MLISCAN_PAUSE_AFTER``) write
     ``folder/.paused`` and sleep until a signal arrives (at most two minutes)."""
     global _stored
-    target = os.environ.get(PAUSE_ENV)
-    if not target:
+    target = env_value(PAUSE_ENV)
+    if target is None:
         return
     _stored += 1
-    if str(_stored) == target.strip():
+    if _stored == target:
         import time
 
         Path(folder, PAUSE_FILE).write_text(str(os.getpid()))

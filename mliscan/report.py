@@ -7,7 +7,6 @@ settings never reads stale numbers.
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -20,7 +19,7 @@ from mliscan.errors import DataError
 from mliscan.identity import file_hash
 from mliscan.identity import key as identity_key
 from mliscan.metrics import is_monotonic
-from mliscan.paths import FINAL_FILE, INIT_FILE, RUN_FILE, atomic_write_json
+from mliscan.paths import FINAL_FILE, INIT_FILE, RUN_FILE, atomic_write_json, read_json
 from mliscan.pipeline import compare_pair
 from mliscan.spec import EvalSpec, SourceSpec
 
@@ -64,8 +63,8 @@ def _cached(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        data = read_json(path)
+    except (OSError, ValueError):  # unreadable, not UTF-8, not JSON, or beyond its bounds
         data = None
     if not isinstance(data, dict) or any(k not in data for k in CACHED_KEYS):
         warnings.warn(f"{path} is not a complete metrics cache: it is recomputed", stacklevel=2)
@@ -91,8 +90,8 @@ def read_run(folder: Path) -> dict[str, Any]:
     """A run's run.json, checked enough to build its row (a damaged one is named)."""
     path = folder / RUN_FILE
     try:
-        run = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        run = read_json(path)
+    except (OSError, ValueError) as exc:
         raise DataError(
             f"{path}: not a readable run record ({exc}); retrain or remove the run"
         ) from exc

@@ -18,7 +18,6 @@ it (repository, revision, resolved commit hash).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import asdict, dataclass, field
@@ -27,7 +26,7 @@ from typing import Any
 
 from mliscan.checkpoints import is_safe_relative
 from mliscan.errors import CheckpointNotFoundError, HubError, UsageError
-from mliscan.paths import check_local_source
+from mliscan.paths import check_local_source, read_json
 
 PREFIXES = ("hf:", "timm:", "init:")
 # Files fetched from a Hub repository: weights, their index, the config and the tokenizer.
@@ -120,11 +119,12 @@ def trainer_checkpoints(run: Path) -> list[tuple[int, Path]]:
             continue
         step = int(m.group(1))
         try:
-            state = json.loads((d / "trainer_state.json").read_text(encoding="utf-8"))
-            if isinstance(state, dict) and isinstance(state.get("global_step"), int):
-                step = state["global_step"]
-        except (OSError, UnicodeDecodeError, ValueError):
-            pass  # no readable trainer_state.json: the folder name's step
+            state = read_json(d / "trainer_state.json")
+            value = state.get("global_step") if isinstance(state, dict) else None
+            if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63:
+                step = value  # else the folder name's step (a damaged or foreign record)
+        except (OSError, ValueError):
+            pass  # no readable trainer_state.json (or beyond bounds): the folder name's step
         found.append((step, d))
     return sorted(found)
 

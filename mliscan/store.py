@@ -12,7 +12,6 @@ when its holder dies).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import socket
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from mliscan.errors import UsageError
-from mliscan.paths import atomic_path, atomic_write_json, pause_point
+from mliscan.paths import atomic_path, atomic_write_json, env_value, pause_point, read_json
 
 PATHS_DIR = "paths"
 LOCK_FILE = ".lock"
@@ -46,8 +45,8 @@ class ResultStore:
         if not path.is_file():
             return None
         try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            record = read_json(path)
+        except (OSError, ValueError):  # unreadable, not JSON, or beyond bounds: recomputed
             record = None
         if not isinstance(record, dict) or record.get("key", key) != key or not self.valid(record):
             warnings.warn(
@@ -122,7 +121,7 @@ class StoreLock:
 
     def holder(self) -> str:
         try:
-            info = json.loads(self.owner.read_text(encoding="utf-8"))
+            info = read_json(self.owner)
             return f"pid {info['pid']} on {info['host']} since {info['since']}"
         except (OSError, ValueError, KeyError, TypeError):
             return "another process"
@@ -172,15 +171,4 @@ class StoreLock:
 
 
 def _lock_timeout() -> float:
-    text = os.environ.get("MLISCAN_LOCK_TIMEOUT")
-    if not text:
-        return DEFAULT_LOCK_TIMEOUT
-    try:
-        value = float(text)
-    except ValueError:
-        raise UsageError(
-            f"MLISCAN_LOCK_TIMEOUT must be a number of seconds, got {text!r}"
-        ) from None
-    if not value >= 0:
-        raise UsageError(f"MLISCAN_LOCK_TIMEOUT must be >= 0 seconds, got {text!r}")
-    return value
+    return env_value("MLISCAN_LOCK_TIMEOUT", DEFAULT_LOCK_TIMEOUT)

@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from mliscan.errors import UsageError
-from mliscan.paths import FINAL_FILE, RUN_FILE, atomic_path, atomic_write_text, pause_point
+from mliscan.paths import (
+    FINAL_FILE,
+    RUN_FILE,
+    atomic_path,
+    atomic_write_text,
+    pause_point,
+    read_json,
+)
 from mliscan.spec import spec_hash
 from mliscan.train import TrainSpec, train
 
@@ -100,8 +107,8 @@ def run_name(spec: TrainSpec) -> str:
 
 def _record(folder: Path) -> dict[str, Any] | None:
     try:
-        record = json.loads((folder / RUN_FILE).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        record = read_json(folder / RUN_FILE)
+    except (OSError, ValueError):  # unreadable, not JSON, or beyond bounds: not finished
         return None
     return record if isinstance(record, dict) else None
 
@@ -201,11 +208,9 @@ def _flatten(spec: TrainSpec) -> dict[str, Any]:
 
 
 def _final_loss(folder: Path) -> float | None:
-    try:
-        value = json.loads((folder / RUN_FILE).read_text()).get("final_train_loss")
-    except (OSError, json.JSONDecodeError):
-        return None
-    return value if isinstance(value, (int, float)) else None
+    record = _record(folder)
+    value = None if record is None else record.get("final_train_loss")
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def index_markdown(rows: Sequence[dict[str, Any]]) -> str:

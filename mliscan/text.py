@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from mliscan.errors import DataError, DataNotFoundError, UsageError
+from mliscan.paths import parse_json
 from mliscan.spec import DEFAULT_SEQ_LEN, MLM_PROBABILITY, MLM_SEED, DataSpec
 
 MAX_TEXT_BYTES = 1 << 30
@@ -52,11 +53,9 @@ def read_documents(path: Path) -> tuple[list[str], list[Any] | None]:
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
+                obj = parse_json(line)
+            except json.JSONDecodeError as exc:  # also beyond the nesting bound
                 raise DataError(f"{path}:{i}: not JSON ({exc.msg})") from exc
-            except RecursionError as exc:
-                raise DataError(f"{path}:{i}: JSON nested too deeply to read") from exc
             if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
                 raise DataError(f"{path}:{i}: needs an object with a 'text' string")
             texts.append(obj["text"])

@@ -20,7 +20,6 @@ zero-length path (θ₀ → θ₀, θ_T → θ_T) is not evaluated: its distance
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -32,7 +31,7 @@ from mliscan import families
 from mliscan.checkpoints import Checkpoint
 from mliscan.errors import CheckpointNotFoundError, UsageError
 from mliscan.identity import key as identity_key
-from mliscan.paths import CHECKPOINTS_DIR, FINAL_FILE, INIT_FILE, RUN_FILE
+from mliscan.paths import CHECKPOINTS_DIR, FINAL_FILE, INIT_FILE, RUN_FILE, read_json
 from mliscan.results import curve_rows, metrics_of
 from mliscan.sources import expand_revisions, parse_hf, step_of, trainer_checkpoints
 from mliscan.store import ResultStore
@@ -51,6 +50,7 @@ TRAJECTORY_SCHEMA: dict[str, str] = {
     "path_id_to_final": "str",
 }
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+MAX_STEP = 2**63 - 1  # the step column is a 64-bit integer
 _EPOCH_FILE = re.compile(r"^epoch-(\d+)\.safetensors$")
 
 
@@ -63,6 +63,17 @@ class Step:
     label: str
     source: str
     """What ``open_source`` reads: a path or an ``hf:REPO@REVISION``."""
+
+    def __post_init__(self) -> None:
+        if self.step is None:
+            return
+        if isinstance(self.step, bool) or not isinstance(self.step, int):
+            raise UsageError(f"{self.source}: its step {self.step!r} is not a whole number")
+        if not 0 <= self.step <= MAX_STEP:
+            raise UsageError(
+                f"{self.source}: its step {str(self.step)[:30]} is outside 0 .. 2^63-1 (steps "
+                "are stored as 64-bit integers)"
+            )
 
 
 def find_steps(source: str, revisions: str | None = None, *, offline: bool = False) -> list[Step]:
@@ -141,14 +152,14 @@ def _folder_steps(folder: Path) -> list[Step]:
 def _final_epoch(folder: Path) -> int | None:
     """The epoch of a run's final weights, from its ``run.json`` (None if unreadable)."""
     try:
-        record = json.loads((folder / RUN_FILE).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
+        record = read_json(folder / RUN_FILE)
+    except (OSError, ValueError):
         return None
     if not isinstance(record, dict):
         return None
     stopped = record.get("stopped_at_epoch")
-    if isinstance(stopped, int):
-        return stopped
+    if isinstance(stopped, int) and not isinstance(stopped, bool):
+        return stopped if 0 <= stopped <= MAX_STEP else None  # a damaged record: no step
     history = record.get("history")
     return len(history) if isinstance(history, list) and history else None
 

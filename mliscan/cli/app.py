@@ -30,6 +30,7 @@ from mliscan.cli.errors import (
     debug,
     report,
 )
+from mliscan.paths import check_environment
 
 app = typer.Typer(
     name="mliscan",
@@ -161,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = normalise_bn_argv(list(sys.argv[1:] if argv is None else argv))
     try:
+        check_environment()  # a variable mliscan cannot use is refused before any work
         rv = app(args=argv, standalone_mode=False, prog_name="mliscan")
     except typer.Exit as exc:
         rv = int(exc.exit_code or 0)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -11,6 +10,7 @@ import typer
 
 from mliscan import spec as S
 from mliscan.cli import spine
+from mliscan.paths import env_value
 
 # More endpoints than this is a typing error (the paths grow as the square).
 MAX_ENDPOINTS = 1000
@@ -18,7 +18,7 @@ MAX_ENDPOINTS = 1000
 
 def _distributed() -> tuple[int, int]:
     """(rank, world size) under torchrun; (0, 1) otherwise."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = env_value("WORLD_SIZE", 1)
     if world <= 1:
         return 0, 1
     import torch
@@ -130,7 +130,7 @@ def grid(
         import torch
 
         if torch.cuda.is_available():
-            local = int(os.environ.get("LOCAL_RANK", "0"))
+            local = env_value("LOCAL_RANK", 0)
             torch.cuda.set_device(local)
             spec = spec.replace(device=f"cuda:{local}")
     open_ = functools.partial(

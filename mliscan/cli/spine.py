@@ -26,7 +26,8 @@ from rich.markup import escape
 
 from mliscan import spec as S
 from mliscan.cli.errors import real_interrupt, user_code_error
-from mliscan.errors import UsageError
+from mliscan.errors import UsageError, short_list
+from mliscan.paths import deeper_than
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -326,17 +327,55 @@ def table_name(path: Path, command: str) -> str:
     return f"[tool.mliscan.{command}]" if path.name == "pyproject.toml" else f"[{command}]"
 
 
-def read_settings(path: Path, command: str) -> dict[str, Any] | None:
-    """The settings table for ``command`` in one TOML file (None when it has none)."""
+# A settings file is small: larger ones, or deeper ones, are refused before they are parsed
+# further (a hostile file in a parent folder must not end the process).
+MAX_SETTINGS_BYTES = 4 << 20
+MAX_SETTINGS_DEPTH = 16
+
+
+def _toml(path: Path) -> dict[str, Any]:
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        with open(path, "rb") as f:
+            raw = f.read(MAX_SETTINGS_BYTES + 1)
+        if len(raw) > MAX_SETTINGS_BYTES:
+            raise UsageError(
+                f"{path}: larger than {MAX_SETTINGS_BYTES >> 20} MiB; not a settings file"
+            )
+        return tomllib.loads(raw.decode("utf-8"))
+    except RecursionError:
+        raise UsageError(f"{path}: nested too deeply to read as a settings file") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as exc:
         raise UsageError(
-            f"{path}: not a readable TOML file ({' '.join(str(exc).split())})"
+            f"{path}: not a readable TOML file ({' '.join(str(exc).split())[:200]})"
         ) from exc
+
+
+def _table(data: dict[str, Any], keys: tuple[str, ...], path: Path) -> Any:
+    """``data[k0][k1]...``, None where a key is absent; a non-table on the way is an error."""
+    node: Any = data
+    for i, key in enumerate(keys):
+        if not isinstance(node, dict):
+            name = ".".join(keys[:i])
+            raise UsageError(
+                f"{path}: {name} must be a table, got {type(node).__name__} {_short(node)}"
+            )
+        node = node.get(key)
+        if node is None:
+            return None
+    return node
+
+
+def _short(value: Any) -> str:
+    text = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def read_settings(path: Path, command: str) -> dict[str, Any] | None:
+    """The settings table for ``command`` in one TOML file (None when it has none)."""
+    data = _toml(path)
     table = table_name(path, command)
     if path.name == "pyproject.toml":
-        node = data.get("tool", {}).get("mliscan", {}).get(command)
+        node = _table(data, ("tool", "mliscan", command), path)
     else:
         node = data.get(command)
         if (
@@ -348,7 +387,9 @@ def read_settings(path: Path, command: str) -> dict[str, Any] | None:
     if node is None:
         return None
     if not isinstance(node, dict):
-        raise UsageError(f"{path}: {table} must be a table of settings")
+        raise UsageError(f"{path}: {table} must be a table of settings, got {_short(node)}")
+    if deeper_than(node, MAX_SETTINGS_DEPTH):
+        raise UsageError(f"{path}: {table} nests more than {MAX_SETTINGS_DEPTH} levels deep")
     return node
 
 
@@ -397,11 +438,11 @@ def load_settings(
     else:
         node, source, own = find_settings(command, Path.cwd())
     settings = {str(k).replace("-", "_"): v for k, v in node.items()}
-    unknown = sorted(str(k) for k in node if str(k).replace("-", "_") not in known)
+    unknown = sorted(str(k)[:40] for k in node if str(k).replace("-", "_") not in known)
     if unknown:
         allowed = ", ".join(sorted(k.replace("_", "-") for k in known))
         raise UsageError(
-            f"{source}: unknown {command} setting(s) {', '.join(unknown)}; known: {allowed}"
+            f"{source}: unknown {command} setting(s) {short_list(unknown)}; known: {allowed}"
         )
     code = sorted(k.replace("_", "-") for k in settings if k in code_keys)
     if code and not own:

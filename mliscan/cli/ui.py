@@ -243,7 +243,16 @@ def trajectory_table(rows: Sequence[dict[str, Any]], tolerance: float) -> Table:
 
 # Progress when stderr is not a terminal (nohup, SLURM, CI logs): one timestamped line at
 # most every PROGRESS_INTERVAL seconds (and at the start and the end of each task).
-PROGRESS_INTERVAL = float(os.environ.get("MLISCAN_PROGRESS_INTERVAL", "10"))
+PROGRESS_INTERVAL = 10.0
+
+
+def progress_interval() -> float:
+    """Seconds between progress lines: ``$MLISCAN_PROGRESS_INTERVAL``, else 10."""
+    from mliscan.paths import env_value
+
+    return env_value("MLISCAN_PROGRESS_INTERVAL", PROGRESS_INTERVAL)
+
+
 # The longest description a bar shows (an 80-column terminal keeps the counts and the ETA).
 DESCRIPTION_WIDTH = 24
 ITEM_WIDTH = 30
@@ -273,6 +282,7 @@ class LineProgress:
         self.clock = time.monotonic
         self.label, self.total, self.unit, self.show_loss = label, total, unit, show_loss
         self.completed, self.loss, self.item = 0, "…", ""
+        self.interval = progress_interval()
         self.start = self.clock()
         self.last = -math.inf  # the first update prints (not the start: an early error
         # then stays the only line on stderr)
@@ -288,7 +298,7 @@ class LineProgress:
         import datetime
 
         now = self.clock()
-        if not force and now - self.last < PROGRESS_INTERVAL:
+        if not force and now - self.last < self.interval:
             return
         self.last = now
         elapsed = now - self.start
