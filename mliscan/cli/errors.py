@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import sys
 
 from mliscan import errors
@@ -79,15 +80,60 @@ OS_FIXES = {
 }
 
 
+# Libraries that report an OS refusal in their own exception, its errno only in the text:
+# safetensors (SafetensorError "... (os error 28)"), polars (ComputeError "... (os error
+# 27)", or an OSError without errno), torch's writers (RuntimeError "... strerror: Permission
+# denied"), and transformers, timm and huggingface_hub re-raising with the cause chained.
+_WRAPPING_LIBRARIES = ("safetensors", "polars", "transformers", "timm", "huggingface_hub", "torch")
+_ERRNO_TEXT = re.compile(r"\(os error (\d+)\)|\[Errno (\d+)\]")
+_PATH_TEXT = re.compile(
+    r'at path "([^"]+)"|\(os error \d+\): (\S.*)$|\[Errno \d+\] [^:]+: \'([^\']+)\''
+)
+
+
+def _strerrors() -> dict[str, int]:
+    return {os.strerror(code): code for code in OS_FIXES}
+
+
+def os_refusal(exc: BaseException) -> tuple[int, str | None, BaseException] | None:
+    """(errno, file or None, the exception that says so) when ``exc`` or an exception it was
+    raised from is an OS refusal of ``OS_FIXES``: an OSError with its errno, or a library's
+    exception whose text carries it (``(os error 28)``, ``[Errno 30]``, the OS's own words)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen and len(seen) < 16:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in OS_FIXES:
+            return current.errno, current.filename, current
+        library = type(current).__module__.split(".")[0] in _WRAPPING_LIBRARIES
+        if library or isinstance(current, (OSError, RuntimeError)):
+            text = str(current)
+            match = _ERRNO_TEXT.search(text)
+            code = int(match.group(1) or match.group(2)) if match else None
+            if code is None:
+                code = next((c for words, c in _strerrors().items() if words in text), None)
+            if code in OS_FIXES:
+                path = _PATH_TEXT.search(text)
+                where = next((g for g in path.groups() if g), None) if path else None
+                return code, where, current
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def environment_message(exc: BaseException) -> str | None:
     """One line for an error the environment caused (OS refusals, network, memory), or None."""
     if isinstance(exc, MemoryError):
         return (
             "out of memory: lower --data-limit, --batch-size or --alphas, or use a larger machine"
         )
-    if isinstance(exc, OSError) and exc.errno in OS_FIXES:
-        where = exc.filename if exc.filename is not None else "a file"
-        return f"cannot use {where}: {OS_FIXES[exc.errno]}"
+    refusal = os_refusal(exc)
+    if refusal is not None:
+        code, where, said = refusal
+        line = f"cannot use {where if where is not None else 'a file'}: {OS_FIXES[code]}"
+        if not isinstance(said, OSError) or said is not exc:
+            library = type(said).__module__.split(".")[0]
+            line += f" (reported by {library if library != 'builtins' else type(said).__name__})"
+        return line
     if type(exc).__module__.startswith(("httpx", "requests", "urllib3")) or isinstance(
         exc, (ConnectionError, TimeoutError)
     ):
