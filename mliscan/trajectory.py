@@ -29,7 +29,7 @@ from typing import Any
 
 from mliscan import families
 from mliscan.checkpoints import Checkpoint
-from mliscan.errors import CheckpointNotFoundError, UsageError
+from mliscan.errors import CheckpointMismatchError, CheckpointNotFoundError, UsageError
 from mliscan.identity import key as identity_key
 from mliscan.paths import CHECKPOINTS_DIR, FINAL_FILE, INIT_FILE, RUN_FILE, read_json
 from mliscan.results import curve_rows, metrics_of
@@ -76,8 +76,20 @@ class Step:
             )
 
 
-def find_steps(source: str, revisions: str | None = None, *, offline: bool = False) -> list[Step]:
-    """The checkpoints of a trajectory source, first (θ₀) to last (θ_T)."""
+class Steps(list):
+    """The checkpoints of a trajectory, first to last; ``skipped`` names the entries of the
+    folder that were not taken as checkpoints (so that none is left out silently)."""
+
+    skipped: list[str]
+
+    def __init__(self, steps: Sequence[Step] = (), skipped: Sequence[str] = ()) -> None:
+        super().__init__(steps)
+        self.skipped = list(skipped)
+
+
+def find_steps(source: str, revisions: str | None = None, *, offline: bool = False) -> Steps:
+    """The checkpoints of a trajectory source, first (θ₀) to last (θ_T); two checkpoints
+    with the same step (or name) are an error naming both."""
     if source.startswith("hf:"):
         if "@" in source:
             raise UsageError(
@@ -90,7 +102,7 @@ def find_steps(source: str, revisions: str | None = None, *, offline: bool = Fal
             )
         repo, _ = parse_hf(source)
         names = expand_revisions(repo, revisions, offline=offline)
-        steps = [Step(step_of(n), n, f"hf:{repo}@{n}") for n in names]
+        steps = Steps([Step(step_of(n), n, f"hf:{repo}@{n}") for n in names])
     else:
         if revisions is not None:
             raise UsageError("--revisions goes with an hf:ORG/NAME source (a Hub repository)")
@@ -101,6 +113,7 @@ def find_steps(source: str, revisions: str | None = None, *, offline: bool = Fal
                 "a folder of checkpoints, or hf:ORG/NAME --revisions ..."
             )
         steps = _folder_steps(folder)
+    _check_distinct(steps)
     if len(steps) < 2:
         raise UsageError(
             f"{source}: a trajectory needs at least two checkpoints, found {len(steps)}"
@@ -113,29 +126,75 @@ def find_steps(source: str, revisions: str | None = None, *, offline: bool = Fal
     return steps
 
 
-def _folder_steps(folder: Path) -> list[Step]:
+def _check_distinct(steps: Sequence[Step]) -> None:
+    """Two checkpoints of one step (or one name) would make the table ambiguous."""
+    by_step: dict[int, Step] = {}
+    by_label: dict[str, Step] = {}
+    for st in steps:
+        other = by_step.get(st.step) if st.step is not None else None
+        if other is None:
+            other = by_label.get(st.label)
+        if other is not None:
+            what = (
+                f"step {st.step}"
+                if st.step is not None and st.step == other.step
+                else (f"checkpoint {st.label!r}")
+            )
+            raise UsageError(
+                f"{other.source} and {st.source} are both {what}: a trajectory takes one "
+                "checkpoint per step; remove or rename one of them"
+            )
+        if st.step is not None:
+            by_step[st.step] = st
+        by_label[st.label] = st
+
+
+def _hidden(p: Path) -> bool:
+    return p.name.startswith(".")
+
+
+def _folder_steps(folder: Path) -> Steps:
     init, final = folder / INIT_FILE, folder / FINAL_FILE
     if init.is_file() and final.is_file():  # an mliscan run folder
-        kept = []
+        kept, skipped = [], []
         ckdir = folder / CHECKPOINTS_DIR
         if ckdir.is_dir():
-            for f in ckdir.iterdir():
+            for f in sorted(ckdir.iterdir()):
                 m = _EPOCH_FILE.match(f.name)
                 if m and f.is_file():
                     kept.append(Step(int(m.group(1)), f"epoch-{m.group(1)}", str(f)))
+                elif not _hidden(f):
+                    skipped.append(f"{CHECKPOINTS_DIR}/{f.name}")
+        skipped += [  # other weight files beside init and final
+            f.name
+            for f in sorted(folder.iterdir())
+            if f.is_file() and f.suffix in WEIGHT_SUFFIXES and f not in (init, final)
+        ]
         kept.sort(key=lambda s: s.step or 0)
         last = _final_epoch(folder)
         if last is not None and kept and last <= (kept[-1].step or 0):
             last = (
                 None  # a record that disagrees with the files: no step is better than a wrong one
             )
-        return [Step(0, "init", str(init)), *kept, Step(last, "final", str(final))]
+        return Steps([Step(0, "init", str(init)), *kept, Step(last, "final", str(final))], skipped)
     trainer = trainer_checkpoints(folder)
     if trainer:
-        return [Step(step, d.name, str(d)) for step, d in trainer]
+        used = {d for _, d in trainer}
+        skipped = [
+            f.name + ("/" if f.is_dir() else "")
+            for f in sorted(folder.iterdir())
+            if f not in used
+            and not _hidden(f)
+            and (f.name.startswith("checkpoint") or f.suffix in WEIGHT_SUFFIXES)
+        ]
+        return Steps([Step(step, d.name, str(d)) for step, d in trainer], skipped)
     found: list[Step] = []
+    skipped = []
     for f in sorted(folder.iterdir()):
+        if _hidden(f):
+            continue
         if not f.is_file() or f.suffix not in WEIGHT_SUFFIXES:
+            skipped.append(f.name + ("/" if f.is_dir() else ""))
             continue
         stem = f.name[: -len(f.suffix)]
         step = 0 if stem == "init" else step_of(stem)
@@ -146,7 +205,7 @@ def _folder_steps(folder: Path) -> list[Step]:
             )
         found.append(Step(step, stem, str(f)))
     found.sort(key=lambda s: (s.label == "final", s.step or 0))
-    return found
+    return Steps(found, skipped)
 
 
 def _final_epoch(folder: Path) -> int | None:
@@ -201,13 +260,13 @@ def measure(
     ``load(step, kind)`` reads one checkpoint; only θ₀, θ_T and the current θ_k are held."""
     first = load(steps[0], "init")
     last = load(steps[-1], "optimum")
-    families.check_compatible(first, last)
+    _compatible(steps[0], first, steps[-1], last)
     rows: list[dict[str, Any]] = []
     records: dict[str, dict[str, Any]] = {}
     computed = 0
     for i, st in enumerate(steps):
         end = first if i == 0 else last if i == len(steps) - 1 else load(st, "optimum")
-        families.check_compatible(first, end)
+        _compatible(steps[0], first, st, end)
         row: dict[str, Any] = {"step": st.step, "label": st.label, "source": st.source}
         for d, (a, b) in (("from_init", (first, end)), ("to_final", (end, last))):
             if a.hash == b.hash:  # a zero-length path
@@ -242,6 +301,19 @@ def measure(
                 on_done(st, d, fresh)
         rows.append(row)
     return Trajectory(rows, records, computed)
+
+
+def _compatible(
+    first: Step, first_end: families.Endpoint, other: Step, other_end: families.Endpoint
+) -> None:
+    """The checkpoints of one trajectory pair up; a mismatch names the checkpoint."""
+    try:
+        families.check_compatible(first_end, other_end)
+    except CheckpointMismatchError as exc:
+        raise CheckpointMismatchError(
+            f"checkpoint {other.label} ({other.source}) does not match {first.label} "
+            f"({first.source}): {exc}"
+        ) from exc
 
 
 def _zero_length(direction: str) -> dict[str, Any]:

@@ -78,6 +78,15 @@ def trajectory(
     src, out_spec = specs[S.SourceSpec], specs[spine.OutputSpec]
     tol, spec = specs[S.VerdictSpec].tol, specs[S.EvalSpec]
     steps = tr.find_steps(source, revisions, offline=src.offline)
+    if steps.skipped:  # every entry of the folder is either a checkpoint or named here
+        from mliscan.errors import short_list
+
+        ui.err.print(
+            ui.escape(
+                f"trajectory: {len(steps.skipped)} entries of {source} are not checkpoints "
+                f"and are skipped: {short_list(steps.skipped)}"
+            )
+        )
     open_ = functools.partial(
         open_source, trust_pickle=src.trust_pickle, offline=src.offline, ema=src.ema
     )
