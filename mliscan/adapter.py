@@ -288,10 +288,15 @@ def fresh_init(
 
 
 def tied_aliases(module: nn.Module) -> dict[str, str]:
-    """Second and later names of a shared parameter -> its first name (tied embeddings)."""
+    """Second and later names of a shared parameter or buffer -> its first name (tied
+    embeddings, a layer used at two places of a model)."""
     first: dict[int, str] = {}
     out: dict[str, str] = {}
-    for name, p in module.named_parameters(remove_duplicate=False):
+    named = [
+        *module.named_parameters(remove_duplicate=False),
+        *module.named_buffers(remove_duplicate=False),
+    ]
+    for name, p in named:
         if id(p) in first:
             out[name] = first[id(p)]
         else:

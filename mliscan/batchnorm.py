@@ -42,24 +42,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from mliscan import contract
 from mliscan.spec import PAPER_BN_MOMENTUM, BNSpec
 
 BNLayer = nn.modules.batchnorm._BatchNorm
-# Layers that act on each example on its own (safe to run over the whole data at once).
-PER_EXAMPLE = (
-    nn.Linear,
-    nn.Conv1d,
-    nn.Conv2d,
-    nn.ReLU,
-    nn.Tanh,
-    nn.GELU,
-    nn.Sigmoid,
-    nn.Identity,
-    nn.Flatten,
-    nn.Dropout,
-    nn.MaxPool2d,
-    nn.AvgPool2d,
-)
 
 
 def apply_child(child: nn.Module, x: torch.Tensor, data: torch.Tensor) -> torch.Tensor:
@@ -75,10 +61,9 @@ def apply_child(child: nn.Module, x: torch.Tensor, data: torch.Tensor) -> torch.
 
 def lean_forward(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """An evaluation forward for a Sequential of per-example layers (eval-mode BN included)
-    that rectifies in place; None for other modules."""
-    if not isinstance(module, nn.Sequential) or not all(
-        isinstance(c, (*PER_EXAMPLE, BNLayer)) for c in module
-    ):
+    that rectifies in place; None for other modules, and wherever it would not provably be
+    the module's own call (:func:`mliscan.contract.lean_sequential`)."""
+    if not contract.lean_sequential(module):
         return None
 
     def forward(x: torch.Tensor) -> torch.Tensor:
@@ -180,20 +165,52 @@ def _reestimate(
     for m in layers:
         m.train()
     out = None
+    calls: dict[int, int] = {}
     try:
         with torch.no_grad():
             if spec.mode == "paper":
                 _paper(layers, inputs, slices, run)
             elif forward is None and held and _layerwise_ok(module, layers):
                 out = _exact_layerwise(module, layers, inputs, slices)
+                calls = {id(m): 1 for m in layers}
             else:
-                out = _exact(layers, inputs, slices, run)
+                out, calls = _exact(layers, inputs, slices, run)
     finally:
         module.eval()
         for m, count in counters:
             m.num_batches_tracked.copy_(count)
     whole = len(slices) == 1 and slices[0].stop == len(inputs)
-    return out if whole and all_bn_keep_stats(module) else None
+    # The pass's output is the evaluation only where that is proven (each BN module of
+    # exact type, without hooks, called once): a BN called twice normalises each call by
+    # its own batch in the pass but by the pooled statistics in eval mode.
+    return out if whole and contract.bn_pass_is_evaluation(module, calls) else None
+
+
+@torch.no_grad()
+def count_calls(module: nn.Module, layers: list[BNLayer], x: torch.Tensor) -> dict[int, int]:
+    """id(layer) -> how many times one eval-mode forward of ``x`` calls it."""
+    calls = {id(m): 0 for m in layers}
+
+    def hook(mod: nn.Module, _args: object, _out: object) -> None:
+        calls[id(mod)] += 1
+
+    hooks = [m.register_forward_hook(hook) for m in layers]
+    try:
+        module.eval()(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return calls
+
+
+def batch_dependent(module: nn.Module) -> list[str]:
+    """Names of BN modules that normalise by the batch in eval mode
+    (``track_running_stats=False``): their model's output depends on the batch."""
+    return [
+        name
+        for name, m in module.named_modules()
+        if isinstance(m, BNLayer) and m.running_mean is None
+    ]
 
 
 def all_bn_keep_stats(module: nn.Module) -> bool:
@@ -223,7 +240,7 @@ def _store_pooled(
     _store(m, mean, var, float(sum(counts)))
 
 
-def _exact(layers, inputs, slices, run) -> object:
+def _exact(layers, inputs, slices, run) -> tuple[object, dict[int, int]]:
     # With momentum 1 torch's own train-mode kernel leaves each batch's mean and unbiased
     # variance in the running buffers, so no second reduction over the activations is
     # needed: a forward hook copies them (per-channel vectors); they are combined at the end.
@@ -257,25 +274,23 @@ def _exact(layers, inputs, slices, run) -> object:
         means, variances, counts = seen[id(m)]
         if counts:  # a layer the forward pass never reached keeps its reset statistics
             _store_pooled(m, torch.stack(means), torch.stack(variances), counts)
-    return out
+    # calls of each layer per forward pass (the output is reused only at exactly 1)
+    calls = {i: len(c) // max(1, len(slices)) for i, (_, _, c) in seen.items()}
+    return out, calls
 
 
 def _layerwise_ok(module: nn.Module, layers: list[BNLayer]) -> bool:
-    if not isinstance(module, nn.Sequential):
+    """The layer-wise pass stands in for the batched one (:mod:`mliscan.contract`), and the
+    BN children are exactly the layers to measure."""
+    if not contract.layerwise_bn(module):
         return False
-    bn_ids = {id(m) for m in layers}
-    for child in module:
-        if isinstance(child, BNLayer):
-            if id(child) not in bn_ids:
-                return False
-        elif not isinstance(child, PER_EXAMPLE):
-            return False
-    return True
+    bns = [c for c in module._modules.values() if isinstance(c, BNLayer)]
+    return {id(m) for m in bns} == {id(m) for m in layers}
 
 
 def _exact_layerwise(module: nn.Sequential, layers, inputs, slices) -> torch.Tensor:
     x = inputs[: slices[-1].stop]
-    for child in module:
+    for child in module._modules.values():
         if not isinstance(child, BNLayer):
             x = apply_child(child, x, inputs)
             continue

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from mliscan import batchnorm
+from mliscan import batchnorm, contract
 from mliscan.errors import UsageError
 from mliscan.resources import ResourcePolicy, out_of_memory
 from mliscan.spec import PAPER_BN_BATCH_SIZE, PAPER_BN_MOMENTUM, BNSpec
@@ -48,6 +48,10 @@ class BNPolicy:
         self._chunk: object = _UNSET
         self.output: object | None = None
         """The full-batch pass's output (the evaluation of every example), until taken."""
+        self.reuse_output = True
+        """False once the run-time check found the pass's output unlike the module's own
+        eval-mode forward: every alpha is then evaluated by its own forward."""
+        self._calls: dict[int, int] | None = None
 
     @property
     def active(self) -> bool:
@@ -97,9 +101,15 @@ class BNPolicy:
             self.reestimate()
 
     def take_output(self) -> object | None:
-        """The full-batch pass's output, once (None when there was none)."""
+        """The full-batch pass's output, once (None when there was none or it is not used)."""
         out, self.output = self.output, None
-        return out
+        return out if self.reuse_output else None
+
+    def calls(self) -> dict[int, int]:
+        """How often one forward pass calls each BN layer (counted once, on two examples)."""
+        if self._calls is None:
+            self._calls = batchnorm.count_calls(self.module, self.layers, self.inputs[:2])
+        return self._calls
 
     @property
     def in_pass(self) -> bool:
@@ -112,6 +122,7 @@ class BNPolicy:
             and self.spec.batch_size is None
             and self.chunk is None
             and batchnorm.all_bn_keep_stats(self.module)
+            and contract.bn_pass_is_evaluation(self.module, self.calls())
         )
 
     @contextlib.contextmanager

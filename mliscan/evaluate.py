@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -27,7 +28,7 @@ import torch
 from torch import nn
 
 from mliscan import batchnorm, taylor
-from mliscan.adapter import Adapter
+from mliscan.adapter import Adapter, gauss_positions
 from mliscan.bnpolicy import BNPolicy
 from mliscan.errors import UsageError
 from mliscan.interpolate import Interpolator, TensorRoles
@@ -114,6 +115,34 @@ class Curve:
     gauss_integrand: np.ndarray | None
     """Per-alpha Gauss-map speed, averaged over examples."""
     timing: dict[str, float] = field(default_factory=dict)
+    paths: dict[str, list[str]] = field(default_factory=dict)
+    """Which path computed each number: ``loss`` and ``gauss`` per alpha (see
+    :data:`PATHS`)."""
+    notes: list[str] = field(default_factory=list)
+    """What the evaluation found about the model (a fast path refused at run time, ...)."""
+
+
+# The paths that can compute a number (recorded per alpha in Curve.paths, --json "paths"):
+PATHS = {
+    "module": "the module's own forward (its __call__: hooks, parametrizations)",
+    "bn-pass": "the full-batch BN re-estimation pass, proven equal to the eval forward",
+    "lean-sequential": "an exact nn.Sequential of standard layers, children called in order",
+    "compiled": "torch.compile of the module (--compile)",
+    "second-order": "the hand-written second-order pass (mliscan.taylor)",
+    "vmapped": "torch.func.vmap over alphas of functional_call (the module's own forward)",
+    "jvp": "nested torch.func.jvp over functional_call, exact forward AD (mliscan.exactad)",
+    "reverse": "reverse-mode double differentiation over functional_call (no forward-AD rule)",
+    "finite-differences": "central finite differences in float64 (no exact rule at all)",
+}
+# The run-time check: at the first CHECKED_ALPHAS alphas of every scan, each fast path's
+# logits on PROBE_EXAMPLES examples are compared with the module's own forward; relative
+# to the largest logit, they must agree within the dtype's tolerance (float64 allows for
+# models that run a part in float32 inside, e.g. Llama's RMS norm in transformers; a path
+# that computes another function differs by far more).
+CHECKED_ALPHAS = 2
+PROBE_EXAMPLES = 8
+CHECK_RTOL = {torch.float64: 1e-6, torch.float32: 1e-4}
+CHECK_RTOL_LOW = 5e-2  # float16, bfloat16, autocast
 
 
 class PathEvaluator:
@@ -141,25 +170,43 @@ class PathEvaluator:
         self.data = data
         self.roles = TensorRoles.of(module, interpolate_bn_stats=spec.bn.mode == "interpolate")
         self.interp = Interpolator(module, theta0, theta1, self.roles, theta1_reader)
-        self.resources = ResourcePolicy(
-            module, data.inputs, adapter.eval_batch_candidates, spec.batch_size
-        )
         layers = adapter.bn_modules(module) if self.roles.bn_stats else []
-        self.bn = BNPolicy(module, layers, data.inputs, spec.bn, self.resources)
-        # the evaluation forward: the module, or its torch.compile'd wrapper (same weights)
-        self.forward: Callable[[torch.Tensor], object] = (
-            torch.compile(module) if spec.compile else (batchnorm.lean_forward(module) or module)
+        batch_bn = batchnorm.batch_dependent(module)
+        self.resources = ResourcePolicy(
+            module, data.inputs, adapter.eval_batch_candidates, spec.batch_size, bool(batch_bn)
         )
-        # The hand-written second-order pass is used when every layer has a rule and the
-        # adapter's logits are the module output; nested jvp is the general fallback.
-        # A model whose logits are a subset of its output (a language model's Gauss
-        # positions) has the pass when its own rules compute just those (taylor_positions).
+        self.bn = BNPolicy(module, layers, data.inputs, spec.bn, self.resources)
+        self.notes: list[str] = []
+        if batch_bn:
+            self.notes.append(
+                f"{', '.join(batch_bn[:3])} normalise by the batch (track_running_stats=False): "
+                f"every alpha is evaluated on the whole data ({len(data)} examples) as one batch"
+            )
+        differing = self.interp.differing_copied(module)
+        if differing:
+            self.notes.append(
+                f"{len(differing)} integer/bool tensors differ between the endpoints "
+                f"({', '.join(differing[:4])}{', ...' if len(differing) > 4 else ''}): alphas "
+                "below 0.5 use theta_0's values, the others theta_T's"
+            )
+        # The evaluation forward: the module's own call, or a shortcut that provably equals
+        # it (mliscan.contract) and is checked against it at run time.
+        lean = None if spec.compile else batchnorm.lean_forward(module)
+        self.forward: Callable[[torch.Tensor], object] = (
+            torch.compile(module) if spec.compile else (lean or module)
+        )
+        self.forward_path = (
+            "compiled" if spec.compile else ("lean-sequential" if lean else "module")
+        )
+        # The hand-written second-order pass where every module has a rule and the adapter's
+        # logits are the module output (or a sequence model's own rules compute its Gauss
+        # positions: taylor_positions); nested jvp is the general path.
         self.fast_gauss = (
             spec.gauss_method != "jvp"
             and (not adapter.custom_logits or getattr(module, "taylor_positions", False))
             and taylor.supports(module, self.interp.t0)
         )
-        parts = Parts(
+        self.parts = Parts(
             adapter,
             module,
             self.forward,
@@ -170,9 +217,9 @@ class PathEvaluator:
             self.resources,
             spec.gauss_examples,
         )
-        self.per_alpha = PerAlpha(parts, second_order=self.fast_gauss)
-        self.fused = FusedSecondOrder(parts)
-        self.vmapped = VmappedChunks(parts)
+        self.per_alpha = PerAlpha(self.parts, second_order=self.fast_gauss)
+        self.fused = FusedSecondOrder(self.parts)
+        self.vmapped = VmappedChunks(self.parts)
 
     @property
     def batch_size(self) -> int:
@@ -214,8 +261,81 @@ class PathEvaluator:
     @property
     def can_vmap(self) -> bool:
         """Alphas can share a pass when no statistics must be re-estimated between them, or
-        when they are the data's own statistics in one full batch."""
+        when they are the data's own statistics in one full batch; and when no integer
+        tensor changes along the path."""
+        if self.notes and self.interp.differing_copied(self.module):
+            return False
         return not self.bn.active or self.bn.in_pass
+
+    # ---- the run-time check of the fast paths ------------------------------------------------
+    def _tolerance(self) -> float:
+        dtype = self.interp.working_dtype
+        if self.spec.amp != "off":
+            return CHECK_RTOL_LOW
+        return CHECK_RTOL.get(dtype, CHECK_RTOL_LOW)
+
+    def _agree(self, name: str, fast: torch.Tensor, truth: torch.Tensor, alpha: float) -> bool:
+        """Whether a fast path's logits are the module's own; if not, a warning and a note."""
+        fast, truth = fast.detach().double(), truth.detach().double()
+        if fast.shape == truth.shape:
+            same_nonfinite = bool((torch.isfinite(fast) == torch.isfinite(truth)).all())
+            ok = torch.isfinite(truth)
+            diff = float((fast[ok] - truth[ok]).abs().max()) if bool(ok.any()) else 0.0
+            scale = max(1.0, float(truth[ok].abs().max()) if bool(ok.any()) else 1.0)
+            if same_nonfinite and diff <= self._tolerance() * scale:
+                return True
+            detail = f"max difference {diff:.3g} at logits up to {scale:.3g}"
+        else:
+            detail = f"shape {tuple(fast.shape)} against {tuple(truth.shape)}"
+        note = (
+            f"the {name} path disagrees with {type(self.module).__name__}'s own forward at "
+            f"alpha = {alpha:g} ({detail}); from there on the module's own call computes it"
+        )
+        warnings.warn(note, stacklevel=3)
+        self.notes.append(note)
+        return False
+
+    @torch.inference_mode()
+    def check_fast_paths(self, alpha: float, fused: bool, gauss: bool) -> bool:
+        """Compare every fast path in use with the module's own forward on a probe batch
+        (call after ``set_alpha``); a path that disagrees is dropped from here on. Returns
+        whether the fused second-order pass may still be used."""
+        adapter, module = self.adapter, self.module
+        second = gauss and self.per_alpha.second_order
+        merged = self.bn.output is not None and self.bn.reuse_output
+        if self.forward is module and not merged and not second:
+            return fused  # no fast path in use: nothing to check
+        x = self.data.inputs[:PROBE_EXAMPLES]
+        with self.autocast():
+            truth = adapter.logits(module(x))
+            if self.forward is not module:
+                fast = adapter.logits(self.forward(x))
+                if not self._agree(self.forward_path, fast, truth, alpha):
+                    self.forward = self.parts.forward = module
+                    self.forward_path = "module"
+            out = self.bn.output
+            if out is not None and self.bn.reuse_output:
+                if self.resources.whole:  # the model's output depends on the whole batch
+                    rows, full = out, adapter.logits(module(self.data.inputs))
+                else:
+                    rows, full = _rows(out, len(x)), truth
+                if not self._agree("bn-pass", adapter.logits(rows), full, alpha):
+                    self.bn.reuse_output = False
+        if second and self.interp.working_dtype in CHECK_RTOL:
+            positions = None
+            if adapter.custom_logits:
+                positions = gauss_positions(x.shape[1], x.device)
+            z, _, _ = taylor.forward2(module, self.parts.delta(), x, positions)
+            if not self._agree("second-order", z.reshape(-1, z.shape[-1]), truth, alpha):
+                self.per_alpha.second_order = False
+                self.fast_gauss = fused = False
+        return fused and self.per_alpha.second_order
+
+    def loss_path(self) -> str:
+        """The path that computed the current alpha's loss (after ``set_alpha``)."""
+        if self.bn.output is not None and self.bn.reuse_output:
+            return "bn-pass"
+        return self.forward_path
 
     # ---- the loop ------------------------------------------------------------------------
     def run(
@@ -227,36 +347,67 @@ class PathEvaluator:
         losses = np.empty(len(alphas))
         accs: list[float | None] = []
         g = np.empty(len(alphas)) if gauss else None
-        timing = {"bn": 0.0, "evaluate": 0.0, "gauss": 0.0}
+        timing = {"bn": 0.0, "evaluate": 0.0, "gauss": 0.0, "check": 0.0}
+        paths: dict[str, list[str]] = {"loss": [], "gauss": []} if gauss else {"loss": []}
         fused = g is not None and self.fast_gauss and self.spec.amp == "off"
-        if fused and self.adapter.custom_logits:  # a model's own rules: checked once first
-            self.set_alpha(float(alphas[0]))
-            fused = self.per_alpha.check_rules()
         retry = self.resources.retry
         for i, alpha in enumerate(alphas):
             t0 = time.perf_counter()
             with self.autocast():
                 self.set_alpha(float(alpha))
             t1 = time.perf_counter()
+            if i < CHECKED_ALPHAS:
+                fused = self.check_fast_paths(float(alpha), fused, g is not None)
+            t_check = time.perf_counter()
+            self.per_alpha.new_alpha()
             if fused:
                 # one second-order pass gives the loss, accuracy and Gauss integrand
                 losses[i], acc, g[i] = retry(self.fused.evaluate)
-                t2 = t1
+                paths["loss"].append("second-order")
+                paths["gauss"].append("second-order")
+                t2 = t_check
             else:
+                paths["loss"].append(self.loss_path())
                 with self.autocast():
                     losses[i], acc = retry(self.per_alpha.loss_and_accuracy)
                 t2 = time.perf_counter()
                 if g is not None:
                     g[i] = retry(self.per_alpha.gauss_integrand)
+                    paths["gauss"].append("+".join(sorted(self.per_alpha.methods)) or "none")
             accs.append(acc)
             t3 = time.perf_counter()
             timing["bn"] += t1 - t0
-            timing["evaluate"] += t2 - t1
+            timing["check"] += t_check - t1
+            timing["evaluate"] += t2 - t_check
             timing["gauss"] += t3 - t2
             if progress is not None:
                 progress(i, float(alpha), float(losses[i]))
         accuracy = None if any(a is None for a in accs) else np.asarray(accs, dtype=np.float64)
-        return Curve(np.asarray(alphas, dtype=np.float64), losses, accuracy, g, timing)
+        return Curve(
+            np.asarray(alphas, dtype=np.float64),
+            losses,
+            accuracy,
+            g,
+            timing,
+            paths,
+            _unique(self.notes + self._method_notes(paths)),
+        )
+
+    @staticmethod
+    def _method_notes(paths: dict[str, list[str]]) -> list[str]:
+        used = {m for entry in paths.get("gauss", []) for m in entry.split("+")}
+        notes = []
+        if "reverse" in used:
+            notes.append(
+                "an op of the model has no forward-AD rule: its Gauss length was computed by "
+                "reverse-mode double differentiation (exact, slower)"
+            )
+        if "finite-differences" in used:
+            notes.append(
+                "an op of the model has no exact derivative rule: its Gauss length was "
+                "computed by central finite differences in float64 (approximate)"
+            )
+        return notes
 
     def _run_chunked(self, alphas: Sequence[float], progress: ProgressFn | None) -> Curve:
         losses: list[float] = []
@@ -278,8 +429,34 @@ class PathEvaluator:
         timing = {"bn": 0.0, "evaluate": time.perf_counter() - t0, "gauss": 0.0}
         acc_arr = None if accs is None else np.asarray(accs)
         return Curve(
-            np.asarray(alphas, dtype=np.float64), np.asarray(losses), acc_arr, None, timing
+            np.asarray(alphas, dtype=np.float64),
+            np.asarray(losses),
+            acc_arr,
+            None,
+            timing,
+            {"loss": ["vmapped"] * len(alphas)},
+            list(self.notes),
         )
+
+
+def _rows(out: object, n: int) -> object:
+    """The first ``n`` examples of a module's output (a tensor, or a dict, ModelOutput,
+    tuple or list of them)."""
+    if isinstance(out, torch.Tensor):
+        return out[:n]
+    if isinstance(out, dict):
+        return {k: _rows(v, n) for k, v in out.items()}
+    if isinstance(out, (tuple, list)):
+        return (
+            type(out)(_rows(v, n) for v in out)
+            if isinstance(out, list)
+            else tuple(_rows(v, n) for v in out)
+        )
+    return out
+
+
+def _unique(notes: list[str]) -> list[str]:
+    return list(dict.fromkeys(notes))
 
 
 def alpha_grid(n: int) -> np.ndarray:

@@ -5,7 +5,9 @@
 * floating-point parameters and floating buffers: interpolated;
 * batch-norm running statistics: re-estimated at each alpha (``batchnorm.py``), unless the
   BN mode is ``interpolate``;
-* everything else (integer buffers such as ``num_batches_tracked``): copied from theta_0;
+* everything else (integer and bool buffers such as ``num_batches_tracked``): taken from
+  the nearer endpoint, theta_0 for alpha < 0.5 and theta_T from alpha = 0.5 on, so that
+  L(0) and L(1) are the endpoints' own losses (``differing_copied`` names those that differ);
 * the second name of a tied weight (a language model's output head sharing the input
   embedding) is skipped: it is the same tensor, interpolated and counted once.
 
@@ -32,12 +34,17 @@ class TensorRoles:
     copied: tuple[str, ...]
     parameters: tuple[str, ...]
     """Names entering the weight distance."""
+    bn_owned: tuple[str, ...] = ()
+    """Every BN module's running statistics (by ownership), whether re-estimated or, in the
+    interpolate mode, interpolated: held fixed while differentiating along alpha."""
 
     @classmethod
     def of(cls, module: nn.Module, interpolate_bn_stats: bool = False) -> TensorRoles:
+        # by ownership: the running statistics of the BN modules, under every name
+        # a module is reached by (not every tensor whose name ends in running_mean)
         bn_stat_names = {
             f"{prefix}.{s}" if prefix else s
-            for prefix, m in module.named_modules()
+            for prefix, m in module.named_modules(remove_duplicate=False)
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None
             for s in BN_STAT_SUFFIXES
         }
@@ -54,7 +61,8 @@ class TensorRoles:
             else:
                 copied.append(name)
         floating_params = tuple(n for n in interpolated if n in params)
-        return cls(tuple(interpolated), tuple(bn_stats), tuple(copied), floating_params)
+        owned = tuple(sorted(bn_stat_names))
+        return cls(tuple(interpolated), tuple(bn_stats), tuple(copied), floating_params, owned)
 
 
 # Below this many bytes of weights the difference theta_T - theta_0 is formed up front (one
@@ -108,9 +116,34 @@ class Interpolator:
             _ = self.delta
         elif theta1_reader is not None:
             self._to_difference(theta1)
-        with torch.no_grad():
-            for k in roles.copied:
-                self.targets[k].copy_(theta0[k])
+        self.c0 = {k: theta0[k] for k in roles.copied}
+        self.c1 = {k: theta1[k] for k in roles.copied if k in theta1}
+        self._side: int | None = None
+        self._copy_side(0)
+
+    @torch.no_grad()
+    def _copy_side(self, side: int) -> None:
+        """The non-interpolated tensors from theta_0 (side 0) or theta_T (side 1)."""
+        if side == self._side:
+            return
+        source = self.c0 if side == 0 else self.c1
+        for k in self.roles.copied:
+            self.targets[k].copy_(source.get(k, self.c0[k]))
+        self._side = side
+
+    def differing_copied(self, module: nn.Module) -> list[str]:
+        """Non-interpolated tensors whose values differ between the endpoints, except BN
+        modules' own batch counters (not read by an eval-mode forward)."""
+        counters = {
+            f"{prefix}.num_batches_tracked" if prefix else "num_batches_tracked"
+            for prefix, m in module.named_modules(remove_duplicate=False)
+            if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        }
+        return [
+            k
+            for k in self.roles.copied
+            if k in self.c1 and k not in counters and not torch.equal(self.c0[k], self.c1[k])
+        ]
 
     @torch.no_grad()
     def _to_difference(self, theta1: Mapping[str, torch.Tensor]) -> None:
@@ -185,6 +218,7 @@ class Interpolator:
 
     @torch.no_grad()
     def apply(self, alpha: float) -> None:
+        self._copy_side(0 if alpha < 0.5 else 1)
         for k, target in self.targets.items():
             if k not in self.t0:
                 continue

@@ -318,6 +318,7 @@ def compare_checkpoints(
         start = {k: v.to(theta0[k].dtype) for k, v in start.items()}
         ev = PathEvaluator(choice.adapter, ctx.module, start, theta1, ctx.prepared, spec)
         unrelated.append(ev.run(alpha_grid(spec.alphas), gauss=False))
+    notes += curve.notes
     timing = {"load": t_loaded - t_start, **curve.timing}
     timing["total"] = time.perf_counter() - t_start
     if identical:
@@ -358,7 +359,12 @@ def _aligned(
     """theta_T aligned to theta_0 by weight matching, with the unaligned path's numbers."""
     from mliscan.align import align as weight_match
 
-    aligned, record = weight_match(adapter.permutation, ctx.module, theta0, theta1, adapter.name)
+    objective = list(roles.parameters)
+    if spec.bn.mode == "interpolate":  # the stored statistics move along the path too
+        objective += list(roles.bn_owned)
+    aligned, record = weight_match(
+        adapter.permutation, ctx.module, theta0, theta1, adapter.name, objective
+    )
     unaligned = PathEvaluator(adapter, ctx.module, theta0, theta1, ctx.prepared, spec)
     curve = unaligned.run(alpha_grid(spec.alphas), gauss=False)
     dist, _ = metrics.weight_distance(theta0, theta1, roles.parameters)

@@ -37,6 +37,18 @@ def out_of_memory() -> tuple[type[BaseException], ...]:
     return (torch.cuda.OutOfMemoryError,)
 
 
+def output_bytes(out: object) -> int:
+    """Bytes of the tensors in a module's output (a tensor, or a dict, ``ModelOutput``,
+    tuple or list of them)."""
+    if isinstance(out, torch.Tensor):
+        return out.numel() * out.element_size()
+    if isinstance(out, dict):
+        return sum(output_bytes(v) for v in out.values())
+    if isinstance(out, (tuple, list)):
+        return sum(output_bytes(v) for v in out)
+    return 0
+
+
 class ResourcePolicy:
     """Chooses the evaluation batch size and halves it on out-of-memory errors.
 
@@ -49,11 +61,15 @@ class ResourcePolicy:
         inputs: torch.Tensor,
         candidates: Sequence[int],
         given: int | None = None,
+        whole: bool = False,
     ) -> None:
         self.module = module
         self.inputs = inputs
         self.candidates = tuple(candidates)
-        self._batch_size = given
+        # a model whose output depends on the batch (BN without running statistics) is
+        # evaluated on the whole data as one batch, whatever the batch size given
+        self._batch_size = len(inputs) if whole else given
+        self.whole = whole
 
     @property
     def batch_size(self) -> int:
@@ -67,8 +83,7 @@ class ResourcePolicy:
         candidates = sorted(
             {min(c, n) for c in self.candidates} | ({n} if n <= self.candidates[-1] * 2 else set())
         )
-        out = self.module(self.inputs[:1])
-        per_example = out.numel() * out.element_size()
+        per_example = output_bytes(self.module(self.inputs[:1]))
         budget = OUTPUT_BYTES_BUDGET.get(self.inputs.device.type, OUTPUT_BYTES_BUDGET["cpu"])
         cap = max(1, budget // max(1, per_example))
         candidates = [c for c in candidates if c <= cap] or [min(cap, n)]
@@ -94,7 +109,7 @@ class ResourcePolicy:
             try:
                 return fn()
             except out_of_memory():
-                if self.batch_size <= 1:
+                if self.batch_size <= 1 or self.whole:
                     raise
                 self._batch_size = max(1, self.batch_size // 2)
                 if torch.cuda.is_available():
@@ -111,8 +126,7 @@ class ResourcePolicy:
         largest = [0]
 
         def hook(_m: nn.Module, _a: object, out: object) -> None:
-            if isinstance(out, torch.Tensor):
-                largest[0] = max(largest[0], out.numel() * out.element_size())
+            largest[0] = max(largest[0], output_bytes(out))
 
         leaves = [m for m in module.modules() if not list(m.children())]
         hooks = [m.register_forward_hook(hook) for m in leaves]

@@ -150,6 +150,7 @@ class PathResult:
             "amp": self.spec.amp,
             "gauss_examples": self.spec.gauss_examples,
             "notes": self.notes,
+            "paths": c.paths,
             "timing": {k: round(v, 4) for k, v in self.timing.items()},
             "unrelated": self._unrelated() if self.unrelated else None,
             "sources": self.sources,
@@ -217,6 +218,8 @@ class PathResult:
             "gauss_integrand": num_list(c.gauss_integrand),
             "distance": num(self.distance),
             "normalized_distance": num(self.normalized_distance),
+            "paths": c.paths,
+            "notes": c.notes,
         }
         return out
 

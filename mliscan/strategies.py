@@ -21,52 +21,14 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call, jvp
+from torch.func import functional_call
 
-from mliscan import metrics, taylor
+from mliscan import exactad, metrics, taylor
 from mliscan.adapter import Adapter, gauss_positions
 from mliscan.batchnorm import batch_slices
 from mliscan.bnpolicy import BNPolicy
 from mliscan.interpolate import Interpolator
 from mliscan.resources import ResourcePolicy
-
-BN_STATISTICS = (".running_mean", ".running_var")
-
-
-def _composite_layer_norm(
-    x: torch.Tensor,
-    normalized_shape: Sequence[int],
-    weight: torch.Tensor | None = None,
-    bias: torch.Tensor | None = None,
-    eps: float = 1e-5,
-) -> torch.Tensor:
-    """Layer norm written out in ops whose forward derivatives are right at every order."""
-    dims = tuple(range(-len(normalized_shape), 0))
-    centred = x - x.mean(dims, keepdim=True)
-    out = centred * torch.rsqrt((centred * centred).mean(dims, keepdim=True) + eps)
-    if weight is not None:
-        out = out * weight
-    if bias is not None:
-        out = out + bias
-    return out
-
-
-@contextlib.contextmanager
-def exact_forward_ad() -> Any:
-    """Nested forward-mode AD with the ops whose second-order rule torch gets wrong replaced
-    by compositions of ops it gets right. torch 2.x's ``layer_norm`` drops the second-order
-    terms of its saved mean and inverse deviation (pytorch/pytorch#196700; measured here:
-    off by 100 % against finite differences, while batch norm in eval mode, group norm,
-    rms_norm, softmax, GELU, SiLU, tanh, sigmoid and the LSTM cell are right).
-    ``tests/test_strategies.py`` holds the check for each."""
-    from torch.nn import functional
-
-    before = functional.layer_norm
-    functional.layer_norm = _composite_layer_norm
-    try:
-        yield
-    finally:
-        functional.layer_norm = before
 
 
 class Totals:
@@ -129,41 +91,9 @@ class PerAlpha:
         self.p = parts
         self.second_order = second_order
         """True: the hand-written second-order pass; False: nested jvp."""
-        self.checked = False
-
-    def check_rules(self) -> bool:
-        """The check of ``_rules_agree`` on the first two examples, before a fused pass
-        (False: the rules are not used from here on)."""
-        p = self.p
-        if self.checked or not self.second_order or not p.adapter.custom_logits:
-            return self.second_order
-        x = p.inputs[:2]
-        positions = gauss_positions(x.shape[1], x.device)
-        with torch.inference_mode():
-            z, _, _ = taylor.forward2(p.module, p.delta(), x, positions)
-        if not self._rules_agree(x, z.reshape(-1, z.shape[-1])):
-            self.second_order = False
-        return self.second_order
-
-    def _rules_agree(self, x: torch.Tensor, z: torch.Tensor) -> bool:
-        """Once per evaluator: a model's own rules (a language model written out for the
-        second-order pass) give the logits of its forward; if not (a library release that
-        changed the model), say so and use nested jvp."""
-        self.checked = True
-        with torch.inference_mode():
-            ref = self.p.adapter.logits(self.p.module(x)).to(z.dtype)
-        scale = float(ref.abs().max()) or 1.0
-        if bool(torch.isfinite(z).all()) and float((z - ref).abs().max()) <= 1e-3 * scale:
-            return True
-        import warnings
-
-        warnings.warn(
-            f"the second-order rules of {type(self.p.module).__name__} disagree with its "
-            f"forward pass (max difference {float((z - ref).abs().max()):.3g}); the Gauss "
-            "length falls back to nested jvp",
-            stacklevel=2,
-        )
-        return False
+        self.methods: set[str] = set()
+        """How the Gauss integrand of the current alpha was computed (see ``derivatives``)."""
+        self._wide: nn.Module | None = None
 
     @torch.inference_mode()
     def loss_and_accuracy(self) -> tuple[float, float | None]:
@@ -208,32 +138,47 @@ class PerAlpha:
             if p.adapter.custom_logits:  # a sequence model: its Gauss positions only
                 positions = gauss_positions(x.shape[1], x.device)
             with torch.inference_mode():
-                z, vel, acc = taylor.forward2(p.module, delta, x, positions)
+                _, vel, acc = taylor.forward2(p.module, delta, x, positions)
+            self.methods.add("second-order")
             if positions is None:
                 return vel, acc
-            z, vel, acc = (v.reshape(-1, v.shape[-1]) for v in (z, vel, acc))
-            if not self.checked and not self._rules_agree(x, z):
-                self.second_order = False  # the general fallback from here on
-                return self.derivatives(x, delta)
-            return vel, acc
-        # BN running statistics are held fixed while differentiating, whether re-estimated
-        # (the paper's convention) or interpolated (--bn-mode interpolate): torch's batch
-        # norm has no forward derivative in them. The module keeps their value at alpha.
-        keys = [k for k in p.interp.t0 if not k.endswith(BN_STATISTICS)]
+            return tuple(v.reshape(-1, v.shape[-1]) for v in (vel, acc))  # type: ignore[return-value]
+        # BN running statistics (by ownership) are held fixed while differentiating, whether
+        # re-estimated (the paper's convention) or interpolated (--bn-mode interpolate).
+        owned = set(p.interp.roles.bn_owned)
+        keys = [k for k in p.interp.t0 if k not in owned]
         weights = {k: p.interp.targets[k].detach() for k in keys}
-        delta = {k: delta[k] for k in keys}
+        tangents = {k: delta[k] for k in keys}
 
         def logits(w: dict[str, torch.Tensor]) -> torch.Tensor:
+            dtype = next(iter(w.values())).dtype if w else x.dtype
+            if dtype == torch.float64 and p.interp.working_dtype != torch.float64:
+                # the finite-difference fallback widens the weights: a float64 copy of the
+                # module (its buffers at this alpha) runs them
+                module = self._widened()
+                inp = x.double() if x.is_floating_point() else x
+                return p.adapter.logits(functional_call(module, w, (inp,))).double()
             return p.adapter.logits(functional_call(p.module, w, (x,)))
-
-        def velocity(w: dict[str, torch.Tensor]) -> torch.Tensor:
-            return jvp(logits, (w,), (delta,))[1]
 
         # a module may switch to kernels that support forward-mode AD (hub transformers)
         context = getattr(p.module, "forward_ad_context", contextlib.nullcontext)
-        with context(), exact_forward_ad():
-            vel, acc = jvp(velocity, (weights,), (delta,))
-        return vel, acc
+        with context():
+            vel, acc, method = exactad.second_order(logits, weights, tangents)
+        self.methods.add(method)
+        return vel.to(x.dtype if x.is_floating_point() else vel.dtype), acc.to(vel.dtype)
+
+    def _widened(self) -> nn.Module:
+        """A float64 copy of the module at the current alpha (made once per alpha, only
+        for the finite-difference fallback)."""
+        import copy
+
+        if self._wide is None:
+            self._wide = copy.deepcopy(self.p.module).double()
+        return self._wide
+
+    def new_alpha(self) -> None:
+        self.methods = set()
+        self._wide = None
 
 
 class FusedSecondOrder:

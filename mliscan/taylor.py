@@ -32,11 +32,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from mliscan import contract
+
 _LEAVES = (
     nn.Linear,
     nn.Conv1d,
     nn.Conv2d,
-    nn.modules.batchnorm._BatchNorm,
+    *contract.BN_TYPES,
     nn.ReLU,
     nn.Tanh,
     nn.GELU,
@@ -68,20 +70,17 @@ class Tracer:
         positions: torch.Tensor | None = None,
         full_values: bool = False,
     ) -> None:
-        self.names = {id(m): name for name, m in root.named_modules()}
         self.full_values = full_values
         self.values: torch.Tensor | None = None
         """With ``full_values``: the output at every position (value only), for the loss."""
         self.delta = delta
         self.n = n
         self.positions = positions
-        # a shared (tied) weight moves once: its difference is held under one of its names
-        self._moving: dict[int, torch.Tensor] = {}
-        for name, p in root.named_parameters(remove_duplicate=False):
-            if name in delta:
-                self._moving[id(p)] = delta[name]
         """Sequence positions whose outputs are wanted (a language model's Gauss logits):
         a model may compute its output at these positions only."""
+        self.moving = moving_tensors(root, delta)
+        """Each moving tensor's difference, by the tensor's identity: a module or weight
+        reached under several names (a shared layer, a tied weight) moves once."""
 
     def head(self, fn: Callable[[Jet], Jet], x: Jet) -> Jet:
         """A sequence model's output head (a per-position map) at the Gauss positions only;
@@ -103,8 +102,7 @@ class Tracer:
     def param(self, module: nn.Module, name: str) -> Jet:
         """A weight along the path: (p, p' = its difference, p'' = 0)."""
         p = getattr(module, name)
-        d = self.delta.get(self._prefix(module) + name)
-        return p, (self._moving.get(id(p)) if d is None else d), None
+        return p, self.moving.get(id(p)), None
 
     def dense(self, module: nn.Module, x: Jet, weight: str = "weight", bias: str = "bias") -> Jet:
         """F.linear(x, W, b) with W and b moving along the path: y = W x + b,
@@ -139,18 +137,14 @@ class Tracer:
         bias = self.param(module, "bias") if getattr(module, "bias", None) is not None else None
         return jet_layer_norm(x, tuple(module.normalized_shape), weight, bias, module.eps)
 
-    def _prefix(self, module: nn.Module) -> str:
-        name = self.names[id(module)]
-        return f"{name}." if name else ""
-
     def __call__(self, module: nn.Module, st: Stack) -> Stack:
         """A child module, by its own rule."""
         s, k = st
-        return _run(module, self._prefix(module), self.delta, s, k, self.n, s.data_ptr(), self)
+        return _run(module, self, s, k, s.data_ptr())
 
     def relu(self, st: Stack) -> Stack:
         s, k = st
-        return _run(_RELU, "", self.delta, s, k, self.n, s.data_ptr(), self)
+        return _run(_RELU, self, s, k, s.data_ptr())
 
     def linear(self, fn: Callable[[torch.Tensor], torch.Tensor], st: Stack) -> Stack:
         """A parameter-free map acting linearly on each example (the same map for z, z', z'')."""
@@ -170,7 +164,7 @@ class Tracer:
     def shift(self, module: nn.Module, name: str, st: Stack) -> Stack:
         """y = x + p for a learnt parameter p: y' = x' + p', y'' = x''."""
         s, k = st
-        dp = self.delta.get(self._prefix(module) + name)
+        dp = self.moving.get(id(getattr(module, name)))
         blocks = list(s.split(self.n))
         blocks[0] = blocks[0] + getattr(module, name)
         if dp is not None:
@@ -184,7 +178,7 @@ class Tracer:
         s, k = st
         n = self.n
         c = getattr(module, name)
-        dc = self.delta.get(self._prefix(module) + name)
+        dc = self.moving.get(id(c))
         blocks = [b * c for b in s.split(n)]
         if dc is not None:
             if k == 1:
@@ -198,29 +192,63 @@ class Tracer:
         return torch.cat(blocks), len(blocks)
 
 
+def moving_tensors(root: nn.Module, delta: Mapping[str, torch.Tensor]) -> dict[int, torch.Tensor]:
+    """id(tensor) -> its difference along the path, for every name a parameter or buffer is
+    reached by (a shared module's or tied weight's difference is held under one name)."""
+    moving: dict[int, torch.Tensor] = {}
+    named = [
+        *root.named_parameters(remove_duplicate=False),
+        *root.named_buffers(remove_duplicate=False),
+    ]
+    for name, t in named:
+        if name in delta:
+            moving[id(t)] = delta[name]
+    return moving
+
+
+def _leaf_ok(m: nn.Module) -> bool:
+    """A layer this module's rules interpret: exact type, and a configuration they cover."""
+    if not contract.exact_type(m, _LEAVES):
+        return False
+    if isinstance(m, nn.GELU) and m.approximate != "none":
+        return False
+    if isinstance(m, nn.Embedding) and m.max_norm is not None:
+        return False
+    if isinstance(m, (nn.Conv1d, nn.Conv2d)) and m.padding_mode != "zeros":
+        return False
+    if isinstance(m, nn.Flatten) and m.start_dim == 0:
+        return False
+    return not (isinstance(m, nn.AvgPool2d) and m.divisor_override is not None)
+
+
 def supports(module: nn.Module, delta: Mapping[str, torch.Tensor]) -> bool:
-    """True when every submodule has a rule here and BN statistics are not interpolated."""
+    """True when the second-order pass provably computes the module's own call (see
+    :mod:`mliscan.contract`): every module an exact type with a rule here, or a class that
+    states its own rule beside its forward; no hook or parametrization anywhere; BN with
+    running statistics that are held, not interpolated. Modules and weights reached twice
+    are fine: Sequential children are walked as ``Sequential.forward`` walks them, and
+    weights are found by identity."""
+    if not contract.all_plain(module):
+        return False
+    moving = moving_tensors(module, delta)
     covered: list[str] = []  # modules whose own rule covers their whole subtree
-    for name, m in module.named_modules():
+    for name, m in module.named_modules(remove_duplicate=False):
         if any(name.startswith(c) for c in covered):
             continue
-        if getattr(m, "taylor_complete", False):
-            covered.append(f"{name}." if name else "")
-            continue
-        if isinstance(m, nn.Sequential) or hasattr(m, "taylor_forward"):
-            continue
-        if not isinstance(m, _LEAVES):
-            return False
-        if isinstance(m, nn.GELU) and m.approximate != "none":
-            return False
-        if isinstance(m, nn.Embedding) and m.max_norm is not None:
-            return False
-        if isinstance(m, (nn.Conv1d, nn.Conv2d)) and m.padding_mode != "zeros":
-            return False
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            prefix = f"{name}." if name else ""
-            if m.running_mean is None or f"{prefix}running_mean" in delta:
+        if hasattr(m, "taylor_forward"):
+            if not contract.own_rule(m, "taylor_forward"):
                 return False
+            if getattr(m, "taylor_complete", False):
+                covered.append(f"{name}." if name else "")
+            continue
+        if type(m) is nn.Sequential:
+            continue
+        if not _leaf_ok(m):
+            return False
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and (
+            m.running_mean is None or id(m.running_mean) in moving or id(m.running_var) in moving
+        ):
+            return False
     return True
 
 
@@ -236,7 +264,7 @@ def forward2(
     included unless ``full_values`` (z then at every position, for the loss)."""
     n = x.shape[0]
     tracer = Tracer(module, delta, n, positions, full_values)
-    stack, _k = _run(module, "", delta, x, 1, n, x.data_ptr(), tracer)
+    stack, _k = _run(module, tracer, x, 1, x.data_ptr())
     blocks = list(stack.split(n))
     while len(blocks) < 3:
         blocks.append(torch.zeros_like(blocks[0]))
@@ -245,28 +273,21 @@ def forward2(
 
 
 def _run(
-    m: nn.Module,
-    prefix: str,
-    delta: Mapping[str, torch.Tensor],
-    s: torch.Tensor,
-    k: int,
-    n: int,
-    owner_ptr: int = 0,
-    tracer: Tracer | None = None,
+    m: nn.Module, tracer: Tracer, s: torch.Tensor, k: int, owner_ptr: int = 0
 ) -> tuple[torch.Tensor, int]:
     """``owner_ptr`` is the input data's storage pointer: that tensor is never written to."""
-    if hasattr(m, "taylor_forward") and tracer is not None:
+    n = tracer.n
+    d = tracer.moving.get
+    if hasattr(m, "taylor_forward"):
         return m.taylor_forward(tracer, (s, k))
     if isinstance(m, nn.Sequential):
-        for name, child in m.named_children():
-            s, k = _run(child, f"{prefix}{name}.", delta, s, k, n, owner_ptr, tracer)
+        for child in m._modules.values():  # as Sequential.forward: no de-duplication
+            s, k = _run(child, tracer, s, k, owner_ptr)  # type: ignore[arg-type]
         return s, k
     if isinstance(m, nn.Linear) and s.ndim == 2:
-        return _linear(
-            s, k, n, m.weight, m.bias, delta.get(prefix + "weight"), delta.get(prefix + "bias")
-        )
+        return _linear(s, k, n, m.weight, m.bias, d(id(m.weight)), d(id(m.bias)))
     if isinstance(m, nn.Linear):
-        return _affine(s, k, n, m.weight, m.bias, delta, prefix, F.linear, (-1,))
+        return _affine(s, k, n, m.weight, m.bias, d, F.linear, (-1,))
     if isinstance(m, (nn.Conv1d, nn.Conv2d)):
         conv = F.conv1d if isinstance(m, nn.Conv1d) else F.conv2d
 
@@ -274,10 +295,10 @@ def _run(
             return conv(inp, w, None, m.stride, m.padding, m.dilation, m.groups)
 
         view = (-1,) + (1,) * (m.weight.ndim - 2)
-        return _affine(s, k, n, m.weight, m.bias, delta, prefix, op, view)
+        return _affine(s, k, n, m.weight, m.bias, d, op, view)
     if isinstance(m, nn.modules.batchnorm._BatchNorm):
-        return _batchnorm(m, prefix, delta, s, k, n)
-    if isinstance(m, (nn.Embedding, nn.LayerNorm)) and tracer is not None:
+        return _batchnorm(m, d, s, k, n)
+    if isinstance(m, (nn.Embedding, nn.LayerNorm)):
         if isinstance(m, nn.Embedding):
             return to_stack(tracer.embedding(m, s))  # s: the token ids (k = 1)
         return to_stack(tracer.layer_norm(m, to_jet((s, k), n)))
@@ -343,9 +364,9 @@ def _with_second(out: torch.Tensor, k: int, curv: torch.Tensor) -> tuple[torch.T
     return torch.cat([out.flatten(0, 1), curv]), 3
 
 
-def _affine(s, k, n, w, b, delta, prefix, op, view) -> tuple[torch.Tensor, int]:
-    dw = delta.get(prefix + "weight")
-    db = delta.get(prefix + "bias")
+def _affine(s, k, n, w, b, moving, op, view) -> tuple[torch.Tensor, int]:
+    dw = moving(id(w))
+    db = None if b is None else moving(id(b))
     y = op(s, w)  # W applied to every block at once
     blocks = list(y.split(n))
     if b is not None:
@@ -367,7 +388,7 @@ def _affine(s, k, n, w, b, delta, prefix, op, view) -> tuple[torch.Tensor, int]:
     return torch.cat(blocks), len(blocks)
 
 
-def _batchnorm(m, prefix, delta, s, k, n) -> tuple[torch.Tensor, int]:
+def _batchnorm(m, moving, s, k, n) -> tuple[torch.Tensor, int]:
     x = s[:n]
     shape = (1, -1) + (1,) * (x.ndim - 2)
     inv = torch.rsqrt(m.running_var + m.eps).view(shape)
@@ -377,8 +398,8 @@ def _batchnorm(m, prefix, delta, s, k, n) -> tuple[torch.Tensor, int]:
     if m.bias is not None:
         shift = shift + m.bias.view(shape)
     out[0] += shift
-    dg = delta.get(prefix + "weight")
-    db = delta.get(prefix + "bias")
+    dg = None if m.weight is None else moving(id(m.weight))
+    db = None if m.bias is None else moving(id(m.bias))
     if dg is None and db is None:
         return out.view_as(s), k
     blocks = list(out.unbind(0))

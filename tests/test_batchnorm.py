@@ -228,7 +228,10 @@ def test_chunked_full_data_statistics_equal_the_full_batch(net_name: str, chunk:
     assert all(int(m.num_batches_tracked) == 7 for m in layers)
 
 
-def test_no_merged_evaluation_when_a_bn_layer_normalises_by_the_batch() -> None:
+def test_merged_evaluation_with_a_bn_layer_that_normalises_by_the_batch() -> None:
+    """A BN without running statistics normalises by its batch in both modes: the pass over
+    the whole data as one batch is the eval-mode forward over the whole data (the batch
+    the evaluator then uses for such a model)."""
     torch.manual_seed(0)
     net = nn.Sequential(
         nn.Linear(4, 6),
@@ -237,7 +240,34 @@ def test_no_merged_evaluation_when_a_bn_layer_normalises_by_the_batch() -> None:
         nn.BatchNorm1d(3, track_running_stats=False),
     )
     x = torch.randn(30, 4)
-    assert batchnorm.reestimate(net, [net[1], net[3]], x, BNSpec(batch_size=None)) is None
+    out = batchnorm.reestimate(net, [net[1], net[3]], x, BNSpec(batch_size=None))
+    with torch.no_grad():
+        torch.testing.assert_close(out, net.eval()(x), rtol=1e-5, atol=1e-6)
+
+
+def test_no_merged_evaluation_when_a_bn_module_is_called_twice() -> None:
+    """Called twice, a BN normalises each call by that call's batch in the pass, but by the
+    statistics pooled over both calls in eval mode: the pass is not the evaluation."""
+
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+            self.bn = nn.BatchNorm1d(4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.bn(self.lin(self.bn(x)))
+
+    torch.manual_seed(0)
+    net = Twice()
+    x = torch.randn(30, 4) * 3 + 1
+    assert batchnorm.reestimate(net, [net.bn], x, BNSpec(batch_size=None)) is None
+    # the statistics pool every call's input (mean of both inputs' means)
+    with torch.no_grad():
+        first = x
+        second = net.lin(nn.functional.batch_norm(x, None, None, net.bn.weight, net.bn.bias, True))
+    both = torch.cat([first, second])
+    torch.testing.assert_close(net.bn.running_mean, both.mean(0), rtol=1e-5, atol=1e-6)
 
 
 def test_lean_forward_rectifies_in_place_but_never_the_data() -> None:

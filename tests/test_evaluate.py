@@ -131,8 +131,13 @@ def test_integer_buffers_are_copied_and_bn_stats_re_estimated() -> None:
     assert "1.running_mean" in ev.roles.bn_stats
     assert "1.num_batches_tracked" in ev.roles.copied
     assert "1.weight" in ev.roles.parameters and "1.running_mean" not in ev.roles.parameters
-    ev.set_alpha(0.5)
+    # integer tensors come from the nearer endpoint: theta_0 below alpha = 0.5, theta_T on
+    ev.set_alpha(0.25)
     assert int(module[1].num_batches_tracked) == int(t0["1.num_batches_tracked"])
+    ev.set_alpha(0.5)
+    assert int(module[1].num_batches_tracked) == 999
+    # a BN module's own batch counter is not read by its eval forward: no note for it
+    assert ev.interp.differing_copied(module) == []
     hidden = module[0](data.inputs)
     torch.testing.assert_close(module[1].running_mean, hidden.mean(0), rtol=1e-4, atol=1e-5)
 

@@ -93,7 +93,7 @@ def test_nested_jvp_through_layer_norm_is_corrected() -> None:
     from torch.func import jvp
     from torch.nn import functional as F
 
-    from mliscan.strategies import exact_forward_ad
+    from mliscan.exactad import ExactForwardAD
 
     torch.manual_seed(0)
     x, d = torch.randn(6, 5, dtype=torch.float64), torch.randn(6, 5, dtype=torch.float64)
@@ -110,6 +110,6 @@ def test_nested_jvp_through_layer_norm_is_corrected() -> None:
     h = 1e-4
     reference = (f(h) - 2 * f(0.0) + f(-h)) / h**2
     # (torch 2.14's own rule is off by about 100 % here)
-    with exact_forward_ad():
+    with ExactForwardAD():
         torch.testing.assert_close(second(), reference, rtol=1e-5, atol=1e-5)
     assert F.layer_norm is not None and F.layer_norm.__name__ == "layer_norm"  # restored
