@@ -16,7 +16,7 @@ of H*W after a Flatten) and the BatchNorm parameters and statistics between them
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -205,14 +205,16 @@ def weight_matching(
     a: Mapping[str, torch.Tensor],
     b: Mapping[str, torch.Tensor],
     seed: int = 0,
+    objective: Sequence[str] | None = None,
 ) -> tuple[dict[str, np.ndarray], int]:
-    """Permutations of ``b``'s groups that best match ``a`` (iterated linear assignment);
+    """Permutations of ``b``'s groups that best match ``a`` (iterated linear assignment)
+    over the tensors named in ``objective`` (default: every permuted floating tensor);
     returns (permutation per group, iterations)."""
     from scipy.optimize import linear_sum_assignment
 
     perms = {g: np.arange(n) for g, n in spec.sizes.items()}
     rng = np.random.default_rng(seed)
-    names = [k for k in spec.axes if k in a and a[k].is_floating_point()]
+    names = _objective_names(spec, a, objective)
     iterations = 0
     for iterations in range(1, MAX_ITERATIONS + 1):  # noqa: B007 - the count is returned
         changed = False
@@ -247,6 +249,32 @@ def weight_matching(
     return perms, iterations
 
 
+def _objective_names(
+    spec: PermutationSpec, a: Mapping[str, torch.Tensor], objective: Sequence[str] | None
+) -> list[str]:
+    allowed = None if objective is None else set(objective)
+    return [
+        k
+        for k in spec.axes
+        if k in a and a[k].is_floating_point() and (allowed is None or k in allowed)
+    ]
+
+
+def matching_objective(
+    spec: PermutationSpec,
+    a: Mapping[str, torch.Tensor],
+    b: Mapping[str, torch.Tensor],
+    perms: Mapping[str, np.ndarray],
+    objective: Sequence[str] | None = None,
+) -> float:
+    """What weight matching maximises: sum over the objective tensors of <a, P b>."""
+    total = 0.0
+    for k in _objective_names(spec, a, objective):
+        pb = _permuted(b[k].double(), spec.axes[k], perms, spec.blocks.get(k, 1))
+        total += float((a[k].double() * pb).sum())
+    return total
+
+
 def apply(
     spec: PermutationSpec, state: Mapping[str, torch.Tensor], perms: Mapping[str, np.ndarray]
 ) -> dict[str, torch.Tensor]:
@@ -264,19 +292,41 @@ def align(
     a: Mapping[str, torch.Tensor],
     b: Mapping[str, torch.Tensor],
     arch: str,
+    objective: Sequence[str] | str | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """``b`` aligned to ``a`` by weight matching, and the record of what was done."""
+    """``b`` aligned to ``a`` by weight matching, and the record of what was done.
+    ``objective``: the tensors whose match is maximised (default: the module's parameters;
+    the BN running statistics are re-estimated along the path, so they are left out)."""
     if permutation not in STRUCTURES:
         raise UsageError(
             f"--align: --arch {arch} declares no permutation structure (aligned: mlp, "
             "autoencoder, simplecnn, lenet5, alexnet, vgg16, vgg19 and the CIFAR ResNets)"
         )
     spec = STRUCTURES[permutation](module)
-    perms, iterations = weight_matching(spec, a, b)
+    if objective is None:  # the parameters: BN statistics are re-estimated on the path
+        objective = [name for name, _ in module.named_parameters()]
+    elif objective == "with-statistics":  # --bn-mode interpolate: the statistics move too
+        objective = [name for name, _ in module.named_parameters()] + [
+            f"{prefix}.{stat}" if prefix else stat
+            for prefix, m in module.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None
+            for stat in ("running_mean", "running_var")
+        ]
+    perms, iterations = weight_matching(spec, a, b, objective=objective)
     moved = int(sum((p != np.arange(len(p))).sum() for p in perms.values()))
+    identity = {g: np.arange(n) for g, n in spec.sizes.items()}
     return apply(spec, b, perms), {
         "method": "weight-matching",
         "iterations": iterations,
         "groups": len(perms),
         "units_moved": moved,
+        "objective": "sum of <theta_0, P theta_T> over "
+        + (
+            "the parameters"
+            if set(objective) <= {n for n, _ in module.named_parameters()}
+            else "the parameters and the interpolated BN statistics"
+        ),
+        "objective_before": matching_objective(spec, a, b, identity, objective),
+        "objective_after": matching_objective(spec, a, b, perms, objective),
+        "permutations": {g: [int(i) for i in p] for g, p in sorted(perms.items())},
     }

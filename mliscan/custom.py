@@ -27,17 +27,51 @@ from mliscan.adapter import Adapter, DataInfo
 from mliscan.errors import AdapterOptionError, UsageError
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+OutputFn = Callable[[Any], torch.Tensor]
+
+
+def logits_of(output: Any) -> torch.Tensor:
+    """The logits in a module's output: the tensor itself, ``output["logits"]`` of a dict,
+    ``output.logits`` of a transformers ``ModelOutput`` or similar object, the first element
+    of a tuple or list. Anything else is a usage error that names ``output=``."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, Mapping) and isinstance(output.get("logits"), torch.Tensor):
+        return output["logits"]
+    found = getattr(output, "logits", None)
+    if isinstance(found, torch.Tensor):
+        return found
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    keys = f" with keys {sorted(map(str, output))[:6]}" if isinstance(output, Mapping) else ""
+    raise UsageError(
+        f"the model returned {type(output).__name__}{keys}, not logits: return a tensor, a "
+        "dict or ModelOutput with 'logits', or a tuple whose first element is the logits; "
+        "or pass output= (a function from the model's output to the logits)"
+    )
 
 
 class _Given(Adapter):
-    """Shared by the two: a module from outside, a loss that may be the user's."""
+    """Shared by the two: a module from outside, a loss that may be the user's, and where
+    the logits sit in its output (:func:`logits_of`, or the user's ``output``)."""
 
     name = "custom"
     description = "a model given by the user"
     trainable = False
 
-    def __init__(self, loss: LossFn | None = None) -> None:
+    def __init__(self, loss: LossFn | None = None, output: OutputFn | None = None) -> None:
         self._loss = loss
+        self._output = output
+
+    def logits(self, output: Any) -> torch.Tensor:
+        if self._output is None:
+            return logits_of(output)
+        value = self._output(output)
+        if not isinstance(value, torch.Tensor):
+            raise UsageError(
+                f"output= must return the logits as a tensor, got {type(value).__name__}"
+            )
+        return value
 
     def parse_options(self, given: Mapping[str, Any] | None = None) -> Any:
         return dict(given or {})
@@ -47,7 +81,8 @@ class _Given(Adapter):
             k: v if isinstance(v, (int, float, str, bool)) else repr(v) for k, v in options.items()
         }
 
-    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def loss(self, output: Any, target: torch.Tensor) -> torch.Tensor:
+        output = self.logits(output)
         if self._loss is None:
             return nn.functional.cross_entropy(output, target, reduction="none")
         value = self._loss(output, target)
@@ -58,7 +93,8 @@ class _Given(Adapter):
             )
         return value
 
-    def correct(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
+    def correct(self, output: Any, target: torch.Tensor) -> torch.Tensor | None:
+        output = self.logits(output)
         if output.dim() != 2 or target.dim() != 1 or target.is_floating_point():
             return None  # accuracy only for class labels
         return output.argmax(dim=1) == target
@@ -70,12 +106,45 @@ class ModuleAdapter(_Given):
 
     name = "module"
 
-    def __init__(self, module: nn.Module, loss: LossFn | None = None) -> None:
-        super().__init__(loss)
+    def __init__(
+        self, module: nn.Module, loss: LossFn | None = None, output: OutputFn | None = None
+    ) -> None:
+        super().__init__(loss, output)
         self.module = module
 
     def build(self, options: Any, info: DataInfo) -> nn.Module:
-        return copy.deepcopy(self.module)
+        try:
+            return copy.deepcopy(self.module)
+        except RuntimeError as exc:
+            if "deepcopy" not in str(exc):
+                raise
+            # old-style weight_norm / spectral_norm keep a computed, non-leaf weight that
+            # cannot be deep-copied; it is recomputed by the module's pre-hook on every call
+            return _copy_recomputed(self.module, exc)
+
+
+def _copy_recomputed(module: nn.Module, exc: RuntimeError) -> nn.Module:
+    """A deep copy of a module whose attributes include tensors that autograd computed
+    (old-style ``torch.nn.utils.weight_norm`` leaves ``weight = g * v / ||v||`` with a
+    graph): those are detached first (the module's pre-hook recomputes them from the
+    parameters on every call, so their value is never read), then restored."""
+    computed = []
+    for m in module.modules():
+        for name, value in list(vars(m).items()):
+            if isinstance(value, torch.Tensor) and value.grad_fn is not None:
+                computed.append((m, name, value))
+    if not computed:
+        raise UsageError(
+            f"model= cannot be copied ({' '.join(str(exc).split())[:160]}); pass a module "
+            "whose tensors are parameters or buffers"
+        ) from exc
+    try:
+        for m, name, value in computed:
+            setattr(m, name, value.detach())
+        return copy.deepcopy(module)
+    finally:
+        for m, name, value in computed:
+            setattr(m, name, value)
 
 
 def parse_value(text: str) -> Any:

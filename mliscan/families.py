@@ -166,8 +166,9 @@ class Context:
         if self.align != "none":
             from mliscan.align import align
 
+            stats = "with-statistics" if self.spec.bn.mode == "interpolate" else None
             aligned, alignment = align(
-                self.adapter.permutation, self.module, a, b, self.adapter.name
+                self.adapter.permutation, self.module, a, b, self.adapter.name, stats
             )
             plain = self._curve(a, b, gauss=False)
             alignment.update(
