@@ -205,3 +205,44 @@ def test_plane_with_alignment(tmp_path: Path, capsys) -> None:
     assert code == 0, err
     record = json.loads((tmp_path / "p" / "plane.json").read_text())
     assert set(record["alignment"]) == {"B", "C"}
+
+
+def test_the_objective_is_the_parameters_not_the_running_statistics() -> None:
+    """BN statistics are re-estimated on the path: weight matching leaves them out of its
+    objective (they follow their channels all the same), and records the objective before
+    and after and the permutation of each group. Reference: the objective written here."""
+    from mliscan.align import align
+
+    info = DataInfo((1, 8, 8), 10)
+    net = _net("mlp", {"hidden": "16,12", "bn": True}, info, 0).eval()
+    spec = STRUCTURES["sequential"](net)
+    rng = np.random.default_rng(2)
+    a = {
+        k: torch.randn_like(v) if v.is_floating_point() else v.clone()
+        for k, v in net.state_dict().items()
+    }
+    b = {
+        k: torch.randn_like(v) if v.is_floating_point() else v.clone()
+        for k, v in net.state_dict().items()
+    }
+    for k in b:  # huge statistics: with them in the objective they would decide the match
+        if k.endswith(("running_mean", "running_var")):
+            b[k] = torch.as_tensor(rng.uniform(1e3, 1e4, size=b[k].shape), dtype=b[k].dtype)
+    params = [n for n, _ in net.named_parameters()]
+    aligned, record = align("sequential", net, a, b, "mlp")
+    only_params, _ = weight_matching(spec, a, b, objective=params)
+    with_stats, _ = weight_matching(spec, a, b)  # every permuted tensor: another match
+    assert any(not np.array_equal(only_params[g], with_stats[g]) for g in spec.sizes)
+    expected = apply(spec, b, only_params)
+    for k in a:
+        torch.testing.assert_close(aligned[k], expected[k])
+
+    def objective(state):
+        return sum(float((a[k].double() * state[k].double()).sum()) for k in params)
+
+    assert record["objective_before"] == pytest.approx(objective(b), rel=1e-9)
+    assert record["objective_after"] == pytest.approx(objective(aligned), rel=1e-9)
+    assert record["objective_after"] >= record["objective_before"]
+    assert set(record["permutations"]) == set(spec.sizes)
+    for group, perm in record["permutations"].items():
+        assert sorted(perm) == list(range(spec.sizes[group]))
