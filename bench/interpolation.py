@@ -260,18 +260,21 @@ def main() -> None:
     alphas = alpha_grid(ALPHAS)
     _ = engine.batch_size, engine.bn_chunk  # one-off probes (like the floor's): not timed
 
+    last: dict[str, object] = {}  # the latest curve of (c) and (d): the check's share
     methods: dict[str, Callable[[], object]] = {
         "(a) floor": lambda: floor(template, adapter, data, bs, has_bn),
         "(b) paper-style loop": lambda: paper_style(
             template, adapter, theta0, theta1, data, has_bn, False
         ),
-        "(c) mliscan": lambda: engine.run(alphas, gauss=False),
+        "(c) mliscan": lambda: last.__setitem__("(c)", engine.run(alphas, gauss=False)),
     }
     if args.gauss:
         methods["(b') paper-style + Gauss (double backward)"] = lambda: paper_style(
             template, adapter, theta0, theta1, data, has_bn, True
         )
-        methods["(d) mliscan + Gauss"] = lambda: engine.run(alphas, gauss=True)
+        methods["(d) mliscan + Gauss"] = lambda: last.__setitem__(
+            "(d)", engine.run(alphas, gauss=True)
+        )
         if engine.fast_gauss:  # the general fallback, for comparison
             by_jvp = PathEvaluator(
                 adapter, module, theta0, theta1, data, EvalSpec(bn=bn, gauss_method="jvp")
@@ -314,6 +317,11 @@ def main() -> None:
     if args.gauss:
         ratio = med["(d) mliscan + Gauss"] / med["(c) mliscan"]
         print(f"Gauss length cost: (d) / (c) = {ratio:.2f}x the loss-only scan")
+    for key, curve in last.items():  # the run-time check of the fast paths (first 2 alphas)
+        timing = curve.timing  # type: ignore[attr-defined]
+        share = timing.get("check", 0.0) / max(1e-12, sum(timing.values()))
+        paths = sorted({p for ps in curve.paths.values() for p in ps})  # type: ignore[attr-defined]
+        print(f"{key} run-time check: {share:.1%} of the scan; paths used: {', '.join(paths)}")
 
 
 if __name__ == "__main__":
