@@ -25,6 +25,11 @@ from mliscan.errors import AdapterOptionError
 _HEADS = ("fc.weight", "head.fc.weight", "classifier.weight", "head.weight", "last_linear.weight")
 
 
+# create_model arguments that load or fetch weights or code: mliscan builds the architecture
+# only (the weights come from the checkpoint), so a config.json may not set them.
+LOADING_ARGS = ("pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path")
+
+
 def _json_object(value: Any) -> str:
     if isinstance(value, dict):
         return json.dumps(value, sort_keys=True)
@@ -80,6 +85,14 @@ class TimmAdapter(Adapter):
 
         if not timm.is_model(options.model.split(".")[0]):
             raise AdapterOptionError(f"--arch timm: timm has no model named {options.model!r}")
+        args = json.loads(options.model_args) if options.model_args else {}
+        loading = sorted(k for k in args if k in LOADING_ARGS)
+        if loading:
+            raise AdapterOptionError(
+                f"timm model_args sets {', '.join(loading)}: mliscan builds the architecture "
+                "only and reads the weights from the checkpoint; remove it from config.json "
+                "(or --arch-opt model_args)"
+            )
 
     def build(self, options: TimmOptions, data: DataInfo) -> nn.Module:
         import timm
@@ -92,7 +105,13 @@ class TimmAdapter(Adapter):
         kwargs = json.loads(options.model_args) if options.model_args else {}
         if options.num_classes:
             kwargs["num_classes"] = options.num_classes
-        return timm.create_model(options.model.split(".")[0], pretrained=False, **kwargs)
+        try:
+            return timm.create_model(options.model.split(".")[0], pretrained=False, **kwargs)
+        except TypeError as exc:  # a model_args key this architecture does not take
+            raise AdapterOptionError(
+                f"timm {options.model}: model_args {sorted(kwargs)} do not fit its "
+                f"create_model ({' '.join(str(exc).split())[:160]})"
+            ) from exc
 
     def data_hooks(self, options: TimmOptions, folder: Any) -> DataHooks:
         from timm.data import create_transform, resolve_data_config

@@ -309,6 +309,15 @@ def _load_sharded(index: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]
         raise CheckpointFormatError(
             f"{index}: not a valid shard index (needs a 'weight_map' object): {exc}"
         ) from exc
+    for name, shard_name in weight_map.items():
+        if not isinstance(shard_name, str) or not shard_name:
+            shown = repr(shard_name)
+            raise CheckpointFormatError(
+                f"{index}: weight_map maps {name[:80]!r} to "
+                f"{shown if len(shown) <= 40 else shown[:37] + '...'} "
+                f"({type(shard_name).__name__}), not a shard file name; re-save or "
+                "re-download the checkpoint"
+            )
     tensors: dict[str, torch.Tensor] = {}
     metadata: dict[str, Any] = {}
     for shard_name in sorted(set(weight_map.values())):

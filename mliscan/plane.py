@@ -8,6 +8,7 @@ coordinates (x, y) is A + x u1 + y u2. A sits at (0, 0), B at (||B - A||, 0) and
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -86,7 +87,9 @@ def evaluate_plane(
     done: dict[tuple[int, int], dict[str, float]] | None = None,
     on_point: Callable[[tuple[int, int], dict[str, float]], None] | None = None,
 ) -> list[dict[str, float]]:
-    """Loss and accuracy on a resolution x resolution grid (row-major, y outer)."""
+    """Loss and accuracy on a resolution x resolution grid (row-major, y outer); a loss that
+    is NaN or infinite (a range reaching weights where the model overflows) is None, so
+    that the stored points and plane.json stay valid JSON (null)."""
     xs = np.linspace(bounds[0], bounds[1], resolution)
     ys = np.linspace(bounds[2], bounds[3], resolution)
     rows = []
@@ -98,7 +101,12 @@ def evaluate_plane(
             if key not in done:
                 evaluator.set_state(plane.point(float(x), float(y)))
                 loss, acc = evaluator.loss_and_accuracy()
-                done[key] = {"x": float(x), "y": float(y), "loss": loss, "accuracy": acc}
+                done[key] = {
+                    "x": float(x),
+                    "y": float(y),
+                    "loss": finite_or_none(loss),
+                    "accuracy": finite_or_none(acc),
+                }
                 if on_point:
                     on_point(key, done[key])
             rows.append(done[key])
@@ -107,10 +115,15 @@ def evaluate_plane(
     return rows
 
 
-def anchor_losses(evaluator: PathEvaluator, plane: Plane) -> dict[str, float]:
+def anchor_losses(evaluator: PathEvaluator, plane: Plane) -> dict[str, float | None]:
     """The loss at A, B and C reconstructed from their plane coordinates."""
     out = {}
     for name, (x, y) in plane.coords.items():
         evaluator.set_state(plane.point(x, y))
-        out[name] = evaluator.loss_and_accuracy()[0]
+        out[name] = finite_or_none(evaluator.loss_and_accuracy()[0])
     return out
+
+
+def finite_or_none(value: float | None) -> float | None:
+    """A number as stored in JSON: None (null) for NaN and infinities."""
+    return None if value is None or not math.isfinite(value) else float(value)

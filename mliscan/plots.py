@@ -142,9 +142,14 @@ def plot_plane(
     z = np.array([r["loss"] for r in rows], dtype=float).reshape(resolution, resolution)
     fig, ax = plt.subplots(figsize=(6, 5))
     finite = z[np.isfinite(z)]
-    levels = np.quantile(finite, np.linspace(0, 1, 25)) if finite.size else 10
-    cs = ax.contourf(x, y, z, levels=np.unique(levels), cmap="viridis")
-    fig.colorbar(cs, ax=ax, label="training loss")
+    levels = np.unique(np.quantile(finite, np.linspace(0, 1, 25))) if finite.size else finite
+    if levels.size >= 2:
+        cs = ax.contourf(x, y, z, levels=levels, cmap="viridis")
+        fig.colorbar(cs, ax=ax, label="training loss")
+    else:  # the loss is undefined (NaN/Inf) or constant over the whole range: no contours
+        ax.set_xlim(float(x.min()), float(x.max()))
+        ax.set_ylim(float(y.min()), float(y.max()))
+        ax.text(0.5, 0.5, "no loss contours on this range", transform=ax.transAxes, ha="center")
     names = list(coords)
     for i, n1 in enumerate(names):
         for n2 in names[i + 1 :]:

@@ -148,6 +148,13 @@ def plane(
         from mliscan.plots import plot_plane
 
         plot_plane(rows, the_plane.coords, resolution, Path(plot))
+    undefined = sum(r["loss"] is None for r in rows)
+    if undefined:
+        ui.err.print(
+            f"[yellow]warning:[/] the loss is NaN/Inf at {undefined} of {len(rows)} points (the "
+            "range reaches weights where the model overflows); they are null in plane.json and "
+            "plane.parquet: narrow --range"
+        )
     ui.out.print(
         "plane: "
         + ", ".join(

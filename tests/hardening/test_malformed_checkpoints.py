@@ -111,3 +111,71 @@ def test_report_over_a_corrupt_run_json(mlp_pair: Path, tmp_path: Path, capsys) 
         capsys,
     )
     assert code == 2 and "run.json" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "value",
+    [["a.safetensors"], 5, None, {"file": "a.safetensors"}, ""],
+    ids=["list", "int", "null", "object", "empty"],
+)
+def test_shard_index_values_that_are_not_file_names(tmp_path: Path, capsys, value) -> None:
+    _save(tmp_path / "a.safetensors", _weights())
+    weight_map = dict.fromkeys(_weights(), "a.safetensors")
+    weight_map["2.bias"] = value  # one odd value among file names: mixed types
+    index = tmp_path / "model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": weight_map}))
+    code, _, err = run_cli(["compare", index, index, "--arch", "mlp", "-q"], capsys)
+    assert code == 2, err
+    assert "weight_map maps '2.bias'" in err and "not a shard file name" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "args", [{"pretrained": True}, {"checkpoint_path": "/etc/passwd"}, {"no_such_arg": 3}]
+)
+def test_timm_config_model_args_cannot_load_weights(tmp_path: Path, capsys, args: dict) -> None:
+    import timm
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    net = timm.create_model("test_resnet", pretrained=False, num_classes=7)
+    save_file(
+        {k: v.contiguous() for k, v in net.state_dict().items()}, str(folder / "model.safetensors")
+    )
+    config = {"architecture": "test_resnet", "num_classes": 7, "model_args": args}
+    (folder / "config.json").write_text(json.dumps(config))
+    code, _, err = run_cli(["compare", folder, folder, "--data", "digits", "-q"], capsys)
+    assert code == 2, err
+    assert "internal error" not in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    if "no_such_arg" not in args:
+        assert "builds the architecture only" in err and next(iter(args)) in err
+
+
+def test_a_plane_whose_range_overflows_writes_null_and_warns(
+    mlp_pair: Path, tmp_path: Path, capsys
+) -> None:
+    import polars as pl
+
+    ends = [mlp_pair / "init.safetensors", mlp_pair / "final.safetensors"]
+    third = tmp_path / "third.safetensors"
+    torch.manual_seed(3)
+    w = {k: v + 0.1 * torch.randn_like(v) for k, v in _load(ends[1]).items()}
+    save_file(w, str(third), metadata={"mliscan": json.dumps({"arch": "mlp"})})
+    out = tmp_path / "plane"
+    huge = ["--range=-1e30,1e30,-1e30,1e30", "--resolution", "3", "--data-limit", "20"]
+    code, _, err = run_cli(
+        ["plane", *ends, third, *huge, "--out", out, "--plot", tmp_path / "p.png"], capsys
+    )
+    assert code == 0, err
+    assert "NaN/Inf at" in err and "null" in err
+    text = (out / "plane.json").read_text()
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in plane.json"))
+    rows = pl.read_parquet(out / "plane.parquet")
+    assert rows["loss"].null_count() > 0
+
+
+def _load(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
