@@ -18,7 +18,7 @@ from torch import nn
 
 from mliscan import spec as S
 from mliscan.checkpoints import Checkpoint, check_finite
-from mliscan.custom import LossFn, ModuleAdapter
+from mliscan.custom import LossFn, ModuleAdapter, OutputFn
 from mliscan.data import DATASETS, Dataset
 from mliscan.errors import DataError, UsageError
 from mliscan.pipeline import compare_checkpoints, compare_pair, open_source
@@ -243,6 +243,7 @@ def compare(
     data: Data = None,
     data_limit: int | None = None,
     loss: LossFn | None = None,
+    output: OutputFn | None = None,
     alphas: int = S.DEFAULT_ALPHAS,
     gauss: bool = True,
     tol: float = S.DEFAULT_TOLERANCE,
@@ -265,7 +266,9 @@ def compare(
     the logits); otherwise ``arch`` names an adapter, or the files' metadata does.
     ``data``: a dataset name (``"digits"``), a torch Dataset or DataLoader of (input,
     target) pairs, or a tuple of tensors ``(X, y)``. ``loss``: a callable giving one loss
-    per example (cross-entropy by default). The rest are the command line's options.
+    per example (cross-entropy by default). ``output``: a callable from ``model``'s output
+    to its logits (by default the output itself, ``output["logits"]`` / ``output.logits``,
+    or a tuple's first element). The rest are the command line's options.
 
     Returns a :class:`mliscan.PathResult` (``.min_delta``, ``.monotonic``, ``.distance``,
     ``.normalized_distance``, ``.gauss_length``, ``.barrier``, ``.to_dict()``,
@@ -294,9 +297,13 @@ def compare(
         data_spec = S.build(S.DataSpec, {"name": data, "limit": data_limit}, _ARGUMENTS[S.DataSpec])
     if model is not None and arch is not None:
         raise UsageError("model= takes the place of arch=: give one of them")
-    adapter: Any = ModuleAdapter(model, loss) if model is not None else None
+    adapter: Any = ModuleAdapter(model, loss, output) if model is not None else None
     if loss is not None and adapter is None:
         raise UsageError("loss= goes with model= (the adapters define their own losses)")
+    if output is not None and adapter is None:
+        raise UsageError("output= goes with model= (the adapters define their own logits)")
+    if output is not None and not callable(output):
+        raise UsageError(f"output= takes a function, got {type(output).__name__}")
     plain = isinstance(init, (str, Path)) and isinstance(final, (str, Path))
     if plain and adapter is None and dataset is None:  # exactly what the command line runs
         return compare_pair(

@@ -242,3 +242,34 @@ def test_hostile_arguments_of_the_api_and_of_model(
         assert code == 2 and needle in err, err
     code, _, err = run_cli(["compare", init, final, "--ema", "-q"], capsys)
     assert code == 2 and "drop --ema" in err
+
+
+def test_output_picks_the_logits_of_any_output() -> None:
+    """output= maps a model's own output to its logits; the loss is then cross-entropy of
+    those logits (reference: the module's own forward, written here)."""
+    import mliscan
+
+    class Named(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(5, 3)
+
+        def forward(self, x):
+            return {"z": self.lin(x), "other": x}
+
+    torch.manual_seed(0)
+    net = Named()
+    x, y = torch.randn(20, 5), torch.randint(0, 3, (20,))
+    init = {k: v.clone() for k, v in net.state_dict().items()}
+    with torch.no_grad():
+        net.lin.weight.add_(1.0)
+    r = mliscan.compare(
+        init, net, model=net, data=(x, y), alphas=2, gauss=False, output=lambda o: o["z"]
+    )
+    with torch.no_grad():
+        want = torch.nn.functional.cross_entropy(net(x)["z"], y).item()
+    assert r.loss[-1] == pytest.approx(want, rel=1e-6)
+    from mliscan.errors import UsageError
+
+    with pytest.raises(UsageError, match="output= takes a function"):
+        mliscan.compare(init, net, model=net, data=(x, y), alphas=2, output=5)
