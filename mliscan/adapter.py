@@ -249,6 +249,16 @@ def load_into(
     Tied weights (one tensor under two names, e.g. a language model's input embedding and
     output head) may be stored once, as transformers does; the other name is filled in.
     """
+    tensors = check_fits(module, tensors, source, arch)
+    module.load_state_dict(dict(tensors), strict=True)
+
+
+def check_fits(
+    module: nn.Module, tensors: Mapping[str, torch.Tensor], source: str, arch: str
+) -> dict[str, torch.Tensor]:
+    """``tensors`` completed with the second names of tied weights, after checking that
+    they fit ``module`` exactly: one error lists every missing, unexpected and mismatched
+    key, sorted."""
     expected = module.state_dict()
     tensors = dict(tensors)
     for alias, canonical in tied_aliases(module).items():
@@ -275,15 +285,17 @@ def load_into(
             f"{source} does not fit --arch {arch}: " + "; ".join(problems) + " (was it saved "
             "from another architecture or with other options? see `mliscan adapters`)"
         )
-    module.load_state_dict(dict(tensors), strict=True)
+    return tensors
 
 
 def fresh_init(
     adapter: Adapter, options: Any, info: DataInfo, seed: int
 ) -> dict[str, torch.Tensor]:
-    """A new initialisation by the adapter's own scheme (torch's RNG seeded with ``seed``)."""
-    torch.manual_seed(seed)
-    module = adapter.build(options, info)
+    """A new initialisation by the adapter's own scheme (torch's RNG seeded with ``seed``,
+    inside ``fork_rng``: the caller's random state is left as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        module = adapter.build(options, info)
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 

@@ -69,6 +69,16 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def rank_device(name: str, local_rank: int, cuda: bool) -> str:
+    """The device of one torchrun rank: ``auto`` and a bare ``cuda`` mean this rank's own
+    GPU, ``cuda:{LOCAL_RANK}`` (every rank on GPU 0 would share one device); an explicit
+    ``cuda:N`` or another device is kept as given. No process state is changed: the device
+    is named on every tensor, not set with ``torch.cuda.set_device``."""
+    if cuda and name in ("auto", "cuda"):
+        return f"cuda:{local_rank}"
+    return name
+
+
 @dataclass
 class PreparedData:
     """Inputs shaped for the module and placed on the device once, reused at every alpha

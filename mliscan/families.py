@@ -22,13 +22,13 @@ import numpy as np
 import torch
 
 from mliscan import metrics
-from mliscan.adapter import Adapter, DataInfo, fresh_init
-from mliscan.checkpoints import Checkpoint, check_finite, check_pair, content_hash
+from mliscan.adapter import Adapter, fresh_init
+from mliscan.checkpoints import Checkpoint, check_pair, content_hash
 from mliscan.errors import UsageError
 from mliscan.evaluate import PathEvaluator, PreparedData, alpha_grid
 from mliscan.identity import key as identity_key
 from mliscan.paths import FINAL_FILE, INIT_FILE, SOURCE_PREFIXES, unique_labels
-from mliscan.pipeline import open_source
+from mliscan.pipeline import Session
 from mliscan.results import PathResult, curve_rows, is_complete, num, path_row
 from mliscan.spec import EvalSpec
 from mliscan.store import ResultStore
@@ -70,16 +70,12 @@ def run_of(path: str) -> str | None:
 
 
 def load_endpoint(
-    path: Path | str,
-    kind: str,
-    label: str,
-    run: str | None,
-    adapter: Adapter,
-    open_: Callable[[str], Checkpoint] = open_source,
+    path: Path | str, kind: str, label: str, run: str | None, session: Session
 ) -> Endpoint:
-    ckpt = open_(str(path))  # a path, or an hf:/timm:/init: source
-    check_finite(ckpt)
-    return _endpoint(label, kind, run, adapter.map_keys(ckpt.tensors))
+    """An endpoint opened and mapped the one way (:meth:`Session.open`, :meth:`Session.state`):
+    a path, or an hf:/timm:/init: source."""
+    ckpt = session.open(str(path))
+    return _endpoint(label, kind, run, session.state(ckpt))
 
 
 def gather_endpoints(
@@ -88,10 +84,7 @@ def gather_endpoints(
     n_optima: int,
     explicit_inits: Sequence[Path],
     explicit_optima: Sequence[Path],
-    adapter: Adapter,
-    options: Any,
-    info: DataInfo,
-    open_: Callable[[str], Checkpoint] = open_source,
+    session: Session,
 ) -> tuple[list[Endpoint], list[Endpoint]]:
     """Inits and optima: explicit files first, then the runs' pairs, then fresh inits.
 
@@ -109,7 +102,7 @@ def gather_endpoints(
     inits: list[Endpoint] = []
     optima: list[Endpoint] = []
     for (path, kind), label in zip(files, labels, strict=True):
-        end = load_endpoint(path, kind, label, run_of(path), adapter, open_)
+        end = load_endpoint(path, kind, label, run_of(path), session)
         (inits if kind == "init" else optima).append(end)
     if len(optima) < n_optima:
         raise UsageError(
@@ -117,10 +110,10 @@ def gather_endpoints(
             "train more runs or lower --optima"
         )
     seed = FRESH_SEED_BASE
+    adapter, options = session.choice.adapter, session.choice.options
     while len(inits) < n_inits:
-        inits.append(
-            _endpoint(f"fresh-{seed}/init", "init", None, fresh_init(adapter, options, info, seed))
-        )
+        fresh = fresh_init(adapter, options, session.info, seed)
+        inits.append(_endpoint(f"fresh-{seed}/init", "init", None, fresh))
         seed += 1
     return inits, optima
 

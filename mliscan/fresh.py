@@ -60,11 +60,45 @@ def _init_key(base: Resolved, folder: Path, seed: int, arch: str) -> str:
         "config": hashlib.sha256(config_bytes).hexdigest(),
         "seed": seed,
         "arch": arch,
+        "names": 2,  # the tensors are stored under the source file's own names
         "versions": versions,
     }
     digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", base.repo or folder.name).strip("-")[:60]
     return f"{slug}-seed{seed}-{digest}"
+
+
+def _file_keys(folder: Path) -> list[str] | None:
+    """The tensor names of the source's weights file (safetensors header or shard index;
+    None when there is no such file)."""
+    single, index = folder / "model.safetensors", folder / "model.safetensors.index.json"
+    try:
+        if single.is_file():
+            from safetensors import safe_open
+
+            with safe_open(str(single), framework="pt") as f:
+                return list(f.keys())
+        if index.is_file():
+            weight_map = json.loads(index.read_text()).get("weight_map")
+            return list(weight_map) if isinstance(weight_map, dict) else None
+    except (OSError, ValueError, RuntimeError):  # unreadable: fall back to the default names
+        return None
+    return None
+
+
+def _as_named_in(folder: Path, adapter: Any, options: Any, state: dict[str, Any]) -> dict:
+    """The fresh module's tensors under the names the source's own file uses (transformers
+    saves GPT-NeoX's head as ``embed_out``), so the fresh init pairs with the source key for
+    key; names the source lacks get the adapter's default (``unmap_keys``)."""
+    default = adapter.unmap_keys(state)
+    keys = _file_keys(folder)
+    if not keys:
+        return default
+    to_file = {}
+    for name in keys:  # one at a time: a name the mapping drops pairs with nothing
+        for module_name in adapter.map_keys({name: None}, options):
+            to_file[module_name] = name
+    return {to_file.get(k, d): v for (k, v), d in zip(state.items(), default, strict=True)}
 
 
 def materialize_init(adapter: Any, config: dict, folder: Path, seed: int, out: Path) -> None:
@@ -76,11 +110,12 @@ def materialize_init(adapter: Any, config: dict, folder: Path, seed: int, out: P
     from safetensors.torch import save_file
 
     options = adapter.parse_options(adapter.options_from_config(config))
-    torch.manual_seed(seed)
-    module = adapter.build(options, DataInfo((), 0))
+    with torch.random.fork_rng(devices=[]):  # the caller's RNG is left as it was
+        torch.manual_seed(seed)
+        module = adapter.build(options, DataInfo((), 0))
     aliases = tied_aliases(module)
     state = {k: v for k, v in module.state_dict().items() if k not in aliases}
-    state = adapter.unmap_keys(state)
+    state = _as_named_in(folder, adapter, options, state)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".init-", dir=out.parent))
     try:

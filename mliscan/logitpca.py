@@ -14,10 +14,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from mliscan.checkpoints import check_pair
 from mliscan.errors import UsageError
 from mliscan.evaluate import PathEvaluator, alpha_grid
-from mliscan.pipeline import open_source, setup
-from mliscan.spec import ArchSpec, DataSpec, EvalSpec
+from mliscan.pipeline import open_endpoint, setup
+from mliscan.spec import ArchSpec, DataSpec, EvalSpec, SourceSpec
 
 
 def pick_examples(labels: torch.Tensor, n: int) -> list[int]:
@@ -68,12 +69,12 @@ def logit_trajectories(
     spec = spec or EvalSpec(alphas=25, gauss=False)
     if examples < 1:
         raise UsageError("--examples must be at least 1")
-    init = open_source(init_path, trust_pickle, offline, ema)
-    final = open_source(final_path, trust_pickle, offline, ema)
-    ctx = setup(init, arch, arch_options, data, spec)
+    source = SourceSpec(trust_pickle=trust_pickle, offline=offline, ema=ema)
+    init, final = open_endpoint(init_path, source), open_endpoint(final_path, source)
+    check_pair(init, final)
+    ctx = setup(init, arch, arch_options, data, spec, source)
     adapter = ctx.choice.adapter
-    theta0 = adapter.map_keys(init.tensors, ctx.choice.options)
-    theta1 = adapter.map_keys(final.tensors, ctx.choice.options)
+    theta0, theta1 = ctx.state(init), ctx.state(final)
     evaluator = PathEvaluator(adapter, ctx.module, theta0, theta1, ctx.prepared, spec)
     chosen = pick_examples(ctx.prepared.targets.cpu(), examples)
     x = ctx.prepared.inputs[chosen]

@@ -9,13 +9,20 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from mliscan import metrics
-from mliscan.adapter import Adapter, DataInfo, fresh_init, load_into, probe_forward
+from mliscan.adapter import (
+    Adapter,
+    DataInfo,
+    check_fits,
+    fresh_init,
+    load_into,
+    probe_forward,
+)
 from mliscan.bnpolicy import paper_note
 from mliscan.checkpoints import Checkpoint, check_finite, check_pair, load_checkpoint
 from mliscan.custom import FactoryAdapter, parse_model_args
@@ -64,6 +71,17 @@ def open_source(
     resolved = materialize(resolve(str(text), offline=offline))
     ckpt = load_checkpoint(resolved.path, trust_pickle, ema)
     ckpt.source = resolved
+    return ckpt
+
+
+def open_endpoint(text: str, source: SourceSpec | None = None) -> Checkpoint:
+    """The one way every study opens an endpoint: resolve (paths, ``hf:``, ``timm:``,
+    ``init:``), materialise, load under the pickle policy (``--trust-pickle``, ``--ema``),
+    refuse non-finite weights; the resolution (repository, revision, commit) is kept in
+    ``.source``. Key mapping needs the model: :meth:`Session.state`."""
+    source = source or SourceSpec()
+    ckpt = open_source(str(text), source.trust_pickle, source.offline, source.ema)
+    check_finite(ckpt)
     return ckpt
 
 
@@ -155,8 +173,10 @@ def build_module(
 
 
 @dataclass
-class Setup:
-    """Everything shared by the paths of one study: architecture, module, data, device."""
+class Session:
+    """Everything shared by the paths of one study: architecture, module, data, device, and
+    how its endpoints are opened (``open``) and mapped to the module's names (``state``),
+    so that every study reads every endpoint the same way."""
 
     choice: ModelChoice
     dataset: Dataset
@@ -164,10 +184,25 @@ class Setup:
     module: torch.nn.Module
     prepared: PreparedData
     device: torch.device
+    source: SourceSpec = field(default_factory=SourceSpec)
 
     @property
     def info(self) -> DataInfo:
         return DataInfo(self.dataset.input_shape, self.dataset.num_classes)
+
+    def open(self, text: str) -> Checkpoint:
+        """An endpoint of this study (:func:`open_endpoint` with the study's source spec)."""
+        return open_endpoint(text, self.source)
+
+    def state(self, ckpt: Checkpoint) -> dict[str, torch.Tensor]:
+        """A checkpoint's tensors under the module's names: the adapter's key mapping with
+        its options (a transformers GPT-NeoX head ``embed_out``, a wrapper's prefix),
+        checked against the module (every key, every shape) with one error naming the
+        file."""
+        adapter = self.choice.adapter
+        tensors = adapter.map_keys(ckpt.tensors, self.choice.options)
+        check_fits(self.module, tensors, str(ckpt.path), adapter.name)
+        return dict(tensors)
 
     def data_record(self) -> dict[str, Any]:
         out = {
@@ -190,7 +225,8 @@ def setup(
     arch_options: Mapping[str, Any] | None,
     data: DataSpec | Dataset | Mapping[str, Any] | None,
     spec: EvalSpec,
-) -> Setup:
+    source: SourceSpec | None = None,
+) -> Session:
     """Architecture (flag or metadata), data (flags, metadata, adapter default), module, device.
 
     ``arch`` is an :class:`ArchSpec` (its options given), or an adapter name with
@@ -221,7 +257,10 @@ def setup(
         choice.adapter, dataset.inputs, dataset.targets, device, dtype, streamed=dataset.streamed
     )
     probe_forward(choice.adapter, module, prepared.inputs, dataset.name)
-    return Setup(choice, dataset, data_spec, module, prepared, device)
+    return Session(choice, dataset, data_spec, module, prepared, device, source or SourceSpec())
+
+
+Setup = Session  # the earlier name
 
 
 def compare_pair(
@@ -290,8 +329,7 @@ def compare_checkpoints(
     sources = {"init": _source_record(init), "final": _source_record(final)}
     ctx = setup(init, arch, arch_options, data, spec)
     choice = ctx.choice
-    theta0 = choice.adapter.map_keys(init.tensors, choice.options)
-    theta1 = choice.adapter.map_keys(final.tensors, choice.options)
+    theta0, theta1 = ctx.state(init), ctx.state(final)
     init_path_s, final_path_s = str(init.path), str(final.path)
     roles = TensorRoles.of(ctx.module, interpolate_bn_stats=spec.bn.mode == "interpolate")
     alignment = None

@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from mliscan import families
-from mliscan.checkpoints import Checkpoint
 from mliscan.errors import CheckpointMismatchError, CheckpointNotFoundError, UsageError
 from mliscan.identity import key as identity_key
 from mliscan.paths import CHECKPOINTS_DIR, FINAL_FILE, INIT_FILE, RUN_FILE, read_json
+from mliscan.pipeline import Session
 from mliscan.results import curve_rows, metrics_of
 from mliscan.sources import expand_revisions, parse_hf, step_of, trainer_checkpoints
 from mliscan.store import ResultStore
@@ -334,10 +334,10 @@ def _num(v: Any) -> float | None:
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
 
 
-def endpoint_loader(
-    adapter: Any, open_: Callable[[str], Checkpoint]
-) -> Callable[[Step, str], families.Endpoint]:
+def endpoint_loader(session: Session) -> Callable[[Step, str], families.Endpoint]:
+    """Each step's checkpoint, opened and mapped as every study does (the session)."""
+
     def load(step: Step, kind: str) -> families.Endpoint:
-        return families.load_endpoint(step.source, kind, step.label, None, adapter, open_)
+        return families.load_endpoint(step.source, kind, step.label, None, session)
 
     return load

@@ -164,3 +164,13 @@ def test_compiled_evaluation_gives_the_same_curve() -> None:
     curve = compiled.run(alpha_grid(4))
     np.testing.assert_allclose(curve.loss, eager.loss, rtol=1e-5)
     np.testing.assert_allclose(curve.accuracy, eager.accuracy)
+
+
+def test_each_torchrun_rank_gets_its_own_gpu() -> None:
+    from mliscan.evaluate import rank_device
+
+    assert rank_device("cuda", 3, cuda=True) == "cuda:3"
+    assert rank_device("auto", 1, cuda=True) == "cuda:1"
+    assert rank_device("cuda:0", 2, cuda=True) == "cuda:0"  # an explicit index is the user's
+    assert rank_device("auto", 2, cuda=False) == "auto"
+    assert rank_device("cpu", 2, cuda=True) == "cpu"

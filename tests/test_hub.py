@@ -458,3 +458,118 @@ def test_a_rule_that_disagrees_with_the_model_falls_back_to_nested_jvp(
     assert not ev.per_alpha.second_order
     np.testing.assert_allclose(curve.gauss_integrand, reference.gauss_integrand, rtol=1e-5)
     np.testing.assert_allclose(curve.loss, reference.loss, rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "neox", "llama", "bert", "bert-cls"])
+def test_every_study_opens_every_hub_kind_the_same_way(
+    offline: Path, kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """compare, grid, plane, trajectory and logits open endpoints through one session, so a
+    checkpoint saved by transformers (GPT-NeoX's head is ``embed_out``) reads the same in all
+    of them; ``init:hf:`` builds a fresh init of the same model that pairs with it."""
+    first, last = f"hf:org/tiny-{kind}@step0", f"hf:org/tiny-{kind}@main"
+    fresh = f"init:hf:org/tiny-{kind}@main?seed=1"
+    quick = _quick_text(offline)
+    if kind == "bert-cls":
+        quick[3] = offline / "reviews.csv"
+    rec = _compare([first, last, *quick], capsys)
+    assert rec["sources"]["final"]["repo"] == f"org/tiny-{kind}"
+    loss = rec["loss"]
+    code, _, err = run_cli(
+        [
+            "grid",
+            "--init",
+            first,
+            "--init",
+            fresh,
+            "--optimum",
+            last,
+            "--out",
+            tmp_path / "g",
+            *quick,
+            "-q",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    import polars as pl
+
+    paths = pl.read_parquet(tmp_path / "g" / "paths.parquet")
+    own = paths.filter(pl.col("family") == "init-optimum").sort("a")
+    assert len(paths) == 3 and len(own) == 2
+    curves = pl.read_parquet(tmp_path / "g" / "curves.parquet")
+    assert sorted(curves["loss"].to_list()).count(loss[0]) >= 1  # the same step0 loss
+    code, _, err = run_cli(
+        [
+            "plane",
+            first,
+            last,
+            fresh,
+            "--out",
+            tmp_path / "p",
+            "--resolution",
+            3,
+            *quick[:4],
+            *quick[-2:],
+            "-q",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    code, _, err = run_cli(
+        [
+            "trajectory",
+            f"hf:org/tiny-{kind}",
+            "--revisions",
+            "step0,main",
+            "--out",
+            tmp_path / "t",
+            *quick,
+            "-q",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    rows = pl.read_parquet(tmp_path / "t" / "trajectory.parquet")
+    assert sorted(rows["loss"].to_list()) == pytest.approx(sorted([loss[0], loss[-1]]), rel=1e-6)
+    code, _, err = run_cli(
+        [
+            "logits",
+            first,
+            last,
+            "--out",
+            tmp_path / "l",
+            "--examples",
+            2,
+            *[a for a in quick if a != "--no-gauss"],
+            "-q",
+        ],
+        capsys,
+    )
+    if kind == "bert-cls":  # Figure 3's logit trajectories are a classifier's
+        assert code == 0, err
+    else:
+        assert code == 2 and "needs a classifier" in err, err
+
+
+def test_every_study_opens_a_timm_model_the_same_way(
+    offline: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fresh, trained, *data = _timm_folder_args(offline)
+    other = "init:timm:test_resnet.r160_in1k?seed=1"
+    rec = _compare([fresh, trained, *data, "--no-gauss"], capsys)
+    for argv in (
+        ["grid", "--init", fresh, "--init", other, "--optimum", trained, "--out", tmp_path / "g"],
+        ["plane", fresh, trained, other, "--out", tmp_path / "p", "--resolution", 3],
+        ["logits", fresh, trained, "--out", tmp_path / "l", "--examples", 2],
+    ):
+        extra = data if argv[0] == "grid" else data[:4]
+        code, _, err = run_cli([*argv, *extra, "-q"], capsys)
+        assert code == 0, err
+    import polars as pl
+
+    paths = pl.read_parquet(tmp_path / "g" / "paths.parquet")
+    row = paths.filter((pl.col("family") == "init-optimum") & (pl.col("a") == paths["a"][0]))
+    assert len(paths) == 3 and len(row) >= 1
+    curves = pl.read_parquet(tmp_path / "g" / "curves.parquet")
+    assert rec["loss"][-1] in curves["loss"].to_list()  # the same trained weights, same loss

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import Annotated
 
@@ -101,7 +100,7 @@ def grid(
     from mliscan.cli import ui
     from mliscan.errors import UsageError
     from mliscan.paths import find_runs
-    from mliscan.pipeline import open_source, setup
+    from mliscan.pipeline import open_endpoint, setup
 
     source, out_spec = specs[S.SourceSpec], specs[spine.OutputSpec]
     quiet, plot, tol = out_spec.quiet, out_spec.plot, specs[S.VerdictSpec].tol
@@ -126,28 +125,21 @@ def grid(
         raise UsageError("no endpoints found: the folders hold no runs (run.json, init and final)")
     spec = specs[S.EvalSpec]
     rank, world = _distributed()
-    if world > 1 and spec.device == "auto":
+    if world > 1:
         import torch
 
-        if torch.cuda.is_available():
-            local = env_value("LOCAL_RANK", 0)
-            torch.cuda.set_device(local)
-            spec = spec.replace(device=f"cuda:{local}")
-    open_ = functools.partial(
-        open_source, trust_pickle=source.trust_pickle, offline=source.offline, ema=source.ema
-    )
-    ctx = setup(open_(str(first)), specs[S.ArchSpec], None, specs[S.DataSpec], spec)
+        from mliscan.evaluate import rank_device
+
+        local = env_value("LOCAL_RANK", 0)
+        device = rank_device(spec.device, local, torch.cuda.is_available())
+        if device != spec.device:
+            spec = spec.replace(device=device)
+            torch.cuda.set_device(local)  # the command owns its process: NCCL's device
+    first_end = open_endpoint(str(first), source)
+    ctx = setup(first_end, specs[S.ArchSpec], None, specs[S.DataSpec], spec, source)
     adapter, options = ctx.choice.adapter, ctx.choice.options
     ends_i, ends_o = g.gather_endpoints(
-        run_dirs,
-        n_inits,
-        n_optima,
-        explicit_inits,
-        explicit_optima,
-        adapter,
-        options,
-        ctx.info,
-        open_,
+        run_dirs, n_inits, n_optima, explicit_inits, explicit_optima, ctx
     )
     everything = ends_i + ends_o
     for e in everything[1:]:

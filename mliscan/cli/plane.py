@@ -52,20 +52,18 @@ def plane(
     from mliscan.evaluate import PathEvaluator
     from mliscan.identity import key as identity_key
     from mliscan.paths import atomic_write_json
-    from mliscan.pipeline import open_source, setup
+    from mliscan.pipeline import open_endpoint, setup
     from mliscan.store import ResultStore
 
     source, grid_spec, out_spec = specs[S.SourceSpec], specs[S.PlaneSpec], specs[spine.OutputSpec]
     resolution, quiet, plot = grid_spec.resolution, out_spec.quiet, out_spec.plot
-    ckpts = [
-        open_source(str(p), source.trust_pickle, source.offline, source.ema) for p in (a, b, c)
-    ]
+    ckpts = [open_endpoint(str(p), source) for p in (a, b, c)]
     check_pair(ckpts[0], ckpts[1])
     check_pair(ckpts[0], ckpts[2])
     spec = specs[S.EvalSpec]
-    ctx = setup(ckpts[0], specs[S.ArchSpec], None, specs[S.DataSpec], spec)
+    ctx = setup(ckpts[0], specs[S.ArchSpec], None, specs[S.DataSpec], spec, source)
     adapter = ctx.choice.adapter
-    states = [adapter.map_keys(ck.tensors) for ck in ckpts]
+    states = [ctx.state(ck) for ck in ckpts]
     align = specs[S.AlignSpec].align
     alignments = {}
     if align != "none":  # B and C are permuted to match A before the plane is made

@@ -65,7 +65,6 @@ def trajectory(
 
     if not source.startswith("hf:"):
         check_local_source(source)  # before torch is imported: a typo fails at once
-    import functools
     import json
 
     from mliscan import families as g
@@ -73,7 +72,7 @@ def trajectory(
     from mliscan import trajectory as tr
     from mliscan.cli import ui
     from mliscan.paths import atomic_write_json
-    from mliscan.pipeline import open_source, setup
+    from mliscan.pipeline import open_endpoint, setup
 
     src, out_spec = specs[S.SourceSpec], specs[spine.OutputSpec]
     tol, spec = specs[S.VerdictSpec].tol, specs[S.EvalSpec]
@@ -87,10 +86,8 @@ def trajectory(
                 f"and are skipped: {short_list(steps.skipped)}"
             )
         )
-    open_ = functools.partial(
-        open_source, trust_pickle=src.trust_pickle, offline=src.offline, ema=src.ema
-    )
-    ctx = setup(open_(steps[0].source), specs[S.ArchSpec], None, specs[S.DataSpec], spec)
+    first = open_endpoint(steps[0].source, src)
+    ctx = setup(first, specs[S.ArchSpec], None, specs[S.DataSpec], spec, src)
     adapter, options = ctx.choice.adapter, ctx.choice.options
     settings = g.settings_of(
         spec, ctx.data_record(), adapter.name, adapter.options_to_dict(options)
@@ -107,7 +104,7 @@ def trajectory(
         with ui.count_progress(2 * len(steps), "paths", out_spec.quiet) as tick:
             result = tr.measure(
                 steps,
-                tr.endpoint_loader(adapter, open_),
+                tr.endpoint_loader(ctx),
                 engine,
                 settings,
                 store,
