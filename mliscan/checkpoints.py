@@ -94,7 +94,7 @@ def load_checkpoint(
     if not stat.S_ISREG(p.stat().st_mode):  # a FIFO or device would block or never end
         raise CheckpointFormatError(f"{p}: not a regular file (a pipe, device or socket?)")
     if p.name.endswith(".index.json"):
-        tensors, metadata = _load_sharded(p)
+        tensors, metadata = _load_sharded(p, trust_pickle)
         notes: list[str] = []
     elif p.suffix in SAFETENSORS_SUFFIXES or (
         p.suffix not in TORCH_SUFFIXES and not zipfile.is_zipfile(p)
@@ -293,7 +293,9 @@ def _parse_metadata(raw: dict[str, str], p: Path) -> dict[str, Any]:
     return value
 
 
-def _load_sharded(index: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def _load_sharded(
+    index: Path, trust_pickle: bool = False
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     try:
         weight_map = read_json(index)["weight_map"]
         if not isinstance(weight_map, dict):
@@ -332,7 +334,7 @@ def _load_sharded(index: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]
             part, meta = _load_safetensors(shard)
             metadata = metadata or meta
         else:
-            part, _ = unwrap_state_dict(_torch_load(shard), shard)
+            part, _ = unwrap_state_dict(_torch_load(shard, trust_pickle), shard)
         elsewhere = sorted(k for k in part if k in weight_map and weight_map[k] != shard_name)
         if elsewhere:
             k = elsewhere[0]
@@ -413,24 +415,20 @@ class SkippedSetting:
 
 
 def _weights_only_load(p: Path) -> Any:
-    """``torch.load(weights_only=True)``, retried with known training-stack globals mapped
-    to :class:`SkippedSetting` (so a Lightning or timm checkpoint loads, settings skipped)."""
-    skipped: list[tuple[Any, str]] = []
-    while True:
-        try:
-            with torch.serialization.safe_globals(skipped):
-                return torch.load(p, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            found = _GLOBAL_RE.search(str(exc))
-            name = found.group(1) if found else None
-            if (
-                name is None
-                or not name.startswith(SKIPPED_GLOBAL_PREFIXES)
-                or any(n == name for _, n in skipped)
-                or len(skipped) >= MAX_SKIPPED_GLOBALS
-            ):
-                raise
-            skipped.append((SkippedSetting, name))
+    """``torch.load(weights_only=True)`` with known training-stack globals mapped to
+    :class:`SkippedSetting` (so a Lightning or timm checkpoint loads, settings skipped):
+    torch lists the foreign globals (``get_unsafe_globals_in_checkpoint``, read off the
+    pickle without running it) and one ``safe_globals`` load follows. Any other global is
+    left to torch, which refuses it."""
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(p)
+    except Exception:  # not a zip checkpoint or unreadable: torch.load says what is wrong
+        names = []
+    skipped = [n for n in names if n.startswith(SKIPPED_GLOBAL_PREFIXES)]
+    if len(skipped) > MAX_SKIPPED_GLOBALS:
+        skipped = []  # not a training checkpoint: refused as any pickle with globals
+    with torch.serialization.safe_globals([(SkippedSetting, n) for n in skipped]):
+        return torch.load(p, map_location="cpu", weights_only=True)
 
 
 def _torch_load(p: Path, trust_pickle: bool = False) -> Any:

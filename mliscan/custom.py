@@ -13,10 +13,11 @@ output is the logits; the loss defaults to cross-entropy per example, accuracy t
 from __future__ import annotations
 
 import ast
+import contextlib
 import copy
 import importlib
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -165,16 +166,30 @@ def parse_model_args(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def load_factory(spec: str) -> Callable[..., nn.Module]:
-    """``module.path:factory`` imported as ``python -m`` would (the current directory first)."""
+@contextlib.contextmanager
+def importable_from(folder: str) -> Iterator[None]:
+    """``folder`` first on ``sys.path`` for the block (as ``python -m`` puts the current
+    directory), then ``sys.path`` as it was: the caller's process keeps its own path."""
+    added = folder not in sys.path
+    if added:
+        sys.path.insert(0, folder)
+    try:
+        yield
+    finally:
+        if added:
+            with contextlib.suppress(ValueError):
+                sys.path.remove(folder)
+
+
+def load_factory(spec: str, folder: str | None = None) -> Callable[..., nn.Module]:
+    """``module.path:factory`` imported as ``python -m`` would (``folder``, by default the
+    current directory, first on the path while importing; the path is restored after)."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise UsageError(f"--model expects module.path:factory, got {spec!r}")
-    cwd = str(Path.cwd())
-    if cwd not in sys.path:
-        sys.path.insert(0, cwd)
     try:
-        module = importlib.import_module(module_name)
+        with importable_from(folder or str(Path.cwd())):
+            module = importlib.import_module(module_name)
     except ImportError as exc:
         raise UsageError(
             f"--model {spec}: cannot import {module_name} ({exc}); run from the folder that "
@@ -203,7 +218,8 @@ class FactoryAdapter(_Given):
     def __init__(self, spec: str, args: Mapping[str, Any], loss: LossFn | None = None) -> None:
         super().__init__(loss)
         self.spec = spec
-        self.factory = load_factory(spec)
+        self.folder = str(Path.cwd())
+        self.factory = load_factory(spec, self.folder)
         self.args = dict(args)
 
     def parse_options(self, given: Mapping[str, Any] | None = None) -> Any:
@@ -211,7 +227,8 @@ class FactoryAdapter(_Given):
 
     def build(self, options: Any, info: DataInfo) -> nn.Module:
         try:
-            module = self.factory(**options)
+            with importable_from(self.folder):  # a factory may import its siblings lazily
+                module = self.factory(**options)
         except TypeError as exc:
             raise AdapterOptionError(f"--model {self.spec}: {exc} (check --model-arg)") from exc
         except Exception as exc:  # the user's factory failed: their error, named as such

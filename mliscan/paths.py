@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
+import secrets
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,12 +30,19 @@ def checkpoint_name(epoch: int) -> str:
     return f"{CHECKPOINTS_DIR}/epoch-{epoch}.safetensors"
 
 
-def file_mode() -> int:
-    """The mode a new file gets from the user's umask (0644 under umask 022), as ``open``
-    would create it; temporary files start at 0600 and are set to this before the rename."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
+def _new_sibling(target: Path) -> Path:
+    """A new, empty temporary file beside ``target``, created with the explicit mode 0666
+    so that the kernel applies the user's umask (0644 under umask 022), exactly as a plain
+    ``open`` would; the process umask is never read or changed."""
+    for _ in range(100):
+        tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(f"no free temporary name beside {target}")  # pragma: no cover
 
 
 @contextmanager
@@ -46,13 +53,9 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     on shared storage and later CI steps running as another user can read it."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(name)
+    tmp = _new_sibling(target)
     try:
         yield tmp
-        if tmp.exists():
-            os.chmod(tmp, file_mode())
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)

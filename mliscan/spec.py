@@ -69,9 +69,11 @@ class SpecError(UsageError):
     ``where`` names the option (``--alphas``), the config key and file, or the Python
     argument; the message is one line ending in what is allowed."""
 
-    def __init__(self, where: str, problem: str) -> None:
+    def __init__(self, where: str, problem: str, field: str | None = None) -> None:
         self.where = where
         self.problem = problem
+        self.field = field
+        """The spec field at fault (``build`` names it as its caller knows it)."""
         super().__init__(f"{where}: {problem}")
 
 
@@ -135,24 +137,25 @@ class Spec:
         for f in dataclasses.fields(self):
             o = option_of(f)
             value = getattr(self, f.name)
-            where = self._where(f)
-            coerced = _check_type(value, hints[f.name], where)
-            if coerced is not value:
-                object.__setattr__(self, f.name, coerced)
-                value = coerced
-            if o is not None:
-                _check_constraints(value, o, where)
+            where = flag_of(f)
+            try:
+                coerced = _check_type(value, hints[f.name], where)
+                if coerced is not value:
+                    object.__setattr__(self, f.name, coerced)
+                    value = coerced
+                if o is not None:
+                    _check_constraints(value, o, where)
+            except SpecError as exc:
+                exc.field = exc.field or f.name
+                raise
         self.check()
 
     def check(self) -> None:
         """Rules that relate several fields (override)."""
 
-    def _where(self, f: dataclasses.Field) -> str:
-        return _WHERE.get(type(self), {}).get(f.name) or flag_of(f)
-
     def fail(self, name: str, problem: str) -> SpecError:
         f = next(f for f in dataclasses.fields(self) if f.name == name)
-        return SpecError(self._where(f), problem)
+        return SpecError(flag_of(f), problem, field=name)
 
     def numeric_settings(self) -> dict[str, Any]:
         """The fields that change a computed number, as JSON-able values (for identities)."""
@@ -170,18 +173,16 @@ class Spec:
         return dataclasses.replace(self, **changes)
 
 
-# Where a field's error is reported when the spec came from somewhere other than flags
-# (config files): set for the duration of a construction by ``build``.
-_WHERE: dict[type, dict[str, str]] = {}
-
-
 def build(cls: type[Any], values: dict[str, Any], where: dict[str, str] | None = None) -> Any:
-    """Construct ``cls`` from ``values``, naming ``where[field]`` in any error."""
-    _WHERE[cls] = dict(where or {})
+    """Construct ``cls`` from ``values``, naming ``where[field]`` in any error (a config
+    file's key, a Python argument) instead of the field's flag. The location travels with
+    the error: no state outside the call."""
     try:
         return cls(**values)
-    finally:
-        _WHERE.pop(cls, None)
+    except SpecError as exc:
+        if where and exc.field in where:
+            raise SpecError(where[exc.field], exc.problem, exc.field) from None
+        raise
 
 
 def _hints(cls: type) -> dict[str, Any]:

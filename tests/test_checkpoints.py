@@ -202,3 +202,32 @@ def test_cli_bad_inputs_exit_2_with_one_line(tmp_path: Path, capsys) -> None:
         assert lines[0].startswith("mliscan: "), (name, err)
         assert "Traceback" not in err
     assert "never run" not in out
+
+
+def _sharded_bin_with_a_global(tmp_path):
+    import fractions
+    import json
+
+    shard = "pytorch_model-00001-of-00001.bin"
+    state = {"state_dict": {"w": torch.ones(2)}, "ratio": fractions.Fraction(1, 2)}
+    torch.save(state, tmp_path / shard)
+    index = tmp_path / "pytorch_model.bin.index.json"
+    index.write_text(json.dumps({"weight_map": {"w": shard}}))
+    return index
+
+
+def test_trust_pickle_is_honoured_for_sharded_torch_files(tmp_path) -> None:
+    """A shard whose pickle names a foreign global is refused by default and loaded with
+    --trust-pickle, exactly as a single file is."""
+    import warnings
+
+    from mliscan.checkpoints import load_checkpoint
+    from mliscan.errors import UnsafeCheckpointError
+
+    index = _sharded_bin_with_a_global(tmp_path)
+    with pytest.raises(UnsafeCheckpointError, match=r"fractions\.Fraction"):
+        load_checkpoint(index)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ckpt = load_checkpoint(index, trust_pickle=True)
+    assert torch.equal(ckpt.tensors["w"], torch.ones(2))

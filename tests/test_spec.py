@@ -80,3 +80,19 @@ def test_numeric_settings_leave_out_speed_and_verdict_options():
 def test_arch_spec_given_options():
     spec = S.ArchSpec(hidden="8,8", bn=False, init_scheme="fixup", arch_opt=("width = 3",))
     assert spec.given_options() == {"hidden": "8,8", "bn": False, "init": "fixup", "width": "3"}
+
+
+def test_build_names_where_the_value_came_from_without_module_state() -> None:
+    """The location (a config key, a Python argument) travels with the error; nothing is
+    kept in the module between calls (mliscan runs inside other people's processes)."""
+    import mliscan.spec as S
+
+    with pytest.raises(S.SpecError) as info:
+        S.build(S.EvalSpec, {"alphas": 1}, {"alphas": "mliscan.toml: alphas"})
+    assert str(info.value).startswith("mliscan.toml: alphas:") and info.value.field == "alphas"
+    with pytest.raises(S.SpecError) as info:
+        S.EvalSpec(alphas=1)
+    assert str(info.value).startswith("--alphas:")
+    assert not any(
+        isinstance(v, dict) and k.isupper() and k.startswith("_") for k, v in vars(S).items()
+    )

@@ -113,6 +113,18 @@ def test_files_are_written_with_the_users_umask(tmp_path: Path):
         os.umask(old)
 
 
+def test_writing_a_file_never_touches_the_process_umask(tmp_path: Path, monkeypatch):
+    """Library code runs inside other people's processes: the umask is applied by the
+    kernel to an explicit mode, never read by toggling it (a race with other threads)."""
+
+    def refuse(_mask: int) -> int:
+        raise AssertionError("os.umask called")
+
+    monkeypatch.setattr(os, "umask", refuse)
+    atomic_write_text(tmp_path / "c.txt", "x")
+    assert (tmp_path / "c.txt").read_text() == "x"
+
+
 def test_sweep_index_and_runs_command(tmp_path: Path, capsys):
     from mliscan.sweep import INDEX_FILE, expand, run_sweep
 
