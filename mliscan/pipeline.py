@@ -286,8 +286,7 @@ def compare_pair(
     source = source or SourceSpec()
     align = align_spec.align if align_spec is not None else "none"
     t_start = time.perf_counter()
-    init = open_source(init_path, source.trust_pickle, source.offline, source.ema)
-    final = open_source(final_path, source.trust_pickle, source.offline, source.ema)
+    init, final = open_endpoint(init_path, source), open_endpoint(final_path, source)
     return compare_checkpoints(
         init,
         final,
