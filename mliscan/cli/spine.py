@@ -438,12 +438,6 @@ def load_settings(
     else:
         node, source, own = find_settings(command, Path.cwd())
     settings = {str(k).replace("-", "_"): v for k, v in node.items()}
-    unknown = sorted(str(k)[:40] for k in node if str(k).replace("-", "_") not in known)
-    if unknown:
-        allowed = ", ".join(sorted(k.replace("_", "-") for k in known))
-        raise UsageError(
-            f"{source}: unknown {command} setting(s) {short_list(unknown)}; known: {allowed}"
-        )
     code = sorted(k.replace("_", "-") for k in settings if k in code_keys)
     if code and not own:
         raise UsageError(
@@ -451,6 +445,12 @@ def load_settings(
             f"above the project ({project_root(Path.cwd())}); settings files outside the "
             f"project cannot run code: give --{code[0]} on the command line, or set it in the "
             "project's own mliscan.toml or pyproject.toml"
+        )
+    unknown = sorted(str(k)[:40] for k in node if str(k).replace("-", "_") not in known)
+    if unknown:
+        allowed = ", ".join(sorted(k.replace("_", "-") for k in known))
+        raise UsageError(
+            f"{source}: unknown {command} setting(s) {short_list(unknown)}; known: {allowed}"
         )
     return settings, source
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 from pathlib import Path
 
 import pytest
 import typer.main
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from mliscan.cli.app import app, main
@@ -85,6 +86,11 @@ HOSTILE = [
     "mlp",
     "resnet20",
     "hidden=8",
+    # names that are not what they look like: rich markup and glob patterns (issue #23)
+    "[/x]",
+    "[red]r",
+    "s[1]",
+    "*",
 ]
 
 
@@ -240,7 +246,7 @@ def _toml_value(v: object) -> str:
     if isinstance(v, str):
         return '"' + v + '"'
     if isinstance(v, list):
-        return "[" + ", ".join(str(x) for x in v) + "]"
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     return repr(v)
 
 
@@ -269,3 +275,114 @@ def test_fuzzed_config_files_never_crash(tmp_path_factory, table: dict, command:
         os.chdir(old)
     _assert_clean(argv, code, err)
     assert code == 2  # the endpoints do not exist; the config is checked on the way
+
+
+CODE_VALUES = {
+    "model": st.sampled_from(["planted_fuzz:make", "os:getcwd", "abc", ""]),
+    "model-arg": st.lists(st.sampled_from(["width=8", "x", "=1"]), max_size=2),
+    "trust-pickle": st.booleans(),
+}
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    table=st.dictionaries(TOML_KEYS, TOML_VALUES, max_size=3),
+    code=st.dictionaries(st.sampled_from(sorted(CODE_VALUES)), st.just(None), max_size=2),
+    data=st.data(),
+    fname=st.sampled_from(["mliscan.toml", "pyproject.toml"]),
+)
+def test_fuzzed_settings_above_a_repository_never_run_code(
+    tmp_path_factory, table: dict, code: dict, data, fname: str
+) -> None:
+    """A settings file above the repository root may set anything; a key that would run
+    code is refused (exit 2, naming it) and the planted factory never runs."""
+    outer = tmp_path_factory.mktemp("above")
+    repo = outer / "repo"
+    (repo / ".git").mkdir(parents=True)
+    marker = outer / "marker"
+    (repo / "planted_fuzz.py").write_text(
+        f"import pathlib\ndef make(**kw):\n    pathlib.Path({str(marker)!r}).write_text('ran')\n"
+    )
+    for key in code:
+        table[key] = data.draw(CODE_VALUES[key])
+    body = "\n".join(f"{k} = {_toml_value(v)}" for k, v in table.items())
+    header = "[tool.mliscan.check]" if fname == "pyproject.toml" else "[check]"
+    (outer / fname).write_text(f"{header}\n{body}\n")
+    old = os.getcwd()
+    os.chdir(repo)
+    try:
+        argv = ["check", "missing-init.safetensors", "missing-final.safetensors"]
+        exit_code, err = _run(argv)
+    finally:
+        os.chdir(old)
+    _assert_clean(argv, exit_code, err)
+    assert not marker.exists()
+    if code:
+        assert exit_code == 2 and "above the project" in err, err
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner),
+    max_leaves=10,
+)
+
+
+def _nested(depth: int, leaf: object) -> str:
+    """JSON text nested ``depth`` lists deep (written directly: json.dumps would recurse)."""
+    return "[" * depth + json.dumps(leaf) + "]" * depth
+
+
+@settings(
+    max_examples=30,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    text=st.one_of(
+        st.builds(json.dumps, JSON),
+        st.builds(_nested, st.integers(60, 3000), JSON),
+        st.builds(lambda d: json.dumps({"weight_map": d}), JSON),
+        st.builds(lambda d: json.dumps({"config": d, "status": "complete"}), JSON),
+    ),
+    target=st.sampled_from(["run.json", "index", "trainer_state"]),
+)
+@example(text=_nested(3000, 1), target="run.json")
+@example(text=_nested(3000, 1), target="index")
+@example(text=_nested(3000, 1), target="trainer_state")
+@example(text='{"weight_map": {"a": ["x"], "b": 5}}', target="index")
+@example(text='{"global_step": 123456789012345678901234567890}', target="trainer_state")
+def test_fuzzed_json_files_never_crash(
+    tiny: Path, tmp_path_factory, text: str, target: str
+) -> None:
+    """Hostile JSON (any shape, nested thousands deep, integers past 64 bits) where mliscan
+    reads a run record, a shard index or a Trainer state: exit 0, 1 or 2, one line."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("json")
+    if target == "run.json":
+        run = folder / "runs" / "r"
+        shutil.copytree(tiny, run)
+        (run / "run.json").write_text(text)
+        argv = ["report", str(folder / "runs"), "--out", str(folder / "rep"), "--no-figures"]
+    elif target == "index":
+        shutil.copy(tiny / "final.safetensors", folder / "a.safetensors")
+        (folder / "model.safetensors.index.json").write_text(text)
+        index = str(folder / "model.safetensors.index.json")
+        argv = ["compare", index, index, "--arch", "mlp", "--alphas", "3", "--data-limit", "20"]
+    else:
+        for n in (1, 2):
+            ck = folder / "trainer" / f"checkpoint-{n}"
+            ck.mkdir(parents=True)
+            shutil.copy(tiny / "final.safetensors", ck / "model.safetensors")
+            (ck / "trainer_state.json").write_text(text)
+        argv = ["trajectory", str(folder / "trainer"), "--out", str(folder / "t")]
+        argv += ["--alphas", "3", "--data-limit", "20", "--no-gauss"]
+    code, err = _run(argv)
+    _assert_clean(argv, code, err)
