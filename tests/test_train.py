@@ -10,6 +10,7 @@ import torch
 
 from mliscan.adapter import DataInfo
 from mliscan.checkpoints import load_checkpoint
+from mliscan.errors import UsageError
 from mliscan.registry import get_adapter
 from mliscan.spec import DataSpec
 from mliscan.train import TrainSpec, train
@@ -48,6 +49,27 @@ def test_same_seed_gives_byte_identical_init(tmp_path: Path) -> None:
     a = (tmp_path / "a" / "init.safetensors").read_bytes()
     assert a == (tmp_path / "b" / "init.safetensors").read_bytes()
     assert a != (tmp_path / "c" / "init.safetensors").read_bytes()
+
+
+def test_float64_training_draws_trains_and_writes_in_float64(tmp_path: Path) -> None:
+    spec = _spec(dtype="float64", arch_options={"hidden": "16", "bn": True}, optimizer="adam")
+    record = train(spec, tmp_path)
+    assert torch.get_default_dtype() == torch.float32  # restored
+    init = load_checkpoint(tmp_path / "init.safetensors").tensors
+    final = load_checkpoint(tmp_path / "final.safetensors").tensors
+    for tensors in (init, final):
+        assert tensors["0.weight"].dtype == tensors["1.running_var"].dtype == torch.float64
+    # the initial weights are drawn in float64, not float32 weights widened
+    adapter = get_adapter("mlp")
+    torch.manual_seed(0)
+    fresh = adapter.build(
+        adapter.parse_options({"hidden": "16", "bn": True}), DataInfo((1, 8, 8), 10)
+    )
+    assert not torch.equal(init["0.weight"], fresh.state_dict()["0.weight"].double())
+    assert record["config"]["dtype"] == "float64"
+    assert "dtype" not in _spec().to_dict()  # float32 runs record the config as before
+    with pytest.raises(UsageError, match="float64"):
+        _spec(dtype="float64", amp=True)
 
 
 def test_optimizers_and_bn(tmp_path: Path) -> None:
