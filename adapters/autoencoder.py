@@ -24,6 +24,7 @@ from mliscan.adapter import (
     parse_choice,
     parse_int_tuple,
 )
+from mliscan.permutation import sequential_spec
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class AutoencoderOptions:
 
 
 class AutoencoderAdapter(Adapter):
-    permutation = "sequential"  # --align: hidden units of a plain Sequential
+    permutation = staticmethod(sequential_spec)  # --align: hidden units of a Sequential
     targets_from_inputs = True  # the loss reconstructs the input
     name = "autoencoder"
     description = (

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from mliscan.adapter import Adapter, DataInfo, TrainDefaults, option, parse_bool
+from mliscan.permutation import sequential_spec
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,7 @@ def _flat_size(features: nn.Module, shape: tuple[int, ...]) -> int:
 
 
 class SimpleCNNAdapter(Adapter):
-    permutation = "sequential"  # --align: hidden units of a plain Sequential
+    permutation = staticmethod(sequential_spec)  # --align: hidden units of a Sequential
     name = "simplecnn"
     description = "two 3x3 stride-2 convolutions (32, 64) with ReLU and a linear head"
     default_data = "digits"
@@ -49,7 +50,7 @@ class SimpleCNNAdapter(Adapter):
 
 
 class LeNet5Adapter(Adapter):
-    permutation = "sequential"  # --align: hidden units of a plain Sequential
+    permutation = staticmethod(sequential_spec)  # --align: hidden units of a Sequential
     name = "lenet5"
     description = "LeNet-5 (LeCun et al. 1998): conv-tanh-avgpool x2, 120-84 tanh head"
     default_data = "mnist"
@@ -91,7 +92,7 @@ def _pool() -> nn.Module:
 
 
 class AlexNetAdapter(Adapter):
-    permutation = "sequential"  # --align: hidden units of a plain Sequential
+    permutation = staticmethod(sequential_spec)  # --align: hidden units of a Sequential
     name = "alexnet"
     description = "AlexNet, CIFAR-sized: 5 conv (64-192-384-256-256), 3 max-pools, 1024-1024 head"
     default_data = "cifar10"
@@ -148,7 +149,7 @@ VGG_CONFIGS = {
 
 
 class VGGAdapter(Adapter):
-    permutation = "sequential"  # --align: hidden units of a plain Sequential
+    permutation = staticmethod(sequential_spec)  # --align: hidden units of a Sequential
     default_data = "cifar10"
     Options = CNNOptions
     train_defaults = TrainDefaults(optimizer="sgd", lr=0.01, epochs=200, batch_size=128)

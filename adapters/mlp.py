@@ -25,6 +25,7 @@ from mliscan.adapter import (
     parse_choice,
     parse_int_tuple,
 )
+from mliscan.permutation import sequential_spec
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
 
@@ -37,7 +38,7 @@ class MLPOptions:
 
 
 class MLPAdapter(Adapter):
-    permutation = "sequential"  # --align: hidden units of a plain Sequential
+    permutation = staticmethod(sequential_spec)  # --align: hidden units of a Sequential
     name = "mlp"
     description = "fully-connected classifier (Sequential of Linear, [BatchNorm1d], activation)"
     default_data = "digits"

@@ -17,12 +17,14 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from mliscan.adapter import Adapter, DataInfo, TrainDefaults, option, parse_bool, parse_choice
-from mliscan.errors import AdapterOptionError
+from mliscan.errors import AdapterOptionError, UsageError
+from mliscan.permutation import PermutationSpec, add_conv, add_norm, whole
 
 if TYPE_CHECKING:  # rules are stated through the tracer the engine passes in
     from mliscan.taylor import Stack, Tracer
@@ -125,6 +127,50 @@ class CifarResNet(nn.Module):
         return t(self.fc, t(self.bias2, x))
 
 
+def cifar_resnet_spec(module: nn.Module) -> PermutationSpec:
+    """The permutation structure of the CIFAR ResNets (``adapters/resnet.py``).
+
+    The residual stream is one permutation shared by the stem, every block's output and the
+    next block's input. An option-A shortcut places the previous stream at channels
+    ``pad//2 ..`` of a wider one and fills the rest with zeros, so the wider stream's
+    permutation is the previous one at that offset plus a free permutation of the
+    zero-padded channels (any other would change the function). Inside a block, the first
+    convolution's channels are a group of their own. Fixup's scalar biases and multipliers
+    are not permuted."""
+    blocks = getattr(module, "layers", None)
+    if not all(hasattr(module, a) for a in ("conv1", "bn1", "fc")) or not isinstance(
+        blocks, nn.Sequential
+    ):
+        raise UsageError("--align: the network is not a CIFAR ResNet of mliscan's resnet adapter")
+    spec = PermutationSpec()
+    width = module.conv1.weight.shape[0]
+    spec.sizes["S"] = width
+    stream = whole("S", width)
+    add_conv(spec, "conv1", module.conv1, stream, None)
+    add_norm(spec, "bn1", module.bn1, stream)
+    for i, block in enumerate(blocks):
+        p = f"layers.{i}"
+        cout = block.conv1.weight.shape[0]
+        inner = whole(f"B{i}", cout)
+        spec.sizes[f"B{i}"] = cout
+        if cout != width:  # a zero-padding shortcut: the stream widens
+            lo = block.pad // 2
+            zeros = np.r_[np.arange(lo), np.arange(lo + width, cout)]
+            spec.sizes[f"Z{i}"] = len(zeros)
+            stream = (*((g, pos + lo) for g, pos in stream), (f"Z{i}", zeros))
+            out = stream
+            block_in = tuple((g, pos - lo) for g, pos in stream[:-1])
+        else:
+            out = block_in = stream
+        add_conv(spec, f"{p}.conv1", block.conv1, inner, block_in)
+        add_norm(spec, f"{p}.bn1", block.bn1, inner)
+        add_conv(spec, f"{p}.conv2", block.conv2, out, inner)
+        add_norm(spec, f"{p}.bn2", block.bn2, out)
+        width = cout
+    spec.axes["fc.weight"] = (None, stream)
+    return spec
+
+
 class ResNetAdapter(Adapter):
     description = (
         "CIFAR ResNet (He et al. 2016); options bn on/off, init default/block-identity/fixup"
@@ -133,7 +179,7 @@ class ResNetAdapter(Adapter):
     Options = ResNetOptions
     train_defaults = TrainDefaults(optimizer="sgd", lr=0.1, epochs=200, batch_size=128)
     # --align: the residual stream shared across blocks, widened by zero-padding shortcuts
-    permutation = "cifar-resnet"
+    permutation = staticmethod(cifar_resnet_spec)  # --align: the residual stream
 
     def __init__(self, depth: int) -> None:
         if (depth - 2) % 6:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from mliscan.errors import AdapterOptionError, CheckpointMismatchError, DataError, short_list
+from mliscan.permutation import PermutationSpec
 from mliscan.spec import EVAL_BATCH_CANDIDATES
 
 
@@ -71,8 +72,10 @@ class Adapter(ABC):
     custom_logits: ClassVar[bool] = False
     """``logits`` is not the module output (the second-order pass then does not apply)."""
     targets_from_inputs: ClassVar[bool] = False
-    permutation: ClassVar[str | None] = None
-    """How ``--align`` permutes hidden units: "sequential" (a plain nn.Sequential), or None."""
+    permutation: ClassVar[Callable[[nn.Module], PermutationSpec] | None] = None
+    """How ``--align`` permutes hidden units: a function from the built module to its
+    :class:`~mliscan.permutation.PermutationSpec` (``permutation.sequential_spec`` for a
+    plain Sequential), or None when the architecture declares none."""
     """``prepare_targets`` derives the targets from the inputs (such data cannot be streamed)."""
     """Whether ``mliscan train`` can train it (hub adapters evaluate only)."""
 

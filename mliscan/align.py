@@ -7,166 +7,24 @@ permutable units, the permutation of the second endpoint whose weights best matc
 first's: a linear assignment per group (``scipy.optimize.linear_sum_assignment``), iterated
 over the groups until no permutation changes.
 
-The permutation structure is declared by the adapter (``Adapter.permutation``); for
-``"sequential"`` it is read off a plain ``nn.Sequential`` of Linear / Conv / BatchNorm /
-activation / pooling / Flatten layers: every hidden layer's output units (channels) form
-one group, which permutes that layer's output axis, the next layer's input axis (in blocks
-of H*W after a Flatten) and the BatchNorm parameters and statistics between them.
+The permutation structure is declared by the adapter (``Adapter.permutation``, built with
+:mod:`mliscan.permutation`): this module knows no architecture.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from mliscan.adapter import Adapter
 from mliscan.errors import UsageError
+from mliscan.permutation import AxisPerm, PermutationSpec, Segment
 
-# Layers that act elementwise or per channel without parameters: they keep the grouping.
-_PASS_THROUGH = (
-    nn.ReLU,
-    nn.Tanh,
-    nn.GELU,
-    nn.Sigmoid,
-    nn.Identity,
-    nn.Dropout,
-    nn.MaxPool2d,
-    nn.AvgPool2d,
-    nn.AdaptiveAvgPool2d,
-)
 MAX_ITERATIONS = 100
-
-
-Segment = tuple[str, np.ndarray]
-"""A group and the positions along an axis it permutes (the group's unit i sits at pos[i])."""
-AxisPerm = tuple[Segment, ...] | None
-"""How one axis of a tensor is permuted: by segments (None: not permuted)."""
-
-
-def whole(group: str, n: int) -> tuple[Segment, ...]:
-    """An axis of ``n`` units permuted entirely by ``group``."""
-    return ((group, np.arange(n)),)
-
-
-@dataclass
-class PermutationSpec:
-    """Groups of permutable units and, per tensor, how each axis is permuted.
-
-    An axis usually belongs to one group; the CIFAR ResNets' residual stream after a
-    zero-padding shortcut is made of several: the previous stage's stream (embedded at an
-    offset) and the new, zero-padded channels."""
-
-    sizes: dict[str, int] = field(default_factory=dict)
-    axes: dict[str, tuple[AxisPerm, ...]] = field(default_factory=dict)
-    blocks: dict[str, int] = field(default_factory=dict)
-    """Tensor -> block size of its axis 1 (a Linear after a Flatten of channels)."""
-
-
-def sequential_spec(module: nn.Module) -> PermutationSpec:
-    """The permutation structure of a plain ``nn.Sequential`` (see the module docstring)."""
-    if not isinstance(module, nn.Sequential):
-        raise UsageError("--align needs a plain nn.Sequential network for this architecture")
-    spec = PermutationSpec()
-    weighted = [i for i, m in enumerate(module) if isinstance(m, (nn.Linear, nn.Conv2d, nn.Conv1d))]
-    if not weighted:
-        raise UsageError("--align: the network has no Linear or Conv layers to align")
-    last = weighted[-1]
-    current: AxisPerm = None  # how the current feature / channel axis is permuted
-    channels = 0
-    flattened_block = 1
-    for i, m in enumerate(module):
-        name = str(i)
-        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
-            n_out = m.weight.shape[0]
-            out: AxisPerm = None if i == last else whole(f"P{i}", n_out)
-            extra = (None,) * (m.weight.dim() - 2)
-            spec.axes[f"{name}.weight"] = (out, current, *extra)
-            if isinstance(m, nn.Linear) and flattened_block > 1 and current is not None:
-                spec.blocks[f"{name}.weight"] = flattened_block
-            if m.bias is not None:
-                spec.axes[f"{name}.bias"] = (out,)
-            if out is not None:
-                spec.sizes[f"P{i}"] = n_out
-            current, channels, flattened_block = out, n_out, 1
-        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
-            _norm(spec, name, m, current)
-        elif isinstance(m, nn.Flatten):
-            flattened_block = -1  # resolved by the next Linear's input width
-        elif not isinstance(m, _PASS_THROUGH):
-            raise UsageError(f"--align: layer {name} ({type(m).__name__}) has no permutation rule")
-        if flattened_block == -1:
-            nxt = next(
-                (module[j] for j in range(i + 1, len(module)) if isinstance(module[j], nn.Linear)),
-                None,
-            )
-            if nxt is not None and channels:
-                flattened_block = max(1, nxt.in_features // channels)
-    return spec
-
-
-def _norm(spec: PermutationSpec, name: str, m: nn.Module, axis: AxisPerm) -> None:
-    """A BatchNorm's parameters and statistics follow their channels (nothing for Identity)."""
-    if isinstance(m, nn.modules.batchnorm._BatchNorm):
-        for p in ("weight", "bias", "running_mean", "running_var"):
-            if getattr(m, p, None) is not None:
-                spec.axes[f"{name}.{p}"] = (axis,)
-
-
-def _conv(spec: PermutationSpec, name: str, m: nn.Module, out: AxisPerm, inp: AxisPerm) -> None:
-    spec.axes[f"{name}.weight"] = (out, inp, *(None,) * (m.weight.dim() - 2))
-    if m.bias is not None:
-        spec.axes[f"{name}.bias"] = (out,)
-
-
-def cifar_resnet_spec(module: nn.Module) -> PermutationSpec:
-    """The permutation structure of the CIFAR ResNets (``adapters/resnet.py``).
-
-    The residual stream is one permutation shared by the stem, every block's output and the
-    next block's input. An option-A shortcut places the previous stream at channels
-    ``pad//2 ..`` of a wider one and fills the rest with zeros, so the wider stream's
-    permutation is the previous one at that offset plus a free permutation of the
-    zero-padded channels (any other would change the function). Inside a block, the first
-    convolution's channels are a group of their own. Fixup's scalar biases and multipliers
-    are not permuted."""
-    blocks = getattr(module, "layers", None)
-    if not all(hasattr(module, a) for a in ("conv1", "bn1", "fc")) or not isinstance(
-        blocks, nn.Sequential
-    ):
-        raise UsageError("--align: the network is not a CIFAR ResNet of mliscan's resnet adapter")
-    spec = PermutationSpec()
-    width = module.conv1.weight.shape[0]
-    spec.sizes["S"] = width
-    stream = whole("S", width)
-    _conv(spec, "conv1", module.conv1, stream, None)
-    _norm(spec, "bn1", module.bn1, stream)
-    for i, block in enumerate(blocks):
-        p = f"layers.{i}"
-        cout = block.conv1.weight.shape[0]
-        inner = whole(f"B{i}", cout)
-        spec.sizes[f"B{i}"] = cout
-        if cout != width:  # a zero-padding shortcut: the stream widens
-            lo = block.pad // 2
-            zeros = np.r_[np.arange(lo), np.arange(lo + width, cout)]
-            spec.sizes[f"Z{i}"] = len(zeros)
-            stream = (*((g, pos + lo) for g, pos in stream), (f"Z{i}", zeros))
-            out = stream
-            block_in = tuple((g, pos - lo) for g, pos in stream[:-1])
-        else:
-            out = block_in = stream
-        _conv(spec, f"{p}.conv1", block.conv1, inner, block_in)
-        _norm(spec, f"{p}.bn1", block.bn1, inner)
-        _conv(spec, f"{p}.conv2", block.conv2, out, inner)
-        _norm(spec, f"{p}.bn2", block.bn2, out)
-        width = cout
-    spec.axes["fc.weight"] = (None, stream)
-    return spec
-
-
-STRUCTURES = {"sequential": sequential_spec, "cifar-resnet": cifar_resnet_spec}
 
 
 def _expand(perm: np.ndarray, block: int) -> np.ndarray:
@@ -286,23 +144,37 @@ def apply(
     return out
 
 
+def aligned_architectures() -> list[str]:
+    """The registered adapters that declare a permutation structure."""
+    from mliscan.registry import get_adapter, names
+
+    out = []
+    for name in names():
+        try:
+            if get_adapter(name).permutation is not None:
+                out.append(name)
+        except Exception:  # a plugin that fails to load is reported elsewhere
+            continue
+    return out
+
+
 def align(
-    permutation: str | None,
+    adapter: Adapter,
     module: nn.Module,
     a: Mapping[str, torch.Tensor],
     b: Mapping[str, torch.Tensor],
-    arch: str,
     objective: Sequence[str] | str | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """``b`` aligned to ``a`` by weight matching, and the record of what was done.
-    ``objective``: the tensors whose match is maximised (default: the module's parameters;
-    the BN running statistics are re-estimated along the path, so they are left out)."""
-    if permutation not in STRUCTURES:
+    """``b`` aligned to ``a`` by weight matching over the permutation structure the adapter
+    declares (``Adapter.permutation``), and the record of what was done. ``objective``: the
+    tensors whose match is maximised (default: the module's parameters; the BN running
+    statistics are re-estimated along the path, so they are left out)."""
+    if adapter.permutation is None:
         raise UsageError(
-            f"--align: --arch {arch} declares no permutation structure (aligned: mlp, "
-            "autoencoder, simplecnn, lenet5, alexnet, vgg16, vgg19 and the CIFAR ResNets)"
+            f"--align: --arch {adapter.name} declares no permutation structure (aligned: "
+            f"{', '.join(aligned_architectures())})"
         )
-    spec = STRUCTURES[permutation](module)
+    spec = adapter.permutation(module)
     if objective is None:  # the parameters: BN statistics are re-estimated on the path
         objective = [name for name, _ in module.named_parameters()]
     elif objective == "with-statistics":  # --bn-mode interpolate: the statistics move too

@@ -160,9 +160,7 @@ class Context:
             from mliscan.align import align
 
             stats = "with-statistics" if self.spec.bn.mode == "interpolate" else None
-            aligned, alignment = align(
-                self.adapter.permutation, self.module, a, b, self.adapter.name, stats
-            )
+            aligned, alignment = align(self.adapter, self.module, a, b, stats)
             plain = self._curve(a, b, gauss=False)
             alignment.update(
                 unaligned_distance=num(plain[2]),

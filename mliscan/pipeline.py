@@ -399,9 +399,7 @@ def _aligned(
     objective = list(roles.parameters)
     if spec.bn.mode == "interpolate":  # the stored statistics move along the path too
         objective += list(roles.bn_owned)
-    aligned, record = weight_match(
-        adapter.permutation, ctx.module, theta0, theta1, adapter.name, objective
-    )
+    aligned, record = weight_match(adapter, ctx.module, theta0, theta1, objective)
     unaligned = PathEvaluator(adapter, ctx.module, theta0, theta1, ctx.prepared, spec)
     curve = unaligned.run(alpha_grid(spec.alphas), gauss=False)
     dist, _ = metrics.weight_distance(theta0, theta1, roles.parameters)

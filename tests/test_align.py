@@ -8,9 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from mliscan.adapters.resnet import cifar_resnet_spec
 
 from mliscan.adapter import DataInfo
-from mliscan.align import STRUCTURES, apply, cifar_resnet_spec, sequential_spec, weight_matching
+from mliscan.align import apply, weight_matching
+from mliscan.permutation import sequential_spec
 from mliscan.registry import get_adapter
 from tests.conftest import run_cli
 
@@ -32,7 +34,7 @@ def _net(name: str, options: dict, info: DataInfo, seed: int):
 )
 def test_a_permuted_copy_computes_the_same_and_is_recovered(name, options, info) -> None:
     net = _net(name, options, info, 0).eval()
-    spec = STRUCTURES[get_adapter(name).permutation](net)
+    spec = get_adapter(name).permutation(net)
     rng = np.random.default_rng(1)
     shuffle = {g: rng.permutation(n) for g, n in spec.sizes.items()}
     # weights without ties (Fixup zeroes whole layers, which any permutation matches)
@@ -119,8 +121,10 @@ def test_compare_align_flat_path_and_record(tmp_path: Path, capsys) -> None:
 def test_an_architecture_without_a_permutation_structure(mlp_pair: Path, capsys) -> None:
     from mliscan.align import align
 
-    with pytest.raises(Exception, match="declares no permutation structure"):
-        align(None, torch.nn.Linear(2, 2), {}, {}, "gpt2")
+    with pytest.raises(Exception, match="declares no permutation structure") as info:
+        align(get_adapter("hf-causal-lm"), torch.nn.Linear(2, 2), {}, {})
+    # the aligned architectures are read off the registry, not listed by hand
+    assert "mlp" in str(info.value) and "resnet20" in str(info.value)
 
 
 def test_the_resnet_stream_keeps_the_zero_padded_channels_apart() -> None:
@@ -215,7 +219,7 @@ def test_the_objective_is_the_parameters_not_the_running_statistics() -> None:
 
     info = DataInfo((1, 8, 8), 10)
     net = _net("mlp", {"hidden": "16,12", "bn": True}, info, 0).eval()
-    spec = STRUCTURES["sequential"](net)
+    spec = sequential_spec(net)
     rng = np.random.default_rng(2)
     a = {
         k: torch.randn_like(v) if v.is_floating_point() else v.clone()
@@ -229,7 +233,7 @@ def test_the_objective_is_the_parameters_not_the_running_statistics() -> None:
         if k.endswith(("running_mean", "running_var")):
             b[k] = torch.as_tensor(rng.uniform(1e3, 1e4, size=b[k].shape), dtype=b[k].dtype)
     params = [n for n, _ in net.named_parameters()]
-    aligned, record = align("sequential", net, a, b, "mlp")
+    aligned, record = align(get_adapter("mlp"), net, a, b)
     only_params, _ = weight_matching(spec, a, b, objective=params)
     with_stats, _ = weight_matching(spec, a, b)  # every permuted tensor: another match
     assert any(not np.array_equal(only_params[g], with_stats[g]) for g in spec.sizes)

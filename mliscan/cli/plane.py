@@ -9,6 +9,7 @@ import typer
 
 from mliscan import spec as S
 from mliscan.cli import spine
+from mliscan.shard import ShardSpec
 
 
 @spine.command(
@@ -20,6 +21,7 @@ from mliscan.cli import spine
     S.PlaneSpec,
     S.AlignSpec,
     spine.OutputSpec,
+    ShardSpec,
     defaults={"batch_size": 1024, "gauss": False},
     exclude=("alphas", "gauss", "gauss_examples", "gauss_method", "alpha_chunk", "json"),
 )
@@ -41,11 +43,19 @@ def plane(
       mliscan plane run0/init.safetensors run0/final.safetensors run1/init.safetensors --plot plane.png
 
       mliscan plane i.safetensors f.safetensors g.safetensors --resolution 41 --range -5,60,-10,40
+
+      mliscan plane i.safetensors f.safetensors g.safetensors --resolution 101 --launcher slurm --shards 16
     """
     from mliscan.paths import check_local_source
 
     for point in (a, b, c):
         check_local_source(point)  # before torch is imported: a typo fails at once
+    cluster = specs[ShardSpec]
+    if cluster.launcher != "none":
+        from mliscan.cli import launch
+
+        return launch.submit(cluster, "plane", out, specs.context)
+    part = cluster.resolve()
     from mliscan import plane as pl
     from mliscan.checkpoints import check_pair, content_hash
     from mliscan.cli import ui
@@ -70,9 +80,7 @@ def plane(
         from mliscan.align import align as weight_match
 
         for i, name in ((1, "B"), (2, "C")):
-            states[i], alignments[name] = weight_match(
-                adapter.permutation, ctx.module, states[0], states[i], adapter.name
-            )
+            states[i], alignments[name] = weight_match(adapter, ctx.module, states[0], states[i])
     evaluator = PathEvaluator(adapter, ctx.module, states[0], states[1], ctx.prepared, spec)
     the_plane = pl.make_plane(*states, evaluator.roles.interpolated)
     bounds = pl.default_range(the_plane) if grid_spec.range is None else grid_spec.range
@@ -99,11 +107,19 @@ def plane(
             if row is not None:
                 done[(i, j)] = row
 
+    from mliscan.shard import ShardLog
+
+    units = resolution * resolution
+    log = ShardLog(out, part, "plane", units)
+    log.found(sum(part.owns(j * resolution + i) for i, j in done))
+
     def save(key: tuple[int, int], row: dict) -> None:
         store.put(point_key(*key), row)
+        log.unit()
 
+    shown = sum(part.owns(n) or (n % resolution, n // resolution) in done for n in range(units))
     try:
-        with ui.count_progress(resolution * resolution, "plane", quiet) as tick:
+        with log, ui.count_progress(shown, "plane", quiet) as tick:
             rows = pl.evaluate_plane(
                 evaluator,
                 the_plane,
@@ -112,6 +128,7 @@ def plane(
                 progress=lambda k, n: tick(),
                 done=done,
                 on_point=save,
+                shard=part,
             )
     except KeyboardInterrupt:
         from mliscan.cli.errors import InterruptState, real_interrupt
@@ -124,8 +141,20 @@ def plane(
             "the same command to resume"
         )
         return 130
-    anchors = pl.anchor_losses(evaluator, the_plane)
-    with store.lock():
+    with store.lock():  # the shard that finds every point stored writes the results
+        for j in range(resolution):
+            for i in range(resolution):
+                row = None if (i, j) in done else store.load(point_key(i, j))
+                if row is not None:
+                    done[(i, j)] = row
+        if len(done) < units:
+            ui.err.print(
+                f"plane: shard {part.label} is done; {len(done)} of the {units} points are in "
+                f"{ui.escape(str(out))}, and the shard that stores the last one writes the results"
+            )
+            return 0
+        rows = [done[(i, j)] for j in range(resolution) for i in range(resolution)]
+        anchors = pl.anchor_losses(evaluator, the_plane)
         store.write_parquet("plane.parquet", rows, pl.PLANE_SCHEMA)
         atomic_write_json(
             out / "plane.json",
