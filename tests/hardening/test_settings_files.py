@@ -88,7 +88,7 @@ def test_the_code_keys_are_declared_on_the_fields() -> None:
 def test_a_code_key_above_the_repository_is_refused_and_nothing_runs(
     tmp_path: Path, monkeypatch, capsys, fname: str, table: str, key: str
 ) -> None:
-    outer, repo, sub = _layout(tmp_path)
+    outer, _repo, sub = _layout(tmp_path)
     marker = tmp_path / "marker"
     factory = _planted(sub, marker)
     value = {
@@ -131,7 +131,7 @@ def test_a_code_key_in_the_project_is_honoured_and_named(
 def test_harmless_keys_above_the_repository_still_apply_and_are_named(
     tmp_path: Path, monkeypatch, capsys
 ) -> None:
-    outer, repo, sub = _layout(tmp_path)
+    outer, _repo, sub = _layout(tmp_path)
     (outer / "mliscan.toml").write_text("[check]\nmax-delta = -1\n")
     monkeypatch.chdir(sub)
     code, err = _run(["check", "missing-i.safetensors", "missing-f.safetensors"], capsys)
@@ -140,7 +140,7 @@ def test_harmless_keys_above_the_repository_still_apply_and_are_named(
 
 
 def test_a_code_key_on_the_command_line_is_honoured(tmp_path: Path, monkeypatch, capsys) -> None:
-    outer, repo, sub = _layout(tmp_path)
+    _outer, _repo, sub = _layout(tmp_path)
     marker = tmp_path / "marker"
     factory = _planted(sub, marker)
     monkeypatch.chdir(sub)
@@ -173,7 +173,7 @@ def test_outside_a_repository_only_the_current_folders_file_runs_code(
 
 
 def test_an_explicit_config_is_the_users_own_choice(tmp_path: Path, monkeypatch, capsys) -> None:
-    outer, repo, sub = _layout(tmp_path)
+    outer, _repo, sub = _layout(tmp_path)
     marker = tmp_path / "marker"
     factory = _planted(sub, marker)
     (outer / "shared.toml").write_text(
