@@ -112,8 +112,22 @@ def folder() -> Path:
     shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.mark.parametrize("condition", list(FIXES))
-@pytest.mark.parametrize("library", list(CALLS))
+# Importing transformers or timm costs a subprocess about 10 s: one condition each runs in
+# make test, the others with the slow tests (CI runs them: pytest -m slow).
+HEAVY = ("transformers", "timm")
+CASES = [
+    pytest.param(
+        library,
+        condition,
+        id=f"{library}-{condition}",
+        marks=pytest.mark.slow if library in HEAVY and condition != "EFBIG" else (),
+    )
+    for library in CALLS
+    for condition in FIXES
+]
+
+
+@pytest.mark.parametrize(("library", "condition"), CASES)
 def test_a_wrapped_os_refusal_is_exit_2_with_the_reason(
     library: str, condition: str, folder: Path
 ) -> None:
