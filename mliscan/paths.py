@@ -266,6 +266,11 @@ ENVIRONMENT = {
         EnvVar("MLISCAN_DEBUG", "0 or empty (off), anything else (tracebacks)", str),
         EnvVar("WORLD_SIZE", "a whole number >= 1 (set by torchrun)", _whole(1)),
         EnvVar("LOCAL_RANK", "a whole number >= 0 (set by torchrun)", _whole(0)),
+        # read by --shard slurm (a task of a SLURM job array)
+        EnvVar("SLURM_ARRAY_TASK_ID", "a whole number >= 0 (set by SLURM)", _whole(0)),
+        EnvVar("SLURM_ARRAY_TASK_COUNT", "a whole number >= 1 (set by SLURM)", _whole(1)),
+        EnvVar("SLURM_ARRAY_TASK_MIN", "a whole number >= 0 (set by SLURM)", _whole(0)),
+        EnvVar("SLURM_ARRAY_TASK_STEP", "a whole number >= 1 (set by SLURM)", _whole(1)),
     )
 }
 

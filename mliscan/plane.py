@@ -17,6 +17,7 @@ import torch
 
 from mliscan.errors import UsageError
 from mliscan.evaluate import PathEvaluator
+from mliscan.shard import WHOLE, Shard
 
 PLANE_SCHEMA = {"x": "f64", "y": "f64", "loss": "f64", "accuracy": "f64"}
 # The default range covers the three points with this fraction of their extent as margin.
@@ -86,10 +87,12 @@ def evaluate_plane(
     progress: Callable[[int, int], None] | None = None,
     done: dict[tuple[int, int], dict[str, float]] | None = None,
     on_point: Callable[[tuple[int, int], dict[str, float]], None] | None = None,
+    shard: Shard = WHOLE,
 ) -> list[dict[str, float]]:
     """Loss and accuracy on a resolution x resolution grid (row-major, y outer); a loss that
     is NaN or infinite (a range reaching weights where the model overflows) is None, so
-    that the stored points and plane.json stay valid JSON (null)."""
+    that the stored points and plane.json stay valid JSON (null). Points neither in
+    ``done`` nor ``shard``'s (point n = j * resolution + i) are left out."""
     xs = np.linspace(bounds[0], bounds[1], resolution)
     ys = np.linspace(bounds[2], bounds[3], resolution)
     rows = []
@@ -98,6 +101,8 @@ def evaluate_plane(
     for j, y in enumerate(ys):
         for i, x in enumerate(xs):
             key = (i, j)
+            if key not in done and not shard.owns(j * resolution + i):
+                continue
             if key not in done:
                 evaluator.set_state(plane.point(float(x), float(y)))
                 loss, acc = evaluator.loss_and_accuracy()

@@ -72,6 +72,11 @@ def _cached(path: Path) -> dict[str, Any] | None:
     return data
 
 
+def has_metrics(folder: Path, spec: EvalSpec) -> bool:
+    """Whether the run's metrics for ``spec`` are cached (by this or another shard)."""
+    return (folder / f"mli-{cache_key(folder, spec)}.json").is_file()
+
+
 def run_metrics(folder: Path, spec: EvalSpec, source: SourceSpec | None = None) -> dict[str, Any]:
     """The run's MLI metrics, from the cache or computed (and cached) now."""
     cache = folder / f"mli-{cache_key(folder, spec)}.json"

@@ -26,7 +26,9 @@ from mliscan.paths import (
     pause_point,
     read_json,
 )
+from mliscan.shard import WHOLE, Shard
 from mliscan.spec import spec_hash
+from mliscan.store import LOCK_FILE, StoreLock
 from mliscan.train import TrainSpec, train
 
 
@@ -142,24 +144,33 @@ def run_sweep(
     on_run: Callable[[int, int, TrainSpec, Path, bool], None] | None = None,
     on_epoch: Callable[[int, int, float, float], None] | None = None,
     retry_failed: bool = False,
+    shard: Shard = WHOLE,
+    on_done: Callable[[Path, bool], None] | None = None,
 ) -> list[Path]:
-    """Train every run that is not finished yet (a diverged run is finished unless
-    ``retry_failed``); returns the run folders in order."""
+    """Train every run of ``shard`` (every run by default; shard K of N takes runs K, K+N,
+    ...) that is not finished yet (a diverged run is finished unless ``retry_failed``);
+    returns all the run folders in order. ``on_run(i, n, ...)`` counts the shard's runs;
+    ``on_done(folder, trained)`` follows each of them."""
     folders = []
     names = [run_name(s) for s in specs]
     if len(set(names)) != len(names):
         raise UsageError("the sweep lists the same run twice")
     folders = [out / name for name in names]
     write_index(out, specs, folders)  # before training: the hashes are readable at once
-    for i, (spec, folder) in enumerate(zip(specs, folders, strict=True)):
+    mine = [i for i in range(len(specs)) if shard.owns(i)]
+    for position, i in enumerate(mine):
+        spec, folder = specs[i], folders[i]
         done = is_complete(folder) or (is_diverged(folder) and not retry_failed)
         if on_run:
-            on_run(i, len(specs), spec, folder, done)
+            on_run(position, len(mine), spec, folder, done)
         if not done:
             try:
                 train(spec, folder, on_epoch=on_epoch)
             finally:
                 write_index(out, specs, folders)
+        if on_done:
+            on_done(folder, not done)
+        if not done:
             pause_point(out)
     return folders
 
@@ -232,15 +243,19 @@ def index_markdown(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def write_index(out: Path, specs: Sequence[TrainSpec], folders: Sequence[Path]) -> None:
-    """``index.md`` and ``runs.parquet`` beside the run folders (atomically)."""
-    rows = index_rows(specs, folders)
-    atomic_write_text(out / INDEX_FILE, index_markdown(rows))
+    """``index.md`` and ``runs.parquet`` beside the run folders (atomically, under the
+    folder's lock: shards of one sweep write them in turn, each from every run's status as
+    it is then, so the last one written is never older than another)."""
     import polars as pl
 
-    with atomic_path(out / INDEX_TABLE) as tmp:
-        pl.DataFrame(
-            [{k: (None if v is None else str(v)) for k, v in r.items()} for r in rows]
-        ).write_parquet(tmp)
+    out.mkdir(parents=True, exist_ok=True)
+    with StoreLock(out / LOCK_FILE):
+        rows = index_rows(specs, folders)
+        atomic_write_text(out / INDEX_FILE, index_markdown(rows))
+        with atomic_path(out / INDEX_TABLE) as tmp:
+            pl.DataFrame(
+                [{k: (None if v is None else str(v)) for k, v in r.items()} for r in rows]
+            ).write_parquet(tmp)
 
 
 def read_index(out: Path) -> list[dict[str, Any]]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from mliscan.identity import key as identity_key
 from mliscan.paths import CHECKPOINTS_DIR, FINAL_FILE, INIT_FILE, RUN_FILE, read_json
 from mliscan.pipeline import Session
 from mliscan.results import curve_rows, metrics_of
+from mliscan.shard import WHOLE, Shard
 from mliscan.sources import expand_revisions, parse_hf, step_of, trainer_checkpoints
 from mliscan.store import ResultStore
 
@@ -225,12 +226,35 @@ def _final_epoch(folder: Path) -> int | None:
 
 @dataclass
 class Trajectory:
-    """The measured trajectory: one row per checkpoint, and the paths' stored records."""
+    """The measured trajectory: one row per checkpoint, and the paths' stored records.
+
+    A shard (``measure(..., shard=)``) computes only its own paths; until every path is
+    stored, ``missing`` names the others' and ``rows`` is empty."""
 
     rows: list[dict[str, Any]]
     records: dict[str, dict[str, Any]]
     """Stored path records by path id."""
     computed: int
+    steps: Sequence[Step] = ()
+    units: dict[tuple[int, str], str | None] = field(default_factory=dict)
+    """The path id of each (step, direction); None for a zero-length path."""
+    tolerance: float = 0.0
+
+    @property
+    def missing(self) -> list[str]:
+        return [p for p in self.units.values() if p is not None and p not in self.records]
+
+    def complete(self, store: ResultStore) -> bool:
+        """Read the paths stored (by other shards) since ``measure``; make the table once
+        every path is in."""
+        for pid in self.missing:
+            record = store.load(pid)
+            if record is not None:
+                self.records[pid] = record
+        if self.missing:
+            return False
+        self.rows = _rows(self.steps, self.units, self.records, self.tolerance)
+        return True
 
     def curves(self) -> list[dict[str, Any]]:
         """``curves.parquet`` rows: both paths of every checkpoint, α by α."""
@@ -254,30 +278,34 @@ def measure(
     store: ResultStore,
     tolerance: float,
     on_done: Callable[[Step, str, bool], None] | None = None,
+    shard: Shard = WHOLE,
 ) -> Trajectory:
     """Both paths of every step (missing ones computed and stored), then the table.
 
-    ``load(step, kind)`` reads one checkpoint; only θ₀, θ_T and the current θ_k are held."""
+    ``load(step, kind)`` reads one checkpoint; only θ₀, θ_T and the current θ_k are held.
+    With ``shard``, only its paths are computed (path 2k from θ₀ to step k, path 2k + 1
+    from step k to θ_T); ``on_done`` follows those."""
     first = load(steps[0], "init")
     last = load(steps[-1], "optimum")
     _compatible(steps[0], first, steps[-1], last)
-    rows: list[dict[str, Any]] = []
+    units: dict[tuple[int, str], str | None] = {}
     records: dict[str, dict[str, Any]] = {}
     computed = 0
     for i, st in enumerate(steps):
         end = first if i == 0 else last if i == len(steps) - 1 else load(st, "optimum")
         _compatible(steps[0], first, st, end)
-        row: dict[str, Any] = {"step": st.step, "label": st.label, "source": st.source}
-        for d, (a, b) in (("from_init", (first, end)), ("to_final", (end, last))):
+        for j, (d, (a, b)) in enumerate((("from_init", (first, end)), ("to_final", (end, last)))):
+            mine = shard.owns(2 * i + j)
             if a.hash == b.hash:  # a zero-length path
-                row.update(_zero_length(d))
-                if on_done:
+                units[(i, d)] = None
+                if on_done and mine:
                     on_done(st, d, False)
                 continue
             pid = identity_key("path", [a.hash, b.hash], settings)
+            units[(i, d)] = pid
             record = store.load(pid)
-            fresh = record is None
-            if record is None:
+            fresh = record is None and mine
+            if fresh:
                 record = ctx.evaluate(a.tensors, b.tensors)
                 record.update(
                     path_id=pid,
@@ -290,17 +318,40 @@ def measure(
                 )
                 store.put(pid, record)
                 computed += 1
-            records[pid] = record
+            if record is not None:
+                records[pid] = record
+            if on_done and mine:
+                on_done(st, d, fresh)
+    result = Trajectory([], records, computed, list(steps), units, tolerance)
+    if not result.missing:
+        result.rows = _rows(steps, units, records, tolerance)
+    return result
+
+
+def _rows(
+    steps: Sequence[Step],
+    units: dict[tuple[int, str], str | None],
+    records: dict[str, dict[str, Any]],
+    tolerance: float,
+) -> list[dict[str, Any]]:
+    """One row per checkpoint: both paths' metrics, and θ_k's own loss and accuracy."""
+    rows: list[dict[str, Any]] = []
+    for i, st in enumerate(steps):
+        row: dict[str, Any] = {"step": st.step, "label": st.label, "source": st.source}
+        for d in DIRECTIONS:
+            pid = units[(i, d)]
+            if pid is None:
+                row.update(_zero_length(d))
+                continue
+            record = records[pid]
             m = metrics_of(record, tolerance)
             row.update({f"{k}_{d}": m[k] for k in METRICS}, **{f"path_id_{d}": pid})
             at = -1 if d == "from_init" else 0  # θ_k's own loss and accuracy
             row.setdefault("loss", _num(record["loss"][at]))
             acc = record.get("accuracy")
             row.setdefault("accuracy", _num(acc[at]) if acc else None)
-            if on_done:
-                on_done(st, d, fresh)
         rows.append(row)
-    return Trajectory(rows, records, computed)
+    return rows
 
 
 def _compatible(

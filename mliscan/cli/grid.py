@@ -10,6 +10,7 @@ import typer
 from mliscan import spec as S
 from mliscan.cli import spine
 from mliscan.paths import env_value
+from mliscan.shard import ShardSpec
 
 # More endpoints than this is a typing error (the paths grow as the square).
 MAX_ENDPOINTS = 1000
@@ -37,6 +38,7 @@ def _distributed() -> tuple[int, int]:
     S.VerdictSpec,
     S.AlignSpec,
     spine.OutputSpec,
+    ShardSpec,
     # a fixed batch size, so resumed and sharded runs agree bit for bit
     defaults={"batch_size": 1024, "gauss": False},
     exclude=("json", "alpha_chunk"),
@@ -90,17 +92,26 @@ def grid(
       mliscan grid --init a/init.safetensors --init b/init.safetensors --optimum a/final.safetensors --out g
 
       torchrun --nproc-per-node 4 -m mliscan.cli.app grid runs/ --inits 10 --optima 10 --out g
+
+      mliscan grid runs/ --inits 10 --optima 10 --out g --launcher slurm --shards 8 --slurm-gpus-per-task 1
     """
     from mliscan.paths import check_local_source
 
     for path in [*(init or []), *(optimum or [])]:
         check_local_source(path)  # before torch is imported: a typo fails at once
+    cluster = specs[ShardSpec]
+    if cluster.launcher != "none":
+        from mliscan.cli import launch
+
+        return launch.submit(cluster, "grid", out, specs.context)
+    part = cluster.resolve()
     from mliscan import families as g
     from mliscan import results
     from mliscan.cli import ui
     from mliscan.errors import UsageError
     from mliscan.paths import find_runs
     from mliscan.pipeline import open_endpoint, setup
+    from mliscan.shard import WHOLE, Shard, ShardLog
 
     source, out_spec = specs[S.SourceSpec], specs[spine.OutputSpec]
     quiet, plot, tol = out_spec.quiet, out_spec.plot, specs[S.VerdictSpec].tol
@@ -125,6 +136,8 @@ def grid(
         raise UsageError("no endpoints found: the folders hold no runs (run.json, init and final)")
     spec = specs[S.EvalSpec]
     rank, world = _distributed()
+    # a shard of N with torchrun's W ranks: rank r of shard K is rank K*W + r of N*W
+    share = part.within(rank, world)
     if world > 1:
         import torch
 
@@ -159,17 +172,18 @@ def grid(
             f"grid: {len(ends_i)} inits x {len(ends_o)} optima -> {len(tasks)} paths "
             f"({done_before} already in {ui.escape(str(out))})"
             f"{'' if world == 1 else f', {world} ranks'}"
+            f"{'' if part.whole else f'; shard {part.label} takes {part.size(len(tasks))}'}"
         )
+    # rank 0 of each shard keeps its record (of rank 0's own paths, under torchrun)
+    log = ShardLog(out, part if rank == 0 else WHOLE, "grid", len(tasks), Shard(*share))
+
+    def done(t: g.PathTask, new: bool) -> None:
+        tick(f"{t.a.label} → {t.b.label}")
+        log.unit(new)
+
     try:
-        with ui.count_progress(len(tasks), "paths", quiet or rank != 0) as tick:
-            g.run_tasks(
-                engine,
-                tasks,
-                store,
-                rank,
-                world,
-                on_done=lambda t, new: tick(f"{t.a.label} → {t.b.label}"),
-            )
+        with log, ui.count_progress(part.size(len(tasks)), "paths", quiet or rank != 0) as tick:
+            g.run_tasks(engine, tasks, store, *share, on_done=done)
     except KeyboardInterrupt:
         from mliscan.cli.errors import InterruptState, real_interrupt
 
@@ -190,11 +204,22 @@ def grid(
         if rank != 0:
             dist.destroy_process_group()
             return 0
-    records = store.records(t.pid for t in tasks)
-    paths, curves = g.tables(records, tol)
-    with store.lock():
-        store.write_parquet("paths.parquet", paths, results.PATH_SCHEMA)
-        store.write_parquet("curves.parquet", curves, results.CURVE_SCHEMA)
+    with store.lock():  # the shard that finds every path stored writes the tables
+        records = store.records(t.pid for t in tasks)
+        if len(records) == len(tasks):
+            paths, curves = g.tables(records, tol)
+            store.write_parquet("paths.parquet", paths, results.PATH_SCHEMA)
+            store.write_parquet("curves.parquet", curves, results.CURVE_SCHEMA)
+    if len(records) < len(tasks):
+        ui.err.print(
+            f"grid: shard {part.label} is done; {len(records)} of the {len(tasks)} paths are in "
+            f"{ui.escape(str(out))}, and the shard that stores the last one writes the tables"
+        )
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+        return 0
     for family in g.FAMILIES:
         rows = [p for p in paths if p["family"] == family]
         if rows:

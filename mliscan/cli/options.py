@@ -9,6 +9,7 @@ import typer
 
 from mliscan import spec as S
 from mliscan.cli import spine
+from mliscan.shard import ShardSpec
 
 Hidden = spine.annotated(S.ArchSpec, "hidden")
 BN = spine.annotated(S.ArchSpec, "bn")
@@ -19,3 +20,12 @@ SeqLen = spine.annotated(S.DataSpec, "seq_len")
 Device = spine.annotated(S.EvalSpec, "device")
 Quiet = spine.annotated(spine.OutputSpec, "quiet")
 Seed = Annotated[int, typer.Option(help="Random seed.", metavar="N")]
+# sharding and launchers (mliscan.shard.ShardSpec)
+Shard = spine.annotated(ShardSpec, "shard")
+Launcher = spine.annotated(ShardSpec, "launcher")
+Shards = spine.annotated(ShardSpec, "shards")
+SlurmPartition = spine.annotated(ShardSpec, "slurm_partition")
+SlurmGpusPerTask = spine.annotated(ShardSpec, "slurm_gpus_per_task")
+SlurmTime = spine.annotated(ShardSpec, "slurm_time")
+SlurmArrayParallelism = spine.annotated(ShardSpec, "slurm_array_parallelism")
+Detach = spine.annotated(ShardSpec, "detach")

@@ -9,6 +9,7 @@ import typer
 
 from mliscan import spec as S
 from mliscan.cli import spine
+from mliscan.shard import ShardSpec
 
 
 @spine.command(
@@ -17,6 +18,7 @@ from mliscan.cli import spine
     S.EvalSpec,
     S.ReportSpec,
     spine.OutputSpec,
+    ShardSpec,
     exclude=("json", "plot"),
 )
 def report(
@@ -61,9 +63,16 @@ def report(
 
       mliscan report runs/ --out report --html report/sweep.html
 
+      mliscan report runs/ --out report --launcher slurm --shards 16 --slurm-time 30
+
     Writes OUT/runs.parquet, table1/table2/powerlaw .md and .csv, and the figures
     curves (Figures 2/4), delta_scatter (Figure 5) and power_law (Figure 7) as PNG and SVG.
     """
+    cluster = specs[ShardSpec]
+    if cluster.launcher != "none":
+        from mliscan.cli import launch
+
+        return launch.submit(cluster, "report", out, specs.context)
     import math
 
     from mliscan import report as rp
@@ -81,8 +90,28 @@ def report(
     folders = find_runs(runs)
     if not folders:
         raise UsageError("no runs found: the folders hold no run.json with init and final weights")
-    with ui.count_progress(len(folders), "runs", quiet) as tick:
-        rows = rp.collect(folders, spec, on_run=lambda f: tick(f.name), source=source)
+    from mliscan.shard import ShardLog
+
+    part = cluster.resolve()
+    mine = [f for i, f in enumerate(folders) if part.owns(i)]
+    log = ShardLog(out, part, "report", len(folders))
+
+    def done(folder: Path) -> None:
+        tick(folder.name)
+        log.unit()
+
+    with log, ui.count_progress(len(mine), "runs", quiet) as tick:
+        rows = rp.collect(mine, spec, on_run=done, source=source)
+    if not part.whole:  # the shard that finds every run's metrics cached writes the tables
+        left = sum(not rp.has_metrics(f, spec) for f in folders)
+        if left:
+            ui.err.print(
+                f"report: shard {part.label} is done; {len(folders) - left} of the "
+                f"{len(folders)} runs have their metrics, and the shard that computes the last "
+                "one writes the tables"
+            )
+            return 0
+        rows = rp.collect(folders, spec, source=source)  # from the caches
     threshold = rp.default_threshold(rows) if loss_threshold is None else loss_threshold
     tolerance = rp.default_tolerance(rows) if tol is None else tol
     for r in rows:

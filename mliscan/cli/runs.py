@@ -14,19 +14,27 @@ def runs(
     ],
 ) -> int:
     """List a sweep's run-<hash> folders with the settings that tell them apart and their
-    status (complete, interrupted, pending), from DIR/runs.parquet.
+    status (complete, interrupted, pending), from DIR/runs.parquet; and, for a study run in
+    shards (--shard, --launcher), each shard's progress, job and failure (DIR/shards/).
 
     Examples:
 
       mliscan runs runs/
 
       mliscan train --out runs/ --optimizer sgd,adam --lr 0.01,0.1 && mliscan runs runs/
+
+      mliscan runs grid-out
     """
     from rich.table import Table
 
     from mliscan.cli import ui
-    from mliscan.sweep import read_index
+    from mliscan.shard import shard_rows
+    from mliscan.sweep import INDEX_TABLE, read_index
 
+    shards = shard_rows(out)
+    if shards and not (out / INDEX_TABLE).is_file():  # a grid's, plane's, ... store
+        ui.out.print(_shard_table(out, shards))
+        return 0
     rows = read_index(out)
     table = Table(title=f"{ui.escape(str(out))}: {len(rows)} runs")
     for col in rows[0] if rows else ["run"]:
@@ -39,4 +47,32 @@ def runs(
         cells[list(r).index("status")] = f"[{colour}]{r['status']}[/]"
         table.add_row(*cells)
     ui.out.print(table)
+    if shards:
+        ui.out.print(_shard_table(out, shards))
     return 0
+
+
+SHARD_COLOURS = {"complete": "green", "running": "cyan", "requeued": "yellow"}
+
+
+def _shard_table(out: Path, rows: list[dict]) -> object:
+    """One row per shard: status (died: its process on this host is gone), its units done,
+    where it runs, its job, and the error (or the log to read) of a shard that did not
+    finish."""
+    from rich.table import Table
+
+    from mliscan.cli import ui
+
+    failed = sum(r["status"] not in ("complete", "running") for r in rows)
+    title = f"{ui.escape(str(out))}: {len(rows)} shards" + (
+        f", {failed} failed or stopped (--retry-failed resubmits them)" if failed else ""
+    )
+    table = Table(title=title)
+    for col in rows[0]:
+        table.add_column(col, justify="right" if col == "done" else "left")
+    for r in rows:
+        colour = SHARD_COLOURS.get(str(r["status"]), "red")
+        cells = ["-" if v is None else ui.escape(str(v)) for v in r.values()]
+        cells[list(r).index("status")] = f"[{colour}]{ui.escape(str(r['status']))}[/]"
+        table.add_row(*cells)
+    return table

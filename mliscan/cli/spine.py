@@ -83,6 +83,8 @@ class Specs(dict):
     """The constructed specs of one invocation, by class; ``config`` names the settings file."""
 
     config: Path | None = None
+    context: Any = None
+    """The command's click context (what the user gave, for ``--launcher``)."""
 
     def __getitem__(self, cls: type[Any]) -> Any:
         return super().__getitem__(cls)
@@ -274,6 +276,7 @@ def command(
                 announce(source, name, used, code_keys)
             specs = Specs()
             specs.config = source
+            specs.context = ctx
             for cls in classes:
                 if cls is S.EvalSpec and S.BNSpec in specs:
                     values[cls]["bn"] = specs[S.BNSpec]

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from mliscan.cli import options as o
 from mliscan.cli.errors import EXIT_GATE
 from mliscan.errors import UsageError
+
+if TYPE_CHECKING:
+    from mliscan.shard import ShardSpec
+    from mliscan.train import TrainSpec
 
 BN_VALUES = re.compile(r"^(on|off)(,(on|off))*$")
 
@@ -33,6 +37,7 @@ def normalise_bn_argv(argv: list[str]) -> list[str]:
 
 
 def train(
+    ctx: typer.Context,
     out: Annotated[
         Path,
         typer.Option(
@@ -114,7 +119,16 @@ def train(
         typer.Option(
             "--retry-failed",
             help="Train again the runs that diverged (by default a diverged run is a result "
-            "and reruns skip it).",
+            "and reruns skip it); with --launcher, submit only the shards with such runs or "
+            "unfinished ones.",
+        ),
+    ] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Train again in place of a finished run of other settings in --out (by "
+            "default it is refused, naming what differs).",
         ),
     ] = False,
     max_runs: Annotated[
@@ -125,6 +139,14 @@ def train(
             "otherwise hang).",
         ),
     ] = 10_000,
+    shard: o.Shard = None,
+    launcher: o.Launcher = "none",
+    shards: o.Shards = None,
+    slurm_partition: o.SlurmPartition = None,
+    slurm_gpus_per_task: o.SlurmGpusPerTask = None,
+    slurm_time: o.SlurmTime = None,
+    slurm_array_parallelism: o.SlurmArrayParallelism = None,
+    detach: o.Detach = False,
 ) -> int:
     """Train models, saving each initialisation before the first step and the final weights.
 
@@ -143,9 +165,12 @@ def train(
       mliscan compare runs/adam-bn/init.safetensors runs/adam-bn/final.safetensors
 
       mliscan train --out runs/traj --optimizer adam --lr 0.01 --epochs 30 --save-every 5
+
+      mliscan train --out runs/ --optimizer sgd,adam --lr 0.01,0.1 --seeds 0-2 --launcher slurm --slurm-partition gpu --slurm-gpus-per-task 1 --device cuda
     """
     from mliscan.cli import ui
     from mliscan.registry import get_adapter
+    from mliscan.shard import ShardLog, ShardSpec
     from mliscan.spec import ArchSpec, DataSpec
     from mliscan.sweep import (
         expand,
@@ -160,6 +185,17 @@ def train(
     from mliscan.train import TrainSpec
     from mliscan.train import train as run_train
 
+    cluster = ShardSpec(
+        shard=shard,
+        launcher=launcher,
+        shards=shards,
+        slurm_partition=slurm_partition,
+        slurm_gpus_per_task=slurm_gpus_per_task,
+        slurm_time=slurm_time,
+        slurm_array_parallelism=slurm_array_parallelism,
+        detach=detach,
+        retry_failed=retry_failed,
+    )
     given = ArchSpec(hidden=hidden, bn=bn, arch_opt=tuple(arch_opt or ())).given_options()
     data = data or get_adapter(arch).default_data
     base = TrainSpec(
@@ -202,6 +238,16 @@ def train(
             "(e.g. --seeds 0-2 is three seeds) or raise --max-runs"
         )
     specs = expand(base, axes)
+    if cluster.launcher != "none":
+        from mliscan.cli import launch
+
+        return launch.submit(
+            cluster, "train", out, ctx, units=len(specs), pending=_pending(cluster, specs, out)
+        )
+    part = cluster.resolve()
+    if len(specs) == 1 and not part.owns(0):
+        ui.err.print(f"train: shard {part.label} has no run (the sweep has one); nothing to do")
+        return 0
 
     if len(specs) == 1:  # one run: the folder is --out itself
         if finished_with(out, specs[0], retry_failed):
@@ -213,7 +259,7 @@ def train(
             )
             return EXIT_GATE if diverged else 0
         with ui.epoch_progress(epochs, str(out), quiet) as on_epoch:
-            record = run_train(specs[0], out, on_epoch=on_epoch)
+            record = run_train(specs[0], out, on_epoch=on_epoch, overwrite=overwrite)
         if record["status"] == "diverged":
             ui.err.print(
                 f"[red]diverged[/]: the training loss became NaN/Inf in epoch "
@@ -231,7 +277,11 @@ def train(
         return 0
 
     skipped = 0
-    with ui.sweep_progress(len(specs), epochs, quiet) as (show_run, on_epoch):
+    mine = part.size(len(specs))
+    with (
+        ShardLog(out, part, "train", len(specs)) as log,
+        ui.sweep_progress(mine, epochs, quiet) as (show_run, on_epoch),
+    ):
 
         def on_run(i: int, n: int, spec: TrainSpec, folder: Path, done: bool) -> None:
             nonlocal skipped
@@ -240,14 +290,46 @@ def train(
                 label = describe_run(spec)
                 show_run(i, n, label, done)
 
-        folders = run_sweep(specs, out, on_run=on_run, on_epoch=on_epoch, retry_failed=retry_failed)
-    diverged = sum(is_diverged(f) for f in folders)
+        folders = run_sweep(
+            specs,
+            out,
+            on_run=on_run,
+            on_epoch=on_epoch,
+            retry_failed=retry_failed,
+            shard=part,
+            on_done=lambda folder, trained: log.unit(trained),
+        )
+    diverged = sum(is_diverged(f) for i, f in enumerate(folders) if part.owns(i))
+    what = "sweep complete" if part.whole else f"shard {part.label} of the sweep complete"
     ui.err.print(
-        f"sweep complete: {len(folders)} runs in {ui.escape(str(out))} ({skipped} were "
+        f"{what}: {mine} runs in {ui.escape(str(out))} ({skipped} were "
         "already done" + (f"; {diverged} diverged" if diverged else "") + ")"
     )
+    if not part.whole:
+        left = sum(not finished_with(f, s) for f, s in zip(folders, specs, strict=True))
+        ui.err.print(
+            f"{len(specs) - left} of the sweep's {len(specs)} runs are finished"
+            + (f"; {left} are other shards' or unfinished" if left else "")
+        )
     ui.wrote(out / "index.md", out / "runs.parquet")
     return 0
+
+
+def _pending(cluster: ShardSpec, specs: list[TrainSpec], out: Path) -> list[int] | None:
+    """With --retry-failed, the shards that own a run left to train (unfinished, or
+    diverged: --retry-failed trains those again)."""
+    from mliscan.sweep import finished_with, run_name
+
+    if not cluster.retry_failed:
+        return None
+    count = cluster.shards or len(specs)
+    return sorted(
+        {
+            i % count
+            for i, s in enumerate(specs)
+            if not finished_with(out / run_name(s), s, retry_failed=True)
+        }
+    )
 
 
 def describe_run(spec: object) -> str:

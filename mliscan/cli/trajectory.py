@@ -10,6 +10,7 @@ import typer
 
 from mliscan import spec as S
 from mliscan.cli import spine
+from mliscan.shard import ShardSpec
 
 
 @spine.command(
@@ -20,6 +21,7 @@ from mliscan.cli import spine
     S.EvalSpec,
     S.VerdictSpec,
     spine.OutputSpec,
+    ShardSpec,
     # a fixed batch size, so resumed runs agree bit for bit (as grid)
     defaults={"batch_size": 1024},
     exclude=("alpha_chunk",),
@@ -65,6 +67,12 @@ def trajectory(
 
     if not source.startswith("hf:"):
         check_local_source(source)  # before torch is imported: a typo fails at once
+    cluster = specs[ShardSpec]
+    if cluster.launcher != "none":
+        from mliscan.cli import launch
+
+        return launch.submit(cluster, "trajectory", out, specs.context)
+    part = cluster.resolve()
     import json
 
     from mliscan import families as g
@@ -100,16 +108,18 @@ def trajectory(
             f"{2 * len(steps) - 2} paths, stored in {out}"
         )
     )
+    from mliscan.shard import ShardLog
+
+    log = ShardLog(out, part, "trajectory", 2 * len(steps))
+
+    def done(st: tr.Step, d: str, new: bool) -> None:
+        tick(f"{st.label} {tr.FAMILY[d]}")
+        log.unit(new)
+
     try:
-        with ui.count_progress(2 * len(steps), "paths", out_spec.quiet) as tick:
+        with log, ui.count_progress(part.size(2 * len(steps)), "paths", out_spec.quiet) as tick:
             result = tr.measure(
-                steps,
-                tr.endpoint_loader(ctx),
-                engine,
-                settings,
-                store,
-                tol,
-                on_done=lambda st, d, new: tick(f"{st.label} {tr.FAMILY[d]}"),
+                steps, tr.endpoint_loader(ctx), engine, settings, store, tol, done, part
             )
     except KeyboardInterrupt:
         from mliscan.cli.errors import InterruptState, real_interrupt
@@ -123,7 +133,15 @@ def trajectory(
             "command to resume"
         )
         return 130
-    with store.lock():
+    with store.lock():  # the shard that finds every path stored writes the tables
+        if not result.complete(store):
+            n = sum(pid is not None for pid in result.units.values())
+            ui.err.print(
+                f"trajectory: shard {part.label} is done; {n - len(result.missing)} of the {n} "
+                f"paths are in {ui.escape(str(out))}, and the shard that stores the last one "
+                "writes the tables"
+            )
+            return 0
         store.write_parquet("trajectory.parquet", result.rows, tr.TRAJECTORY_SCHEMA)
         store.write_parquet("curves.parquet", result.curves(), results.CURVE_SCHEMA)
     console = ui.err if out_spec.json_out == "-" else ui.out  # stdout holds the JSON
