@@ -147,8 +147,8 @@ class ShardSpec(Spec):
     )
     launcher: Literal["none", "local", "slurm"] = opt(
         "none",
-        "Submit the shards as jobs through submitit (pip install 'mliscan[slurm]'): slurm as "
-        "one job array, local as processes on this machine; none: work here.",
+        "Submit the shards as jobs through submitit (mliscan's slurm extra): slurm as one "
+        "job array, local as processes on this machine; none: work here.",
         panel=CLUSTER,
         numeric=False,
     )

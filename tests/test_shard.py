@@ -414,3 +414,24 @@ def test_each_shard_gets_the_command_as_given(tmp_path: Path, capsys, monkeypatc
             str(tmp_path / "r"),
         ]
     ]
+
+
+def test_the_readme_cluster_example_parses_and_says_where_slurm_is_missing(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    import re
+    import shlex
+
+    from tests.conftest import REPO
+
+    text = (REPO / "README.md").read_text()
+    section = text.split("### Studies larger than one machine", 1)[1]
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    commands = [
+        shlex.split(c.split("#")[0]) for c in block.replace("\\\n", " ").splitlines() if c.strip()
+    ]
+    assert [c[1] for c in commands] == ["train", "runs", "report"]
+    assert "--launcher" in commands[0] and "slurm" in commands[0]
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(commands[0][1:], capsys)  # every option checked, then: no srun here
+    assert code == 2 and "no SLURM here" in err, err

@@ -371,8 +371,9 @@ def _wait(
             try:
                 job.result()
             except Exception as exc:  # the job's own error, or its end seen by submitit
-                why = _job_error(exc)
-                mark_failed(Path(status[id(job)]), f"job {job.job_id}: {why}")
+                mark_failed(Path(status[id(job)]), f"job {job.job_id}: {_job_error(exc)}")
+                record = read_status(Path(status[id(job)])) or {}
+                why = str(record.get("error") or _job_error(exc))  # the shard's own word first
                 failed.append(label[id(job)])
                 ui.err.print(
                     f"shard {label[id(job)]} (job {job.job_id}) failed: {why}; log: "
@@ -395,10 +396,10 @@ def _wait(
 
 
 def _job_error(exc: BaseException) -> str:
-    """The last meaningful line of a job's error (submitit's text holds the traceback)."""
+    """What ended a job, from submitit's error (which holds the job's traceback): the
+    exception line the job raised, else submitit's own first line."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    for line in reversed(lines):
-        if line.startswith(("RuntimeError:", "submitit", "UncompletedJobError")) or ":" in line:
-            text = line.split("RuntimeError:", 1)[-1].strip()
-            return text if len(text) <= 300 else text[:297] + "..."
-    return type(exc).__name__
+    raised = [line for line in lines if line.startswith("RuntimeError: ")]
+    text = raised[-1].removeprefix("RuntimeError: ") if raised else (lines or [""])[0]
+    text = text or type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
