@@ -376,10 +376,21 @@ def shard_rows(out: Path) -> list[dict[str, Any]]:
 
 
 def unfinished(out: Path, count: int) -> list[int]:
-    """The shards of ``count`` whose record is not complete (failed, died, never started)."""
+    """The shards of ``count`` whose record is not complete (failed, died, requeued, never
+    started), less those running in a live process on this host. A shard recorded as
+    running on another host cannot be told from a dead one and is included: a second copy
+    of a unit writes the same bytes."""
     left = []
     for k in range(count):
         record = read_status(status_file(out, Shard(k, count)))
-        if record is None or record.get("status") != "complete":
-            left.append(k)
+        if record is not None and record.get("status") == "complete":
+            continue
+        if (
+            record is not None
+            and record.get("status") == "running"
+            and record.get("host") == socket.gethostname()
+            and _alive(record.get("pid"))
+        ):
+            continue
+        left.append(k)
     return left

@@ -23,6 +23,8 @@ from mliscan.shard import (
     parse_minutes,
     parse_shard,
     shard_rows,
+    status_file,
+    unfinished,
 )
 from mliscan.spec import DataSpec, SpecError
 from mliscan.sweep import expand, is_complete, run_name
@@ -435,3 +437,32 @@ def test_the_readme_cluster_example_parses_and_says_where_slurm_is_missing(
     monkeypatch.chdir(tmp_path)
     code, _, err = run_cli(commands[0][1:], capsys)  # every option checked, then: no srun here
     assert code == 2 and "no SLURM here" in err, err
+
+
+def test_retry_failed_picks_the_shards_not_provably_done_or_alive(tmp_path: Path) -> None:
+    import socket
+
+    from mliscan.paths import atomic_write_json
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    here = socket.gethostname()
+    records = {
+        0: {"status": "complete", "host": here, "pid": gone.pid},
+        1: {"status": "running", "host": here, "pid": os.getpid()},  # alive: left alone
+        2: {"status": "running", "host": here, "pid": gone.pid},  # died
+        3: {"status": "failed", "host": here, "pid": gone.pid},
+        4: {"status": "running", "host": "elsewhere", "pid": 1},  # cannot be told: resubmitted
+        5: {"status": "requeued", "host": "elsewhere", "pid": 1},
+    }
+    for k, record in records.items():
+        atomic_write_json(status_file(tmp_path, Shard(k, 7)), record)
+    assert unfinished(tmp_path, 7) == [2, 3, 4, 5, 6]  # 6 never started
+    assert [r["status"] for r in shard_rows(tmp_path)] == [
+        "complete",
+        "running",
+        "died",
+        "failed",
+        "running",
+        "requeued",
+    ]
