@@ -55,9 +55,20 @@ class UsageError(MliscanError, ValueError):
     """Options that contradict each other or are out of range."""
 
 
+class OutputExistsError(UsageError):
+    """An output folder holds a finished result of other settings; it is never replaced
+    unless asked (``mliscan train --overwrite``)."""
+
+
 class UserCodeError(UsageError):
     """The user's own code (a ``--model`` module, its factory or forward, a trusted pickle)
     ended the run: it called ``sys.exit``, raised ``KeyboardInterrupt`` itself, or raised."""
+
+
+# Deprecation warnings that third-party libraries trigger inside mliscan's work (torch's
+# FutureWarning for torch.jit.script in timm, torchvision and transformers): not the user's
+# business. The command line ignores them; the Python API only inside its own calls.
+LIBRARY_NOISE = r".*torch\.jit\.(script|interface|script_method).*deprecated"
 
 
 def short_list(items: list[str] | tuple[str, ...], limit: int = 6) -> str:

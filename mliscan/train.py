@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import platform
 import time
 from collections.abc import Callable, Iterator
@@ -21,13 +22,20 @@ import torch
 
 from mliscan import __version__, batchnorm
 from mliscan.adapter import DataInfo, probe_forward
-from mliscan.checkpoints import save_checkpoint
+from mliscan.checkpoints import is_safe_relative, save_checkpoint
 from mliscan.data import load_dataset
-from mliscan.errors import UsageError
+from mliscan.errors import OutputExistsError, UsageError
 from mliscan.evaluate import PathEvaluator, prepare_data, resolve_device
-from mliscan.paths import FINAL_FILE, INIT_FILE, RUN_FILE, atomic_write_json, checkpoint_name
+from mliscan.paths import (
+    FINAL_FILE,
+    INIT_FILE,
+    RUN_FILE,
+    atomic_write_json,
+    checkpoint_name,
+    read_json,
+)
 from mliscan.registry import get_adapter
-from mliscan.spec import DataSpec, EvalSpec, Spec, opt
+from mliscan.spec import DataSpec, EvalSpec, Spec, opt, option_of
 
 OPTIMIZERS = ("sgd", "adam", "rmsprop")
 
@@ -109,15 +117,29 @@ def make_optimizer(spec: TrainSpec, params: Any, name: str | None = None) -> tor
     raise UsageError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
 
 
-def train(spec: TrainSpec, out_dir: str | Path, on_epoch: EpochFn | None = None) -> dict[str, Any]:
+def train(
+    spec: TrainSpec,
+    out_dir: str | Path,
+    on_epoch: EpochFn | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
     """Train one model; returns the run record also written to ``run.json``.
 
     Everything the run needs (both data splits, the optimizer, the device) is checked
     before ``init.safetensors`` is written. A non-finite training loss stops the run: its
     ``run.json`` then says ``status: diverged`` with the epoch, and no final weights are
-    written (a divergence is a result, not a crash)."""
+    written (a divergence is a result, not a crash). A finished run of other settings in
+    ``out_dir`` is refused (:func:`refuse_other_run`) unless ``overwrite``."""
     out = Path(out_dir)
     t_start = time.perf_counter()
+    previous = finished_run(out)
+    replaced = previous is not None and bool(run_differences(previous, spec))
+    if replaced and not overwrite:
+        raise OutputExistsError(
+            f"{out} holds a finished run ({previous.get('status')}) with other settings: "
+            f"{'; '.join(run_differences(previous, spec))}. Training would replace it: "
+            "choose another --out, or pass --overwrite to train again in its place"
+        )
     adapter = get_adapter(spec.arch)
     if not adapter.trainable:
         raise UsageError(
@@ -153,6 +175,8 @@ def train(spec: TrainSpec, out_dir: str | Path, on_epoch: EpochFn | None = None)
     probe_forward(adapter, module, prepared.inputs, dataset.name)
     module.train()
     optimizer = make_optimizer(spec, module.parameters())
+    if replaced and previous is not None:  # the old run's files go before the new ones come
+        _remove_run(out, previous)
     save_checkpoint(out / INIT_FILE, theta0, {**meta, "role": "init"})
     gen = torch.Generator().manual_seed(spec.seed)
     history: list[dict[str, float]] = []
@@ -232,6 +256,68 @@ def train(spec: TrainSpec, out_dir: str | Path, on_epoch: EpochFn | None = None)
     }
     atomic_write_json(out / RUN_FILE, record)
     return record
+
+
+def finished_run(out: Path) -> dict[str, Any] | None:
+    """The record of the finished run (complete or diverged) in ``out``; None when there
+    is none (an empty or new folder, an interrupted run, an unreadable run.json)."""
+    try:
+        record = read_json(out / RUN_FILE)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("status") not in ("complete", "diverged"):
+        return None
+    return record
+
+
+# Settings that change no number of a run (they are not part of its identity either).
+_INERT = frozenset(
+    f.name for f in dataclasses.fields(TrainSpec) if (o := option_of(f)) and not o.numeric
+)
+
+
+def run_differences(record: dict[str, Any], spec: TrainSpec) -> list[str]:
+    """Each setting of ``spec`` that differs from the finished run ``record``, as ``lr
+    0.1 there, 0.01 here`` (nested settings dotted: ``data.limit``); settings that change
+    no number (the device, --save-every) are not differences."""
+    old = _flat(record.get("config") if isinstance(record.get("config"), dict) else {})
+    new = _flat(json.loads(json.dumps(spec.to_dict())))
+    keys = [k for k in dict.fromkeys([*new, *old]) if k.split(".")[0] not in _INERT]
+    return [
+        f"{k} {_shown(old, k)} there, {_shown(new, k)} here"
+        for k in keys
+        if old.get(k, _UNSET) != new.get(k, _UNSET)
+    ]
+
+
+_UNSET = object()
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _shown(d: dict[str, Any], key: str) -> str:
+    value = d.get(key, _UNSET)
+    return "unset" if value is _UNSET or value is None else str(value)[:40]
+
+
+def _remove_run(out: Path, record: dict[str, Any]) -> None:
+    """The files of a finished run being replaced (--overwrite): its record first (the
+    folder is then an unfinished run), its final weights and the checkpoints it kept."""
+    kept = record.get("checkpoints") if isinstance(record.get("checkpoints"), list) else []
+    names = [RUN_FILE, FINAL_FILE]
+    names += [c["file"] for c in kept if isinstance(c, dict) and isinstance(c.get("file"), str)]
+    for name in names:
+        path = out / name
+        if is_safe_relative(name) and name.count("/") <= 1 and path.is_file():
+            path.unlink()
 
 
 @contextlib.contextmanager

@@ -310,3 +310,33 @@ def test_everything_is_checked_before_init_is_written(tmp_path: Path, capsys) ->
     )
     assert code == 2 and "at least 2 examples" in err
     assert not (tmp_path / "bn" / "init.safetensors").exists()
+
+
+def test_a_finished_run_of_other_settings_is_never_replaced(tmp_path: Path, capsys) -> None:
+    """train --out over a finished run with other settings is refused, naming what differs;
+    --overwrite trains again in its place (the old run's kept checkpoints go with it)."""
+    from tests.conftest import run_cli
+
+    out = tmp_path / "run"
+    args = ["train", "--out", out, "--data-limit", "60", "--batch-size", "30", "--hidden", "4"]
+    code, _, err = run_cli([*args, "--epochs", "2", "--save-every", "1", "-q"], capsys)
+    assert code == 0, err
+    kept = out / "checkpoints" / "epoch-1.safetensors"
+    stamp = (out / "final.safetensors").stat().st_mtime_ns
+    code, _, err = run_cli([*args, "--epochs", "1", "--lr", "0.05", "-q"], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert "with other settings: lr 0.1 there, 0.05 here; epochs 2 there, 1 here" in err
+    assert "--overwrite" in err
+    assert (out / "final.safetensors").stat().st_mtime_ns == stamp and kept.is_file()
+    code, _, err = run_cli([*args, "--epochs", "1", "--lr", "0.05", "--overwrite", "-q"], capsys)
+    assert code == 0, err
+    record = json.loads((out / "run.json").read_text())
+    assert record["config"]["lr"] == 0.05 and not kept.exists()
+    # the library refuses the same way; a setting that changes no number is no difference
+    with pytest.raises(UsageError, match=r"lr 0\.05 there, 0\.2 here"):
+        train(_spec(lr=0.2), out)
+    from mliscan.train import finished_run, run_differences
+
+    config = {**record["config"], "device": "cuda"}
+    same = TrainSpec(**{**config, "data": DataSpec(**config["data"]), "save_every": 3})
+    assert run_differences(finished_run(out), same) == []
