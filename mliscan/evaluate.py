@@ -34,7 +34,7 @@ from mliscan.errors import UsageError
 from mliscan.interpolate import Interpolator, TensorRoles
 from mliscan.resources import ResourcePolicy
 from mliscan.spec import EvalSpec
-from mliscan.strategies import FusedSecondOrder, Parts, PerAlpha, VmappedChunks
+from mliscan.strategies import FusedSecondOrder, Parts, PerAlpha, VmappedChunks, select
 
 ProgressFn = Callable[[int, float, float], None]
 
@@ -341,6 +341,21 @@ class PathEvaluator:
                 self.fast_gauss = fused = False
         return fused and self.per_alpha.second_order
 
+    def _vmapped_agrees(self, chunk: list[float]) -> bool:
+        """The vmapped pass's logits at the chunk's first two alphas against the module's
+        own forward (after this alpha's own BN re-estimation) on the probe examples."""
+        first, adapter = self.vmapped.first, self.adapter
+        for j, alpha in enumerate(chunk[:CHECKED_ALPHAS]):
+            self.set_alpha(alpha)
+            with torch.inference_mode(), self.autocast():
+                out = select(first, j)
+                n = min(PROBE_EXAMPLES, _batch_rows(out))
+                truth = adapter.logits(self.module(self.data.inputs[:n]))
+                fast = adapter.logits(_rows(out, n))
+            if not self._agree("vmapped", fast, truth, alpha):
+                return False
+        return True
+
     def loss_path(self) -> str:
         """The path that computed the current alpha's loss (after ``set_alpha``)."""
         if self.bn.output is not None and self.bn.reuse_output:
@@ -349,10 +364,14 @@ class PathEvaluator:
 
     # ---- the loop ------------------------------------------------------------------------
     def run(
-        self, alphas: Sequence[float], gauss: bool | None = None, progress: ProgressFn | None = None
+        self,
+        alphas: Sequence[float],
+        gauss: bool | None = None,
+        progress: ProgressFn | None = None,
+        chunked: bool = True,
     ) -> Curve:
         gauss = self.spec.gauss if gauss is None else gauss
-        if self.spec.alpha_chunk > 1 and self.can_vmap and not gauss:
+        if chunked and self.spec.alpha_chunk > 1 and self.can_vmap and not gauss:
             return self._run_chunked(alphas, progress)
         losses = np.empty(len(alphas))
         accs: list[float | None] = []
@@ -427,7 +446,9 @@ class PathEvaluator:
         for start in range(0, len(alphas), k):
             chunk = [float(a) for a in alphas[start : start + k]]
             with self.autocast():
-                chunk_loss, chunk_acc = self.vmapped.evaluate(chunk)
+                chunk_loss, chunk_acc = self.vmapped.evaluate(chunk, keep_first=start == 0)
+            if start == 0 and not self._vmapped_agrees(chunk):
+                return self.run(alphas, gauss=False, progress=progress, chunked=False)
             losses.extend(chunk_loss.tolist())
             if chunk_acc is None or accs is None:
                 accs = None
@@ -463,6 +484,18 @@ def _rows(out: object, n: int) -> object:
             else tuple(_rows(v, n) for v in out)
         )
     return out
+
+
+def _batch_rows(out: object) -> int:
+    """The number of examples in a module's output (its first tensor's leading size)."""
+    if isinstance(out, torch.Tensor):
+        return int(out.shape[0])
+    values = out.values() if isinstance(out, dict) else out
+    if isinstance(values, (tuple, list)) or isinstance(out, dict):
+        for v in values:
+            if isinstance(v, torch.Tensor):
+                return int(v.shape[0])
+    return 0
 
 
 def _unique(notes: list[str]) -> list[str]:

@@ -219,14 +219,30 @@ class FusedSecondOrder:
         )
 
 
+def select(out: Any, j: int) -> Any:
+    """Entry ``j`` of a batched output (a tensor, or a dict, ModelOutput, tuple of them)."""
+    if isinstance(out, torch.Tensor):
+        return out[j]
+    if isinstance(out, dict):
+        return {k: select(v, j) for k, v in out.items()}
+    if isinstance(out, (tuple, list)):
+        return tuple(select(v, j) for v in out)
+    return out
+
+
 class VmappedChunks:
     """Loss and accuracy at several alphas in one vmapped pass per batch."""
 
     def __init__(self, parts: Parts) -> None:
         self.p = parts
+        self.first: Any = None
+        """The first batch's outputs of the latest ``evaluate`` (``keep_first``), for the
+        run-time check against the module's own forward."""
 
     @torch.inference_mode()
-    def evaluate(self, alphas: Sequence[float]) -> tuple[np.ndarray, np.ndarray | None]:
+    def evaluate(
+        self, alphas: Sequence[float], keep_first: bool = False
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         from torch.func import vmap
 
         p = self.p
@@ -234,17 +250,20 @@ class VmappedChunks:
         a = torch.tensor(list(alphas), dtype=dtype, device=p.device)
         totals = Totals(p.adapter, p.device, len(alphas))
 
-        def outputs(alpha: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        def outputs(alpha: torch.Tensor, x: torch.Tensor) -> Any:
             return functional_call(p.module, p.interp.functional(alpha), (x,))
 
         batched = vmap(outputs, in_dims=(0, None))
         in_pass = p.bn.in_pass
         size = p.n if in_pass else None  # BN in the pass: the whole data at once
         context = p.bn.batch_statistics() if in_pass else contextlib.nullcontext()
+        self.first = None
         with context:
             for s in p.batches(size):
                 out = batched(a, p.inputs[s])  # [K, B, ...]
+                if keep_first and self.first is None:
+                    self.first = out
                 y = p.targets[s]
                 for j in range(len(alphas)):
-                    totals.add(out[j], y, j)
+                    totals.add(select(out, j), y, j)
         return totals.means(p.n)

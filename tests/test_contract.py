@@ -235,3 +235,27 @@ def test_the_check_is_silent_where_the_fast_paths_hold() -> None:
         curve = ev.run([0.0, 0.5, 1.0])
     assert curve.paths["loss"] == ["second-order"] * 3
     assert curve.notes == []
+
+
+def test_a_wrong_vmapped_pass_is_caught_at_run_time(monkeypatch) -> None:
+    """--alpha-chunk: the vmapped pass's first chunk is compared with the module's own
+    forward; a pass that computed another function is dropped for the per-alpha loop."""
+    from mliscan import strategies
+
+    ev = _evaluator(_plain(), EvalSpec(alphas=4, gauss=False, alpha_chunk=4))
+    alphas = [0.0, 1 / 3, 2 / 3, 1.0]
+    assert ev.can_vmap
+    curve = ev.run(alphas)
+    assert curve.paths["loss"] == ["vmapped"] * 4 and not curve.notes
+    own = _own_losses(ev, alphas)
+    assert curve.loss == pytest.approx(own, rel=1e-5)
+    real = strategies.functional_call
+
+    def wrong(module, weights, args):
+        return real(module, weights, args) * 1.5
+
+    monkeypatch.setattr(strategies, "functional_call", wrong)
+    with pytest.warns(UserWarning, match="vmapped path disagrees"):
+        curve = ev.run(alphas)
+    assert curve.paths["loss"][0] != "vmapped"
+    assert curve.loss == pytest.approx(own, rel=1e-5)
