@@ -41,17 +41,42 @@ from mliscan.paths import atomic_path, env_value, mliscan_cache_dir
 from mliscan.spec import DataSpec
 from mliscan.text import BUNDLED_TINYTEXT, load_text, load_wikitext
 
-DATASETS = (
-    "digits",
-    "mnist",
-    "fashion-mnist",
-    "cifar10",
-    "cifar100",
-    "wikitext2",
-    "tinytext",
-    "imagefolder",
-    "text",
-)
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a dataset declares: how it is loaded and what it holds (the registry below
+    replaces a chain of name tests in every caller)."""
+
+    name: str
+    load: Any
+    """``load(spec, root, hooks) -> Dataset``; ``root`` is ``--data-dir`` (None if unused)."""
+    needs_dir: bool
+    """Read from a user's folder (``--data-dir``); nothing is ever downloaded."""
+    test_split: bool
+    """Has a held-out test split (``--split test``)."""
+    description: str
+
+
+REGISTRY: dict[str, DatasetInfo] = {}
+
+
+def register_dataset(name: str, *, needs_dir: bool, test_split: bool, description: str) -> Any:
+    """Declare a dataset where its loader is written (as timm's ``register_model``)."""
+
+    def wrap(load: Any) -> Any:
+        if name in REGISTRY:
+            raise ValueError(f"dataset {name!r} is registered twice")
+        REGISTRY[name] = DatasetInfo(name, load, needs_dir, test_split, description)
+        return load
+
+    return wrap
+
+
+def has_test_split(name: str) -> bool:
+    info = REGISTRY.get(name)
+    return bool(info and info.test_split)
+
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".gif", ".tif", ".tiff")
 CIFAR_STATS = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
@@ -87,35 +112,20 @@ class Dataset:
 def load_dataset(spec: DataSpec, hooks: Any = None) -> Dataset:
     """Load the dataset a :class:`DataSpec` names (``hooks``: the model's tokenizer or
     image transform, :class:`mliscan.adapter.DataHooks`, for text and image folders)."""
-    if spec.name not in DATASETS:
+    if spec.name not in REGISTRY:
         raise DataError(f"unknown dataset {spec.name!r}; choose one of {', '.join(DATASETS)}")
     if spec.limit is not None and spec.limit < 1:
         raise UsageError(f"--data-limit must be at least 1 (got {spec.limit})")
-    if spec.name == "digits":
-        ds = _digits(spec.split)
-    elif spec.name == "tinytext":
-        x, y, vocab = load_wikitext(BUNDLED_TINYTEXT, spec.split, spec.seq_len, spec.name)
-        ds = Dataset(spec.name, spec.split, x, y, vocab)
-    elif spec.name == "text":
-        x, y, classes = load_text(spec, hooks)
-        ds = Dataset("text", spec.split, x, y, classes)
-    else:
+    info = REGISTRY[spec.name]
+    root = None
+    if info.needs_dir:
         if spec.data_dir is None:
             raise UsageError(
                 f"--data {spec.name} reads local files: pass --data-dir DIR "
                 "(torchvision's on-disk layout; nothing is downloaded)"
             )
         root = Path(spec.data_dir)
-        if spec.name == "imagefolder":
-            ds = _imagefolder(root, spec, hooks)
-        elif spec.name == "wikitext2":
-            folder = root / "wikitext-2" if (root / "wikitext-2").is_dir() else root
-            x, y, vocab = load_wikitext(folder, spec.split, spec.seq_len, spec.name)
-            ds = Dataset(spec.name, spec.split, x, y, vocab)
-        elif spec.name in _IDX_FOLDERS:
-            ds = _idx_dataset(spec.name, root, spec.split)
-        else:
-            ds = _cifar(spec.name, root, spec.split)
+    ds = info.load(spec, root, hooks)
     if spec.limit is not None:
         ds.inputs = ds.inputs[: spec.limit].contiguous()
         ds.targets = ds.targets[: spec.limit].contiguous()
@@ -416,3 +426,80 @@ def _decoded_file(
                 out.write(x.numpy().tobytes())
     flat = torch.from_file(str(path), shared=False, size=math.prod(shape), dtype=torch.float32)
     return flat.view(shape)
+
+
+# ---- the datasets ------------------------------------------------------------------------
+@register_dataset(
+    "digits", needs_dir=False, test_split=False, description="scikit-learn's 1797 digits"
+)
+def _load_digits(spec: DataSpec, root: Path | None, hooks: Any) -> Dataset:
+    return _digits(spec.split)
+
+
+@register_dataset(
+    "fashion-mnist",
+    needs_dir=True,
+    test_split=True,
+    description="Fashion-MNIST in torchvision's layout",
+)
+@register_dataset(
+    "mnist", needs_dir=True, test_split=True, description="MNIST in torchvision's layout"
+)
+def _load_idx(spec: DataSpec, root: Path | None, hooks: Any) -> Dataset:
+    return _idx_dataset(spec.name, _folder(root), spec.split)
+
+
+@register_dataset(
+    "cifar100", needs_dir=True, test_split=True, description="CIFAR-100 (python batches)"
+)
+@register_dataset(
+    "cifar10", needs_dir=True, test_split=True, description="CIFAR-10 (python batches)"
+)
+def _load_cifar(spec: DataSpec, root: Path | None, hooks: Any) -> Dataset:
+    return _cifar(spec.name, _folder(root), spec.split)
+
+
+@register_dataset(
+    "wikitext2", needs_dir=True, test_split=True, description="WikiText-2 token files"
+)
+def _load_wikitext2(spec: DataSpec, root: Path | None, hooks: Any) -> Dataset:
+    root = _folder(root)
+    folder = root / "wikitext-2" if (root / "wikitext-2").is_dir() else root
+    x, y, vocab = load_wikitext(folder, spec.split, spec.seq_len, spec.name)
+    return Dataset(spec.name, spec.split, x, y, vocab)
+
+
+@register_dataset(
+    "tinytext", needs_dir=False, test_split=True, description="a bundled 1,200-word corpus"
+)
+def _load_tinytext(spec: DataSpec, root: Path | None, hooks: Any) -> Dataset:
+    x, y, vocab = load_wikitext(BUNDLED_TINYTEXT, spec.split, spec.seq_len, spec.name)
+    return Dataset(spec.name, spec.split, x, y, vocab)
+
+
+@register_dataset(
+    "imagefolder",
+    needs_dir=True,
+    test_split=False,
+    description="class folders of images (the model's transform)",
+)
+def _load_imagefolder(spec: DataSpec, root: Path | None, hooks: Any) -> Dataset:
+    return _imagefolder(_folder(root), spec, hooks)
+
+
+@register_dataset(
+    "text", needs_dir=False, test_split=False, description="a text file (the model's tokenizer)"
+)
+def _load_text(spec: DataSpec, root: Path | None, hooks: Any) -> Dataset:
+    x, y, classes = load_text(spec, hooks)
+    return Dataset("text", spec.split, x, y, classes)
+
+
+def _folder(root: Path | None) -> Path:
+    if root is None:  # pragma: no cover - the registry marks these needs_dir
+        raise UsageError("this dataset reads local files: pass --data-dir DIR")
+    return root
+
+
+# Stacked decorators register bottom-up: the names in registration order.
+DATASETS = tuple(REGISTRY)

@@ -23,7 +23,7 @@ import torch
 from mliscan import __version__, batchnorm
 from mliscan.adapter import DataInfo, probe_forward
 from mliscan.checkpoints import is_safe_relative, save_checkpoint
-from mliscan.data import load_dataset
+from mliscan.data import has_test_split, load_dataset
 from mliscan.errors import OutputExistsError, UsageError
 from mliscan.evaluate import PathEvaluator, prepare_data, resolve_device
 from mliscan.paths import (
@@ -347,8 +347,8 @@ def _keep_checkpoint(
 
 
 def _test_split(spec: TrainSpec) -> Any:
-    """The test split, when the dataset has one (digits has none)."""
-    if spec.data.name == "digits":
+    """The test split, when the dataset declares one (digits has none)."""
+    if not has_test_split(spec.data.name):
         return None
     return load_dataset(dataclasses.replace(spec.data, split="test", limit=None))
 
