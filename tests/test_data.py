@@ -162,3 +162,17 @@ def test_tinytext_is_bundled() -> None:
     ds = load_dataset(DataSpec("tinytext"))
     assert ds.inputs.shape[1] == 35 and ds.inputs.dtype == torch.int64 and len(ds) > 20
     assert torch.equal(ds.inputs[:, 1:], ds.targets[:, :-1])
+
+
+def test_datasets_declare_themselves_in_one_registry() -> None:
+    import pytest as _pytest
+
+    from mliscan import data
+
+    assert set(data.DATASETS) == set(data.REGISTRY)
+    assert not data.has_test_split("digits") and data.has_test_split("mnist")
+    assert data.REGISTRY["cifar10"].needs_dir and not data.REGISTRY["tinytext"].needs_dir
+    with _pytest.raises(ValueError, match="registered twice"):
+        data.register_dataset("digits", needs_dir=False, test_split=False, description="")(
+            lambda *a: None
+        )
