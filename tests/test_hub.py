@@ -129,6 +129,9 @@ def test_causal_lm_curve_matches_an_independent_computation(
             logits[:, :-1].reshape(-1, logits.shape[-1]).double(), x[:, 1:].reshape(-1)
         )
         assert got == pytest.approx(float(want), rel=1e-5), alpha
+        with torch.no_grad():  # and transformers' own loss of the same tokens
+            own = a(input_ids=x, labels=x).loss
+        assert got == pytest.approx(float(own), rel=1e-5), alpha
     # the tied output head is counted once in the distance
     params = {n for n, _ in b.named_parameters()}
     d = sum(
@@ -573,3 +576,67 @@ def test_every_study_opens_a_timm_model_the_same_way(
     assert len(paths) == 3 and len(row) >= 1
     curves = pl.read_parquet(tmp_path / "g" / "curves.parquet")
     assert rec["loss"][-1] in curves["loss"].to_list()  # the same trained weights, same loss
+
+
+@pytest.mark.parametrize("kind", ["bert", "bert-cls", "neox", "llama"])
+def test_hub_losses_are_transformers_own(
+    offline: Path, kind: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """L(0) and L(1) equal the loss transformers itself computes (``labels=``) for the same
+    examples, with the endpoints loaded by transformers' own loader."""
+    from mliscan.adapters.hf import MaskedLMAdapter, SequenceClassificationAdapter
+    from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification
+
+    from mliscan.spec import DataSpec
+    from mliscan.text import load_text
+
+    corpus = offline / ("reviews.csv" if kind == "bert-cls" else "corpus.txt")
+    rec = _compare(
+        [
+            f"hf:org/tiny-{kind}@step0",
+            f"hf:org/tiny-{kind}@main",
+            "--data",
+            "text",
+            "--data-file",
+            corpus,
+            "--seq-len",
+            16,
+            "--alphas",
+            2,
+            "--no-gauss",
+        ],
+        capsys,
+    )
+    src = rec["sources"]
+    if kind in ("neox", "llama"):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(src["init"]["path"])
+        ids = tok(hubcache.CORPUS, add_special_tokens=False)["input_ids"]
+        n = len(ids) // 16
+        x = torch.tensor(ids[: n * 16]).view(n, 16)
+        for role, got in (("init", rec["loss"][0]), ("final", rec["loss"][-1])):
+            model = AutoModelForCausalLM.from_pretrained(src[role]["path"]).eval()
+            with torch.no_grad():
+                own = model(input_ids=x, labels=x).loss
+            assert got == pytest.approx(float(own), rel=1e-5), role
+        return
+    classify = kind == "bert-cls"
+    adapter = SequenceClassificationAdapter() if classify else MaskedLMAdapter()
+    auto = AutoModelForSequenceClassification if classify else AutoModelForMaskedLM
+    folder = Path(src["init"]["path"])
+    folder = folder if folder.is_dir() else folder.parent
+    opts = adapter.parse_options(
+        adapter.options_from_config(json.loads((folder / "config.json").read_text()))
+    )
+    x, y, _ = load_text(
+        DataSpec("text", data_file=str(corpus), seq_len=16), adapter.data_hooks(opts, folder)
+    )
+    for role, got in (("init", rec["loss"][0]), ("final", rec["loss"][-1])):
+        model = auto.from_pretrained(src[role]["path"]).eval()
+        with torch.no_grad():
+            if classify:  # [N, 2, L]: token ids and attention mask
+                own = model(input_ids=x[:, 0], attention_mask=x[:, 1], labels=y).loss
+            else:  # the same number of masked tokens in every row: token mean = row mean
+                own = model(input_ids=x, labels=y).loss
+        assert got == pytest.approx(float(own), rel=1e-5), role
