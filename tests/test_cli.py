@@ -88,9 +88,22 @@ def test_json_to_stdout_and_gates(mlp_bn_pair: Path, capsys) -> None:
 
 
 def test_fail_on_nonmonotonic(tmp_path: Path, capsys) -> None:
-    # From a trained-looking state back to a random one the loss rises: not monotonic.
-    save_file(plain_mlp_state(0), str(tmp_path / "a.safetensors"))
-    save_file(plain_mlp_state(1), str(tmp_path / "b.safetensors"))
+    """A path whose losses are known in closed form: the output layer's weights are zero, so
+    the logits are its bias, which moves from 0 to (c, 0, ..., 0). Then
+    L(alpha) = log(exp(alpha c) + 9) - alpha c * P(y = 0), rising from log(10): not monotonic,
+    and min-Delta = L(1) - L(0)."""
+    import math
+
+    from sklearn.datasets import load_digits
+
+    c = 5.0
+    a = plain_mlp_state(0)
+    a["2.weight"].zero_()
+    a["2.bias"].zero_()
+    b = {k: v.clone() for k, v in a.items()}
+    b["2.bias"][0] = c
+    save_file(a, str(tmp_path / "a.safetensors"))
+    save_file(b, str(tmp_path / "b.safetensors"))
     args = [
         "compare",
         tmp_path / "a.safetensors",
@@ -107,9 +120,13 @@ def test_fail_on_nonmonotonic(tmp_path: Path, capsys) -> None:
     code, out, _ = run_cli(args, capsys)
     r = json.loads(out)
     assert r["arch_options"]["hidden"] == [16]  # read off the checkpoint
-    expected = 0 if r["monotonic"] else 1
+    p0 = float((load_digits().target == 0).mean())
+    expected = [math.log(math.exp(t * c) + 9) - t * c * p0 for t in r["alphas"]]
+    assert r["loss"] == pytest.approx(expected, rel=1e-6)
+    assert r["min_delta"] == pytest.approx(expected[-1] - expected[0], rel=1e-6)
+    assert r["monotonic"] is False
     code, _, _ = run_cli([*args, "--fail-on-nonmonotonic"], capsys)
-    assert code == expected
+    assert code == 1
 
 
 def test_bn_options_are_recorded(mlp_bn_pair: Path, capsys) -> None:
