@@ -1,14 +1,17 @@
 """What the framework callbacks share: theta_0 kept on the CPU, a bounded sample of the
-training data, the measurement, its files and the gate."""
+training data (read without disturbing training), the measurement, its files and the gate."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Iterable
+import random
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -23,6 +26,24 @@ DEFAULT_MAX_EXAMPLES = 2048
 
 class MLIGateError(RuntimeError):
     """The path failed a threshold the callback was given (fail_on_nonmonotonic, max_delta)."""
+
+
+class BatchFormatError(TypeError):
+    """A training batch the callback cannot turn into (inputs, targets)."""
+
+
+class ShardedStrategyError(RuntimeError):
+    """The training strategy shards the parameters across processes (FSDP, ZeRO stage 3):
+    a callback there would measure one shard, not the model."""
+
+
+def sharded_refusal(callback: str, strategy: str) -> ShardedStrategyError:
+    return ShardedStrategyError(
+        f"{callback} cannot run under {strategy}: each process holds only a shard of the "
+        "parameters, so it would measure a shard, not the model; train with DDP or on one "
+        "device, or save the initial and final weights as full checkpoints and run "
+        "`mliscan compare` on them"
+    )
 
 
 @dataclass
@@ -43,24 +64,118 @@ class MLISettings:
 
 
 def cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+    """A CPU copy of the module's state dict; tensors that share memory in the module (tied
+    weights) share one copy, so ``save_pretrained`` and safetensors see the tie."""
+    copies: dict[tuple[Any, ...], torch.Tensor] = {}
+    out = {}
+    for k, v in module.state_dict().items():
+        view = (v.untyped_storage().data_ptr(), v.storage_offset(), v.shape, v.stride(), v.dtype)
+        if view not in copies:
+            copies[view] = v.detach().cpu().clone()
+        out[k] = copies[view]
+    return out
 
 
-def sample(batches: Iterable[Any], limit: int, inputs: Any = None) -> tuple[Any, Any]:
-    """Up to ``limit`` (input, target) examples from a dataloader's batches; ``inputs``
-    turns a batch into (X, y) when batches are not (X, y) pairs."""
+def tie_like(state: dict[str, torch.Tensor], module: nn.Module) -> dict[str, torch.Tensor]:
+    """``state`` (read back from a file, every tensor separate) with the module's ties:
+    keys that share memory in the module share one tensor."""
+    first: dict[tuple[Any, ...], str] = {}
+    out = dict(state)
+    for k, v in module.state_dict().items():
+        view = (v.untyped_storage().data_ptr(), v.storage_offset(), v.shape, v.stride(), v.dtype)
+        if view in first and k in out and first[view] in out:
+            out[k] = out[first[view]]
+        first.setdefault(view, k)
+    return out
+
+
+@contextlib.contextmanager
+def untouched(loader: Any) -> Iterator[None]:
+    """Read from ``loader`` without changing what training will see: the global random
+    states (torch, Python, NumPy) and the generators of the loader and its samplers are
+    restored afterwards, so shuffling and augmentation are those of a run without the
+    callback."""
+    generators = []
+    for owner in (
+        loader,
+        getattr(loader, "sampler", None),
+        getattr(getattr(loader, "batch_sampler", None), "sampler", None),
+    ):
+        gen = getattr(owner, "generator", None)
+        if isinstance(gen, torch.Generator):
+            generators.append((gen, gen.get_state()))
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+        for gen, state in generators:
+            gen.set_state(state)
+
+
+def _describe(batch: Any) -> str:
+    if isinstance(batch, Mapping):
+        return f"a dict with keys {', '.join(repr(k) for k in list(batch)[:6])}"
+    if isinstance(batch, (tuple, list)):
+        return f"a {type(batch).__name__} of {len(batch)}"
+    return f"a {type(batch).__name__}"
+
+
+def _pair(batch: Any, inputs: Any, callback: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch as (X, y) tensors, or a one-line error that names ``inputs=``."""
+    if inputs is None:
+        is_pair = isinstance(batch, (tuple, list)) and len(batch) >= 2
+        if not is_pair or not all(isinstance(t, torch.Tensor) for t in batch[:2]):
+            example = (
+                "inputs=lambda batch: (batch['x'], batch['y'])"
+                if isinstance(batch, Mapping)
+                else "inputs=lambda batch: (x, y)"
+            )
+            raise BatchFormatError(
+                f"{callback}: a training batch is {_describe(batch)}, not (inputs, targets) "
+                f"tensors; pass {example} to say which parts of a batch are the model's "
+                "inputs and the targets"
+            )
+        x, y = batch[0], batch[1]
+    else:
+        try:
+            x, y = inputs(batch)
+        except BatchFormatError:
+            raise
+        except (TypeError, ValueError, KeyError, IndexError) as exc:
+            raise BatchFormatError(
+                f"{callback}: inputs= must turn a batch into (inputs, targets): {exc}"
+            ) from exc
+    x, y = torch.as_tensor(x), torch.as_tensor(y)
+    if x.dim() == 0 or y.dim() == 0 or len(x) != len(y):
+        raise BatchFormatError(
+            f"{callback}: a batch gave inputs {tuple(x.shape)} and targets {tuple(y.shape)}; "
+            "both need one row per example (check inputs=)"
+        )
+    return x, y
+
+
+def sample(
+    batches: Iterable[Any], limit: int, inputs: Any = None, callback: str = "the callback"
+) -> tuple[Any, Any]:
+    """Up to ``limit`` (input, target) examples from a dataloader's batches, read without
+    disturbing training (``untouched``); ``inputs`` turns a batch into (X, y) when batches
+    are not (X, y) pairs. A batch of another shape is an error naming ``inputs=``."""
     xs: list[torch.Tensor] = []
     ys: list[torch.Tensor] = []
     count = 0
-    for batch in batches:
-        x, y = inputs(batch) if inputs is not None else (batch[0], batch[1])
-        xs.append(torch.as_tensor(x).detach().cpu())
-        ys.append(torch.as_tensor(y).detach().cpu())
-        count += len(xs[-1])
-        if count >= limit:
-            break
+    with untouched(batches):
+        for batch in batches:
+            x, y = _pair(batch, inputs, callback)
+            xs.append(x.detach().cpu())
+            ys.append(y.detach().cpu())
+            count += len(xs[-1])
+            if count >= limit:
+                break
     if not xs:
-        raise ValueError("the training data yielded no batches to measure the path on")
+        raise ValueError(f"{callback}: the training data yielded no batches to measure on")
     return torch.cat(xs)[:limit], torch.cat(ys)[:limit]
 
 
@@ -107,16 +222,27 @@ def write_files(
 ) -> list[Path]:
     """init.safetensors, final.safetensors and mli.json in ``folder``; ``keys`` renames the
     tensors (a LightningModule's attribute prefix dropped: the network's own names)."""
+    return [*write_pair(folder, init, model, keys), write_record(folder, result)]
+
+
+def write_pair(
+    folder: Path, init: dict[str, torch.Tensor], model: nn.Module, keys: Any = None
+) -> list[Path]:
+    """init.safetensors and final.safetensors (the model's weights now) in ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     rename = keys or (lambda state: state)
-    save_checkpoint(folder / "init.safetensors", _contiguous(rename(init)), {"role": "init"})
-    final = _contiguous(rename(cpu_state(model)))
+    save_checkpoint(folder / "init.safetensors", contiguous(rename(init)), {"role": "init"})
+    final = contiguous(rename(cpu_state(model)))
     save_checkpoint(folder / "final.safetensors", final, {"role": "final"})
+    return [folder / "init.safetensors", folder / "final.safetensors"]
+
+
+def write_record(folder: Path, result: PathResult) -> Path:
     atomic_write_json(folder / "mli.json", result.to_dict())
-    return [folder / "init.safetensors", folder / "final.safetensors", folder / "mli.json"]
+    return folder / "mli.json"
 
 
-def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Distinct, contiguous tensors (tied weights saved once per name, as safetensors wants)."""
     seen: dict[int, torch.Tensor] = {}
     out = {}
@@ -127,12 +253,18 @@ def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def gate(result: PathResult, settings: MLISettings) -> None:
-    """Raise MLIGateError when a threshold fails."""
+def failure(result: PathResult, settings: MLISettings) -> str | None:
+    """The message of MLIGateError when a threshold fails, else None."""
     failed = []
     if settings.fail_on_nonmonotonic and result.monotonic is not True:
         failed.append(f"the path is not monotonic (min-Δ {result.min_delta:.4g} > {settings.tol})")
     if settings.max_delta is not None and not result.min_delta <= settings.max_delta:
         failed.append(f"min-Δ {result.min_delta:.4g} exceeds max_delta {settings.max_delta}")
-    if failed:
-        raise MLIGateError("MLI check failed: " + "; ".join(failed))
+    return "MLI check failed: " + "; ".join(failed) if failed else None
+
+
+def gate(result: PathResult, settings: MLISettings) -> None:
+    """Raise MLIGateError when a threshold fails."""
+    message = failure(result, settings)
+    if message is not None:
+        raise MLIGateError(message)
