@@ -73,12 +73,31 @@ def test_float64_training_draws_trains_and_writes_in_float64(tmp_path: Path) -> 
 
 
 def test_optimizers_and_bn(tmp_path: Path) -> None:
+    """Each optimizer's hallmark on its first step (one batch, one epoch): Adam moves every
+    weight with a gradient by lr (m/sqrt(v) = sign(g)), RMSprop by lr/sqrt(1 - 0.99) = 10 lr,
+    plain SGD by lr |g|, which differs from weight to weight."""
+    lr = 1e-3
+    moved = {}
     for opt in ("sgd", "adam", "rmsprop"):
-        rec = train(
-            _spec(optimizer=opt, lr=0.01, arch_options={"hidden": "16", "bn": True}), tmp_path / opt
+        spec = _spec(
+            optimizer=opt,
+            lr=lr,
+            epochs=1,
+            data=DataSpec("digits", limit=50),
+            arch_options={"hidden": "16", "bn": True},
         )
-        assert rec["config"]["optimizer"] == opt
-        assert "1.running_mean" in load_checkpoint(tmp_path / opt / "final.safetensors").tensors
+        train(spec, tmp_path / opt)
+        a = load_checkpoint(tmp_path / opt / "init.safetensors").tensors
+        b = load_checkpoint(tmp_path / opt / "final.safetensors").tensors
+        assert "1.running_mean" in b
+        step = (b["0.weight"].double() - a["0.weight"].double()).abs()
+        moved[opt] = step[step > 0]
+    for opt, size in (("adam", lr), ("rmsprop", 10 * lr)):
+        # |g| / (|g| + eps) is 1 but for gradients near eps: nearly every weight moves by size
+        near = ((moved[opt] - size).abs() <= 1e-3 * size).double().mean()
+        assert moved[opt].numel() > 100 and float(near) > 0.98, opt
+        assert float(moved[opt].max()) <= size * (1 + 1e-4), opt  # float32 weights
+    assert float(moved["sgd"].std() / moved["sgd"].mean()) > 0.1  # lr |g| varies
 
 
 def _tiny_mnist(root: Path) -> None:
