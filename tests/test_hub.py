@@ -437,7 +437,7 @@ def test_a_rule_that_disagrees_with_the_model_falls_back_to_nested_jvp(
 ) -> None:
     """A transformers release that changed a model must not change a number: the rule's
     logits are checked against the forward pass, and nested jvp takes over."""
-    from mliscan.adapters import hf
+    from mliscan.adapters import hf_rules as hf
 
     from mliscan.evaluate import PathEvaluator
     from mliscan.pipeline import open_source, setup
