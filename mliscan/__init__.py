@@ -24,6 +24,11 @@ _API = {
 }
 
 
+def __dir__() -> list[str]:
+    """The module's names and the API loaded on first use (``compare``, ``grid``, ``track``)."""
+    return sorted({*globals(), *_API} - {"Any"})
+
+
 def __getattr__(name: str) -> Any:
     if name in _API:
         import importlib

@@ -79,6 +79,14 @@ class Adapter(ABC):
     """``prepare_targets`` derives the targets from the inputs (such data cannot be streamed)."""
     """Whether ``mliscan train`` can train it (hub adapters evaluate only)."""
 
+    def named_as(self) -> str:
+        """How the user chose this architecture, in messages (``--arch NAME``)."""
+        return f"--arch {self.name}"
+
+    def data_hint(self, example_shape: tuple[int, ...]) -> str:
+        """What to do when the module cannot run on examples of ``example_shape``."""
+        return f"choose data this architecture takes (its default is {self.default_data})"
+
     # ---- a small instance of itself (the contract test builds one of every adapter) --------
     def example(self) -> tuple[dict[str, Any], DataInfo]:
         """Options and data shape of a small, quickly built instance."""
@@ -329,9 +337,11 @@ def probe_forward(adapter: Adapter, module: nn.Module, x: torch.Tensor, data: st
             module.eval()(x[:2])
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
         first = " ".join(str(exc).split())[:160]
+        shape = tuple(x.shape[1:])
+        named = "the data given" if data == "python" else f"--data {data}"
         raise DataError(
-            f"--arch {adapter.name} cannot run on --data {data} ({type(exc).__name__}: {first}); "
-            f"choose data this architecture takes (its default is {adapter.default_data})"
+            f"{adapter.named_as()} cannot run on {named}, examples of shape {list(shape)} "
+            f"({type(exc).__name__}: {first}); {adapter.data_hint(shape)}"
         ) from exc
 
 

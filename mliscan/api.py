@@ -1,12 +1,20 @@
 """The Python API: ``mliscan.compare``, ``mliscan.grid`` and ``mliscan.track``.
 
-The same specs and the same runner as the command line: a value a command would refuse is
-refused here with the same message (naming the argument), and the same inputs give the same
-numbers as ``mliscan compare``.
+The same specs and the same runner as the command line: every option of ``mliscan compare``
+is an argument of the same name (``--bn-mode`` is ``bn_mode=``; ``CLI_ONLY`` lists the few
+that Python says otherwise), a value a command would refuse is refused here with the same
+message in Python's words (naming the argument), and the same inputs give the same numbers
+as ``mliscan compare``. Inside a call, torch's deprecation noise is kept out as on the
+command line, with the caller's warning filters restored on return.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import inspect
+import re
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,55 +28,189 @@ from mliscan import spec as S
 from mliscan.checkpoints import Checkpoint, check_finite
 from mliscan.custom import LossFn, ModuleAdapter, OutputFn
 from mliscan.data import DATASETS, Dataset
-from mliscan.errors import DataError, UsageError
+from mliscan.errors import LIBRARY_NOISE, DataError, MliscanError, UsageError
 from mliscan.pipeline import compare_checkpoints, compare_pair, open_source
 from mliscan.results import CURVE_SCHEMA, PATH_SCHEMA, PathResult, curve_rows
 
 Endpoint = str | Path | nn.Module | dict
 Data = str | tuple | torch.utils.data.Dataset | torch.utils.data.DataLoader | None
-# The Python argument each spec field is set by (named in errors instead of the flag).
-_ARGUMENTS = {
-    S.EvalSpec: {
-        "alphas": "alphas=",
-        "gauss": "gauss=",
-        "batch_size": "batch_size=",
-        "device": "device=",
-        "dtype": "dtype=",
-        "gauss_examples": "gauss_examples=",
-    },
-    S.BNSpec: {"mode": "bn=", "batch_size": "bn_batch_size="},
-    S.DataSpec: {"limit": "data_limit=", "name": "data="},
-    S.VerdictSpec: {"tol": "tol="},
+
+# The concerns whose options ``compare`` takes: each field is an argument under its
+# command-line name (``--bn-mode`` is ``bn_mode=``, ``spec.argument_name``), so a Python
+# call and ``mliscan compare`` are built from the same declarations.
+CONCERNS: tuple[type, ...] = (
+    S.SourceSpec,
+    S.DataSpec,
+    S.BNSpec,
+    S.EvalSpec,
+    S.VerdictSpec,
+    S.AlignSpec,
+)
+# The command line's options that Python says another way (the option: its Python form).
+CLI_ONLY = {
+    "hidden": "arch_options={'hidden': '128,128'}",
+    "activation": "arch_options={'activation': 'tanh'}",
+    "bn": "arch_options={'bn': True} (the batch-norm variant of the architecture)",
+    "init_scheme": "arch_options={'init': 'fixup'}",
+    "arch_opt": "arch_options={KEY: VALUE}",
+    "model": "model= (the nn.Module itself, instead of MODULE:FACTORY)",
+    "model_arg": "model= (build the module yourself)",
+    "unrelated_seed": "unrelated=[SEEDS]",
+    "json": "result.to_dict()",
+    "plot": "result.plot(PATH)",
+    "quiet": "progress= (None: no progress)",
+    "config": "the arguments themselves",
+    "require_monotonic": "result.monotonic",
+    "fail_on_nonmonotonic": "result.monotonic",
+    "max_delta": "result.min_delta",
+    "max_gauss_length": "result.gauss_length",
+    "max_barrier": "result.barrier",
+    "min_final_accuracy": "result.accuracy[-1]",
 }
+# Python-only arguments of compare (no command-line option: objects, not text).
+PYTHON_ONLY = ("model", "arch_options", "loss", "output", "input_shape", "progress")
 
 
-def _specs(
-    alphas: int,
-    gauss: bool,
-    bn: str,
-    bn_batch_size: int | None,
-    batch_size: int | None,
-    device: str,
-    dtype: str,
-    gauss_examples: int | None,
-    tol: float,
-) -> tuple[S.EvalSpec, float]:
-    bn_spec = S.build(S.BNSpec, {"mode": bn, "batch_size": bn_batch_size}, _ARGUMENTS[S.BNSpec])
-    ev = S.build(
-        S.EvalSpec,
-        {
-            "alphas": alphas,
-            "gauss": gauss,
-            "bn": bn_spec,
-            "batch_size": batch_size,
-            "device": device,
-            "dtype": dtype,
-            "gauss_examples": gauss_examples,
-        },
-        _ARGUMENTS[S.EvalSpec],
-    )
-    verdict = S.build(S.VerdictSpec, {"tol": tol}, _ARGUMENTS[S.VerdictSpec])
-    return ev, verdict.tol
+def _fields(cls: type) -> dict[str, dataclasses.Field]:
+    """The command-line fields of a concern, by their argument name."""
+    return {
+        S.argument_name(f): f
+        for f in dataclasses.fields(cls)
+        if (o := S.option_of(f)) is not None and o.cli
+    }
+
+
+def _options(values: dict[str, Any]) -> dict[type, Any]:
+    """Each concern built from the arguments named after its fields (errors name the
+    argument, ``alphas=``, not the flag)."""
+    built: dict[type, Any] = {}
+    for cls in CONCERNS:
+        given: dict[str, Any] = {}
+        where: dict[str, str] = {}
+        for name, f in _fields(cls).items():
+            if name not in values:
+                continue
+            value = values[name]
+            o = S.option_of(f)
+            if o is not None and o.parse is not None and isinstance(value, str):
+                try:
+                    value = o.parse(value)
+                except S.SpecError as exc:
+                    raise S.SpecError(f"{name}=", exc.problem, f.name) from None
+            if isinstance(value, list):
+                value = tuple(value)
+            given[f.name] = value
+            where[f.name] = f"{name}="
+        if cls is S.EvalSpec:
+            given["bn"] = built[S.BNSpec]
+        built[cls] = S.build(cls, given, where)
+    return built
+
+
+# The argument each command-line flag is in Python, for messages from the layers below
+# (which speak the command line's words): ``--data-limit`` -> ``data_limit=``.
+_FLAG_WORDS = {
+    S.flag_of(f): f"{name}="
+    for cls in (*CONCERNS, S.ArchSpec)
+    for name, f in _fields(cls).items()
+    if name not in CLI_ONLY
+}
+_FLAG_WORDS.update(
+    {
+        "--bn": "arch_options['bn']",
+        "--no-bn": "arch_options['bn']=False",
+        "--hidden": "arch_options['hidden']",
+        "--activation": "arch_options['activation']",
+        "--init-scheme": "arch_options['init']",
+        "--arch-opt": "arch_options",
+        "--unrelated": "unrelated=",
+    }
+)
+_FLAG = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*[a-z0-9])(?: ([\w.:@/,+-]*[\w/]))?")
+# Words after a flag that are the sentence going on, not the flag's value.
+_NOT_VALUES = frozenset(
+    "a also an and are as at by cannot does first for from has here in instead is its must "  # noqa: SIM905
+    "needs not of on or takes the to too was when with".split()
+)
+
+
+def _python_words(text: str) -> str:
+    """A message of the layers below in Python's words: ``--arch mlp`` is ``arch='mlp'``,
+    ``--data-limit`` is ``data_limit=``; flags Python has no argument for stay as written."""
+
+    def swap(m: re.Match[str]) -> str:
+        flag, value = m.group(1), m.group(2)
+        word = _FLAG_WORDS.get(flag)
+        if word is None:
+            return m.group(0)
+        if value is None or value in _NOT_VALUES or not word.endswith("="):
+            return word + ("" if value is None else f" {value}")
+        plain = _is_number(value) or value.isupper()  # 0.01, or a metavar such as N or DIR
+        return f"{word}{value}" if plain else f"{word}{value!r}"
+
+    return _FLAG.sub(swap, text)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+@contextmanager
+def _in_python_words() -> Iterator[None]:
+    """mliscan's errors raised inside the block reworded for a Python caller (the same
+    exception, its type kept), and third-party deprecation noise (torch's FutureWarnings,
+    ``torch.jit.script`` in the libraries mliscan calls) kept out, like the command line
+    does; the caller's warning filters are restored on exit."""
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=LIBRARY_NOISE)
+            warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch(\.|$)")
+            yield
+    except MliscanError as exc:
+        if exc.args and isinstance(exc.args[0], str):
+            exc.args = (_python_words(exc.args[0]), *exc.args[1:])
+            if isinstance(exc, S.SpecError):
+                exc.where, exc.problem = _python_words(exc.where), _python_words(exc.problem)
+        raise
+
+
+def _renamed(options: dict[str, Any], function: str, stacklevel: int = 3) -> dict[str, Any]:
+    """Arguments of another meaning or name: ``bn=`` (the batch-norm statistics mode, now
+    ``bn_mode=`` as on the command line, where --bn builds the batch-norm variant) is
+    taken with a DeprecationWarning; an unknown argument is a TypeError with the likely
+    one, or the Python form of a command-line option."""
+    options = dict(options)
+    if "bn" in options:
+        value = options.pop("bn")
+        warnings.warn(
+            f"{function}(bn=...) is deprecated: the batch-norm statistics mode is bn_mode= "
+            "(--bn-mode on the command line); the batch-norm variant of an architecture is "
+            "arch_options={'bn': True}",
+            DeprecationWarning,
+            stacklevel=stacklevel,
+        )
+        if "bn_mode" in options:
+            raise TypeError(f"{function}() takes bn_mode= (bn= is its old name), not both")
+        options["bn_mode"] = value
+    for name in options:
+        if name not in _ARGUMENTS:
+            raise TypeError(
+                f"{function}() got an unexpected keyword argument {name!r}; {_hint(name)}"
+            )
+    return options
+
+
+def _hint(name: str) -> str:
+    if name in CLI_ONLY:
+        return f"the command line's --{name.replace('_', '-')} is {CLI_ONLY[name]} in Python"
+    close = difflib.get_close_matches(name, sorted(_ARGUMENTS), n=3, cutoff=0.6)
+    if close:
+        return "did you mean " + " or ".join(f"{c}=" for c in close) + "?"
+    return "see help(mliscan.compare) for the arguments"
 
 
 def _checkpoint(x: Endpoint, role: str, source: S.SourceSpec) -> Checkpoint:
@@ -111,7 +253,7 @@ def _check_arguments(model: Any, loss: Any, data: Any, data_limit: Any) -> None:
             )
     if loss is not None and not callable(loss):
         raise UsageError(f"loss= takes a function, got {type(loss).__name__}")
-    S.build(S.DataSpec, {"limit": data_limit}, _ARGUMENTS[S.DataSpec])  # type and range
+    S.build(S.DataSpec, {"limit": data_limit}, {"limit": "data_limit="})  # type and range
     if isinstance(data, str) and data not in DATASETS:
         raise UsageError(f"data={data!r}: not a dataset name; one of {', '.join(DATASETS)}")
     kinds = (str, tuple, torch.utils.data.Dataset, torch.utils.data.DataLoader)
@@ -241,39 +383,61 @@ def compare(
     arch: str | None = None,
     arch_options: dict[str, Any] | None = None,
     data: Data = None,
+    data_dir: str | None = None,
+    split: str = "train",
     data_limit: int | None = None,
+    data_file: str | None = None,
+    seq_len: int | None = None,
+    max_tokens: int | None = S.DEFAULT_MAX_TOKENS,
     loss: LossFn | None = None,
     output: OutputFn | None = None,
+    input_shape: Sequence[int] | None = None,
     alphas: int = S.DEFAULT_ALPHAS,
     gauss: bool = True,
-    tol: float = S.DEFAULT_TOLERANCE,
-    bn: str = "exact",
-    bn_batch_size: int | None = None,
-    batch_size: int | None = None,
-    device: str = "auto",
-    dtype: str = "float32",
     gauss_examples: int | None = None,
+    gauss_method: str = "auto",
+    tol: float = S.DEFAULT_TOLERANCE,
+    bn_mode: str = "exact",
+    bn_batch_size: int | str | None = S.DEFAULT_BN_BATCH_SIZE,
+    bn_warmup_batches: int | None = None,
+    bn_variance: str = "population",
+    batch_size: int | None = S.DEFAULT_EVAL_BATCH_SIZE,
+    alpha_chunk: int = 1,
+    dtype: str = "float32",
+    device: str = "auto",
+    amp: str = "off",
+    compile: bool = False,
+    align: str = "none",
+    unrelated: int | Sequence[int] = 0,
     offline: bool = False,
     trust_pickle: bool = False,
     ema: bool = False,
     progress: Callable[[int, float, float], None] | None = None,
+    **renamed: Any,
 ) -> PathResult:
     """The straight path from ``init`` (alpha = 0) to ``final`` (alpha = 1).
 
     ``init``/``final``: a checkpoint file or folder, a source string (``hf:ORG/NAME@REV``,
     ``timm:NAME``, ``init:SOURCE``), a state dict, or an ``nn.Module`` (its current weights).
     ``model``: an ``nn.Module`` used as the architecture (no adapter needed; its output is
-    the logits); otherwise ``arch`` names an adapter, or the files' metadata does.
+    the logits); otherwise ``arch`` names an adapter (with ``arch_options``, e.g.
+    ``{"hidden": "128,128", "bn": True}``), or the files' metadata does.
     ``data``: a dataset name (``"digits"``), a torch Dataset or DataLoader of (input,
     target) pairs, or a tuple of tensors ``(X, y)``. ``loss``: a callable giving one loss
     per example (cross-entropy by default). ``output``: a callable from ``model``'s output
     to its logits (by default the output itself, ``output["logits"]`` / ``output.logits``,
-    or a tuple's first element). The rest are the command line's options.
+    or a tuple's first element). ``input_shape``: the shape one example takes in ``model``
+    when the data's layout is another (``(64,)`` for a module on flat 8x8 digits).
+    ``unrelated``: K fresh initialisations (seeds 0..K-1), or a list of seeds, also
+    interpolated to ``final`` (Figure 6). ``progress(i, alpha, loss)`` is called per alpha.
+
+    Every other argument is the option of ``mliscan compare`` of the same name
+    (``bn_mode=`` is ``--bn-mode``; see ``mliscan compare --help-all``) with the same
+    default, checks and numbers; ``CLI_ONLY`` lists the options Python says otherwise.
 
     Returns a :class:`mliscan.PathResult` (``.min_delta``, ``.monotonic``, ``.distance``,
     ``.normalized_distance``, ``.gauss_length``, ``.barrier``, ``.to_dict()``,
-    ``.to_polars()``, ``.plot()``). The same inputs give the numbers ``mliscan compare``
-    gives.
+    ``.to_polars()``, ``.plot()``).
 
     Example::
 
@@ -284,38 +448,45 @@ def compare(
         r = mliscan.compare(init, net, model=net, data=(X, y), alphas=25)
         print(r.min_delta, r.monotonic, r.barrier)
     """
+    if renamed:
+        moved = _renamed(renamed, "compare")
+        if bn_mode != "exact":
+            raise TypeError("compare() takes bn_mode= (bn= is its old name), not both")
+        bn_mode = moved["bn_mode"]
+    values = {k: v for k, v in locals().items() if k not in ("init", "final", "renamed")}
+    with _in_python_words():
+        return _compare(init, final, values)
+
+
+def _compare(init: Endpoint, final: Endpoint, v: dict[str, Any]) -> PathResult:
+    model, loss, output, data = v["model"], v["loss"], v["output"], v["data"]
+    arch, data_limit, input_shape = v["arch"], v["data_limit"], v["input_shape"]
     _check_arguments(model, loss, data, data_limit)
-    ev, tolerance = _specs(
-        alphas, gauss, bn, bn_batch_size, batch_size, device, dtype, gauss_examples, tol
-    )
-    source = S.SourceSpec(trust_pickle=trust_pickle, offline=offline, ema=ema)
+    _check_python_only(model, arch, loss, output, input_shape)
+    specs = _options({**v, "data": data if isinstance(data, str) else None})
+    seeds = _unrelated_seeds(v["unrelated"])
+    ev, tolerance = specs[S.EvalSpec], specs[S.VerdictSpec].tol
+    source, align = specs[S.SourceSpec], specs[S.AlignSpec]
     dataset = _dataset(data, data_limit, class_targets=model is not None and loss is None)
     if model is not None and dataset is not None:
         loss = _per_example(loss, dataset.num_classes)
-    data_spec = None
-    if dataset is None:
-        data_spec = S.build(S.DataSpec, {"name": data, "limit": data_limit}, _ARGUMENTS[S.DataSpec])
-    if model is not None and arch is not None:
-        raise UsageError("model= takes the place of arch=: give one of them")
-    adapter: Any = ModuleAdapter(model, loss, output) if model is not None else None
-    if loss is not None and adapter is None:
-        raise UsageError("loss= goes with model= (the adapters define their own losses)")
-    if output is not None and adapter is None:
-        raise UsageError("output= goes with model= (the adapters define their own logits)")
-    if output is not None and not callable(output):
-        raise UsageError(f"output= takes a function, got {type(output).__name__}")
+    adapter: Any = None
+    if model is not None:
+        adapter = ModuleAdapter(model, loss, output, input_shape)
     plain = isinstance(init, (str, Path)) and isinstance(final, (str, Path))
     if plain and adapter is None and dataset is None:  # exactly what the command line runs
         return compare_pair(
             str(init),
             str(final),
             arch=arch,
-            arch_options=arch_options,
-            data=data_spec,
+            arch_options=v["arch_options"],
+            data=specs[S.DataSpec],
             spec=ev,
             tolerance=tolerance,
-            progress=progress,
+            progress=v["progress"],
+            unrelated_seeds=seeds,
             source=source,
+            align_spec=align,
         )
     a = _checkpoint(init, "init", source)
     b = _checkpoint(final, "final", source)
@@ -323,12 +494,65 @@ def compare(
         a,
         b,
         arch=adapter if adapter is not None else arch,
-        arch_options=arch_options,
-        data=dataset if dataset is not None else data_spec,
+        arch_options=v["arch_options"],
+        data=dataset if dataset is not None else specs[S.DataSpec],
         spec=ev,
         tolerance=tolerance,
-        progress=progress,
+        progress=v["progress"],
+        unrelated_seeds=seeds,
+        align=align.align,
     )
+
+
+def _check_python_only(model: Any, arch: Any, loss: Any, output: Any, input_shape: Any) -> None:
+    """The arguments the command line has no option for, against each other."""
+    if model is not None and arch is not None:
+        raise UsageError("model= takes the place of arch=: give one of them")
+    if model is None:
+        own = {"loss": "losses", "output": "logits", "input_shape": "input layouts"}
+        for name, value in (("loss", loss), ("output", output), ("input_shape", input_shape)):
+            if value is not None:
+                raise UsageError(
+                    f"{name}= goes with model= (the adapters define their own {own[name]})"
+                )
+    if output is not None and not callable(output):
+        raise UsageError(f"output= takes a function, got {type(output).__name__}")
+    if input_shape is not None and (
+        not isinstance(input_shape, (tuple, list))
+        or not input_shape
+        or not all(isinstance(d, int) and not isinstance(d, bool) for d in input_shape)
+        or any(d < 1 and d != -1 for d in input_shape)
+        or list(input_shape).count(-1) > 1
+    ):
+        raise UsageError(
+            "input_shape= takes the shape of one example as a tuple of whole numbers >= 1 "
+            f"(at most one -1), e.g. (64,); got {input_shape!r}"
+        )
+
+
+# As the command line's --unrelated K.
+MAX_UNRELATED = 10_000
+
+
+def _unrelated_seeds(unrelated: Any) -> list[int]:
+    """unrelated=K (seeds 0..K-1) or a list of seeds."""
+    if isinstance(unrelated, int) and not isinstance(unrelated, bool):
+        if not 0 <= unrelated <= MAX_UNRELATED:
+            raise UsageError(f"unrelated=: must be 0 to {MAX_UNRELATED}, got {unrelated}")
+        return list(range(unrelated))
+    if isinstance(unrelated, (list, tuple, range)) and all(
+        isinstance(s, int) and not isinstance(s, bool) for s in unrelated
+    ):
+        if len(unrelated) > MAX_UNRELATED:
+            raise UsageError(f"unrelated=: at most {MAX_UNRELATED} seeds, got {len(unrelated)}")
+        return list(unrelated)
+    raise UsageError(
+        f"unrelated= takes a count K or a list of seeds, got {type(unrelated).__name__}"
+    )
+
+
+# Every keyword argument of compare (grid and track pass theirs on to it).
+_ARGUMENTS = frozenset(inspect.signature(compare).parameters) - {"init", "final", "renamed"}
 
 
 def grid(
@@ -357,6 +581,7 @@ def grid(
                 f"grid: {name} takes a list of endpoints, got one {type(value).__name__} "
                 f"(write [{name[:-1] if name == 'inits' else 'optimum'}])"
             )
+    kwargs = _renamed(kwargs, "grid")
     kwargs.setdefault("gauss", False)
     ends = [(f"init{i}", "init", x) for i, x in enumerate(inits)]
     ends += [(f"optimum{i}", "optimum", x) for i, x in enumerate(optima)]
@@ -410,6 +635,7 @@ def track(module: nn.Module, data: Data, **options: Any) -> Iterator[Tracker]:
                 train_one_epoch(net)
         print(t.result.min_delta, t.result.monotonic)
     """
+    options = _renamed(options, "track", stacklevel=4)  # through contextlib's __enter__
     _check_arguments(module, options.get("loss"), data, options.get("data_limit"))
     if module is None:
         raise UsageError("track: module= takes the torch nn.Module being trained, got None")
@@ -424,4 +650,4 @@ def track(module: nn.Module, data: Data, **options: Any) -> Iterator[Tracker]:
     module.train(was_training)
 
 
-__all__ = ["PathResult", "Tracker", "compare", "grid", "track"]
+__all__ = ["CLI_ONLY", "PathResult", "Tracker", "compare", "grid", "track"]

@@ -16,6 +16,7 @@ import ast
 import contextlib
 import copy
 import importlib
+import math
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -103,15 +104,47 @@ class _Given(Adapter):
 
 class ModuleAdapter(_Given):
     """An ``nn.Module`` from Python: each build returns a deep copy (the user's module is
-    never modified)."""
+    never modified). ``input_shape``: the shape of one example as the module takes it
+    (``(64,)`` for a module on flat digits; -1 for one dimension inferred), when the
+    data's own layout (images ``[C, H, W]``) is not the module's."""
 
     name = "module"
 
     def __init__(
-        self, module: nn.Module, loss: LossFn | None = None, output: OutputFn | None = None
+        self,
+        module: nn.Module,
+        loss: LossFn | None = None,
+        output: OutputFn | None = None,
+        input_shape: Sequence[int] | None = None,
     ) -> None:
         super().__init__(loss, output)
         self.module = module
+        self.input_shape = None if input_shape is None else tuple(input_shape)
+
+    def named_as(self) -> str:
+        return "model="
+
+    def data_hint(self, example_shape: tuple[int, ...]) -> str:
+        if self.input_shape is not None:
+            return f"input_shape={self.input_shape} makes each example {list(example_shape)}"
+        if len(example_shape) > 1:
+            flat = math.prod(example_shape)
+            return (
+                f"if the module takes flat inputs, pass input_shape=({flat},) (or begin it "
+                "with nn.Flatten()); otherwise input_shape= the shape one example takes"
+            )
+        return "pass input_shape= (the shape one example takes) or data= that fits the module"
+
+    def prepare_inputs(self, inputs: torch.Tensor) -> torch.Tensor:
+        if self.input_shape is None:
+            return inputs
+        try:
+            return inputs.reshape(len(inputs), *self.input_shape)
+        except RuntimeError as exc:
+            raise UsageError(
+                f"input_shape={self.input_shape} does not fit examples of shape "
+                f"{list(inputs.shape[1:])} ({math.prod(inputs.shape[1:])} values each)"
+            ) from exc
 
     def build(self, options: Any, info: DataInfo) -> nn.Module:
         try:
@@ -214,6 +247,17 @@ class FactoryAdapter(_Given):
     """``--model module.path:factory --model-arg KEY=VALUE``: calls ``factory(**args)``."""
 
     name = "model"
+
+    def named_as(self) -> str:
+        return f"--model {self.spec}"
+
+    def data_hint(self, example_shape: tuple[int, ...]) -> str:
+        if len(example_shape) > 1:
+            return (
+                f"the data's examples are {list(example_shape)}; if the module takes flat "
+                "inputs, begin it with nn.Flatten()"
+            )
+        return "choose --data that fits the module"
 
     def __init__(self, spec: str, args: Mapping[str, Any], loss: LossFn | None = None) -> None:
         super().__init__(loss)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,14 @@ from mliscan.checkpoints import Checkpoint, check_pair, content_hash
 from mliscan.errors import UsageError
 from mliscan.evaluate import PathEvaluator, PreparedData, alpha_grid
 from mliscan.identity import key as identity_key
-from mliscan.paths import FINAL_FILE, INIT_FILE, SOURCE_PREFIXES, unique_labels
+from mliscan.paths import (
+    FINAL_FILE,
+    INIT_FILE,
+    RUN_FILE,
+    SOURCE_PREFIXES,
+    read_json,
+    unique_labels,
+)
 from mliscan.pipeline import Session
 from mliscan.results import PathResult, curve_rows, is_complete, num, path_row
 from mliscan.spec import EvalSpec
@@ -98,7 +106,7 @@ def gather_endpoints(
             files.append((str(run / INIT_FILE), "init"))
         if sum(k == "optimum" for _, k in files) < n_optima:
             files.append((str(run / FINAL_FILE), "optimum"))
-    labels = unique_labels([p for p, _ in files])
+    labels = named_by_settings([p for p, _ in files], unique_labels([p for p, _ in files]))
     inits: list[Endpoint] = []
     optima: list[Endpoint] = []
     for (path, kind), label in zip(files, labels, strict=True):
@@ -116,6 +124,78 @@ def gather_endpoints(
         inits.append(_endpoint(f"fresh-{seed}/init", "init", None, fresh))
         seed += 1
     return inits, optima
+
+
+# The folders of a sweep's runs are named by a hash of their settings (sweep.run_name).
+_SWEEP_RUN = re.compile(r"run-[0-9a-f]{8,}")
+# Always named when a sweep run is: what a reader tells runs apart by (as `mliscan runs`).
+_ALWAYS = ("optimizer", "lr", "seed")
+
+
+def named_by_settings(paths: Sequence[str], labels: Sequence[str]) -> list[str]:
+    """Labels whose sweep-run folder (``run-5065a27d36b3``) is replaced by the run's own
+    settings from its run.json: optimizer, lr, seed and the settings that differ between
+    the runs given (``adam lr 0.01 bn=on seed 2/init``). A folder whose run.json cannot be
+    read, or whose settings read the same as another's, keeps its name."""
+    folders = [Path(p).parent for p in paths]
+    configs: dict[Path, dict[str, Any]] = {}
+    for folder in dict.fromkeys(folders):
+        if _SWEEP_RUN.fullmatch(folder.name):
+            config = _run_config(folder)
+            if config is not None:
+                configs[folder] = config
+    if not configs:
+        return list(labels)
+    keys = list(dict.fromkeys(k for c in configs.values() for k in c))
+    first = next(iter(configs.values()))
+    varying = [k for k in keys if any(c.get(k) != first.get(k) for c in configs.values())]
+    shown = [k for k in ("optimizer", "lr") if k in keys]
+    shown += [k for k in varying if k not in _ALWAYS] + [k for k in ("seed",) if k in keys]
+    names = {f: _describe(c, shown) for f, c in configs.items()}
+    clashing = {n for n in names.values() if list(names.values()).count(n) > 1}
+    out = []
+    for folder, label in zip(folders, labels, strict=True):
+        name = names.get(folder)
+        parts = label.split("/")
+        if name is None or name in clashing or folder.name not in parts:
+            out.append(label)
+            continue
+        out.append("/".join(name if part == folder.name else part for part in parts))
+    return out
+
+
+def _run_config(folder: Path) -> dict[str, Any] | None:
+    """A sweep run's settings from its run.json, flat (adapter options by their name)."""
+    try:
+        record = read_json(folder / RUN_FILE)
+    except (OSError, ValueError):
+        return None
+    config = record.get("config") if isinstance(record, dict) else None
+    if not isinstance(config, dict):
+        return None
+    flat: dict[str, Any] = {}
+    for k, v in config.items():
+        if k == "arch_options" and isinstance(v, dict):
+            flat.update({str(a): b for a, b in v.items()})
+        elif k == "data" and isinstance(v, dict):
+            flat["data"] = v.get("name")
+        elif k not in ("device", "save_every") and not isinstance(v, (dict, list)):
+            flat[k] = v
+    return flat
+
+
+def _describe(config: dict[str, Any], keys: Sequence[str]) -> str:
+    words = []
+    for k in keys:
+        v = config.get(k)
+        if k == "optimizer":
+            words.append(str(v))
+        elif k in ("lr", "seed"):
+            words.append(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}")
+        else:
+            shown = "on" if v is True else "off" if v is False else v
+            words.append(f"{k}={shown}")
+    return " ".join(words).replace("/", "-")
 
 
 def plan(

@@ -34,6 +34,12 @@ def is_monotonic(delta: float, tolerance: float = 0.0) -> bool | None:
     return bool(delta <= tolerance)
 
 
+def converged(final_loss: float | None, threshold: float) -> bool:
+    """Section 4.1: a run counts in the paper's tables when its final training loss is
+    below the threshold (the only place this is decided: tables and figures agree)."""
+    return final_loss is not None and bool(np.isfinite(final_loss)) and final_loss < threshold
+
+
 def barrier(alphas: Sequence[float] | np.ndarray, losses: Sequence[float] | np.ndarray) -> float:
     """Loss barrier: max over alpha of L(alpha) - ((1 - alpha) L(0) + alpha L(1)).
 

@@ -276,9 +276,11 @@ def compare_pair(
     unrelated_seeds: Sequence[int] = (),
     source: SourceSpec | None = None,
     align_spec: AlignSpec | None = None,
+    on_note: Callable[[str], None] | None = None,
 ) -> PathResult:
     """Evaluate the straight path from ``init_path`` to ``final_path`` (paths or sources:
-    ``hf:ORG/NAME@REV``, ``timm:NAME``, ``init:SOURCE``).
+    ``hf:ORG/NAME@REV``, ``timm:NAME``, ``init:SOURCE``). ``on_note`` hears the notes known
+    before the evaluation (endpoints that look swapped, or are one file) as soon as they are.
 
     Memory: theta_0 and theta_T are held once each, as loaded (stored dtype), plus the
     module's working weights; the loaded dicts are not kept beside them.
@@ -299,6 +301,7 @@ def compare_pair(
         unrelated_seeds=unrelated_seeds,
         t_start=t_start,
         align=align,
+        on_note=on_note,
     )
 
 
@@ -315,9 +318,11 @@ def compare_checkpoints(
     unrelated_seeds: Sequence[int] = (),
     t_start: float | None = None,
     align: str = "none",
+    on_note: Callable[[str], None] | None = None,
 ) -> PathResult:
     """The straight path between two loaded checkpoints (files, or state dicts from Python
-    wrapped as :class:`Checkpoint`); ``compare_pair`` and ``mliscan.compare`` both end here."""
+    wrapped as :class:`Checkpoint`); ``compare_pair`` and ``mliscan.compare`` both end here.
+    ``on_note`` as in :func:`compare_pair` (the result's ``notes`` hold every note)."""
     spec = spec or EvalSpec()
     t_start = time.perf_counter() if t_start is None else t_start
     check_pair(init, final)
@@ -325,6 +330,8 @@ def compare_checkpoints(
     check_finite(final)
     notes = [f"init: {n}" for n in init.notes] + [f"final: {n}" for n in final.notes]
     notes += integrity_notes(init, final)
+    for note in notes if on_note is not None else ():
+        on_note(note)  # before the evaluation: a swapped pair is said before minutes of work
     sources = {"init": _source_record(init), "final": _source_record(final)}
     ctx = setup(init, arch, arch_options, data, spec)
     choice = ctx.choice

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mliscan.metrics import is_monotonic
+from mliscan.metrics import converged, is_monotonic
 from mliscan.paths import atomic_path
 
 
@@ -214,10 +214,34 @@ def _label(key: tuple, names: Sequence[str]) -> str:
     return ", ".join(f"{n}={v}" for n, v in zip(names, key, strict=True))
 
 
+def _kind(row: dict[str, Any], tol: float, loss_threshold: float | None) -> str:
+    """How a run is drawn, as the tables count it: 'monotonic', 'non-monotonic', or 'not
+    converged' (its final training loss is not below the threshold: the tables leave it
+    out) and 'undefined' (no min-Δ)."""
+    if loss_threshold is not None and not converged(row.get("final_train_loss"), loss_threshold):
+        return "not converged"
+    mono = is_monotonic(_delta(row), tol)
+    return "undefined" if mono is None else "monotonic" if mono else "non-monotonic"
+
+
+# colour of each kind of run (not converged: grey, behind the others)
+_COLOURS = {
+    "not converged": "0.7",
+    "undefined": "0.7",
+    "monotonic": "tab:blue",
+    "non-monotonic": "tab:red",
+}
+
+
 def plot_curve_panels(
-    rows: Sequence[dict[str, Any]], group_by: Sequence[str], tol: float, base: Path
+    rows: Sequence[dict[str, Any]],
+    group_by: Sequence[str],
+    tol: float,
+    base: Path,
+    loss_threshold: float | None = None,
 ) -> list[Path]:
-    """Figures 2/4: every run's loss curve, one panel per group; non-monotonic runs in red."""
+    """Figures 2/4: every run's loss curve, one panel per group; non-monotonic runs in red,
+    and with ``loss_threshold`` the runs the tables leave out (not converged) in grey."""
     import math
 
     plt = _pyplot()
@@ -232,14 +256,14 @@ def plot_curve_panels(
     from matplotlib.collections import LineCollection
 
     for ax, key in zip(axes.flat, keys, strict=False):
-        # one collection per colour: hundreds of curves draw as two artists, not hundreds
-        for bad, colour in ((False, "tab:blue"), (True, "tab:red")):
+        # one collection per colour: hundreds of curves draw as a few artists, not hundreds
+        for kind, colour in _COLOURS.items():
             segments = [
                 list(
                     zip(r["alphas"], [math.nan if v is None else v for v in r["loss"]], strict=True)
                 )
                 for r in groups.get(key, [])
-                if (is_monotonic(_delta(r), tol) is False) == bad
+                if _kind(r, tol, loss_threshold) == kind
             ]
             if segments:
                 ax.add_collection(LineCollection(segments, colors=colour, alpha=0.7, linewidths=1))
@@ -251,27 +275,30 @@ def plot_curve_panels(
     for ax in list(axes.flat)[len(keys) :]:
         ax.axis("off")
     axes[0][0].set_ylabel("training loss (log)")
-    fig.suptitle(f"Interpolation curves (red: non-monotonic, min-Δ > {tol:g})", fontsize=10)
+    grey = "" if loss_threshold is None else f"; grey: not converged, loss ≥ {loss_threshold:g}"
+    fig.suptitle(f"Interpolation curves (red: non-monotonic, min-Δ > {tol:g}{grey})", fontsize=10)
     fig.tight_layout()
     return save_figure(fig, base)
 
 
-def plot_delta_scatter(rows: Sequence[dict[str, Any]], tol: float, base: Path) -> list[Path]:
-    """Figure 5: min-Δ against normalized distance and against Gauss length."""
+def plot_delta_scatter(
+    rows: Sequence[dict[str, Any]], tol: float, base: Path, loss_threshold: float | None = None
+) -> list[Path]:
+    """Figure 5: min-Δ against normalized distance and against Gauss length (with
+    ``loss_threshold``, the runs the tables leave out in grey, as not converged)."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, key, label in (
         (axes[0], "normalized_distance", "‖θ_T − θ₀‖ / ‖θ₀‖"),
         (axes[1], "gauss_length", "average Gauss length"),
     ):
-        for mono, colour, name in (
-            (True, "tab:blue", "monotonic"),
-            (False, "tab:red", "non-monotonic"),
-        ):
+        for name, colour in _COLOURS.items():
             pts = [
                 (r[key], r["min_delta"])
                 for r in rows
-                if r.get(key) is not None and is_monotonic(_delta(r), tol) is mono
+                if r.get(key) is not None
+                and r.get("min_delta") is not None
+                and _kind(r, tol, loss_threshold) == name
             ]
             if pts:
                 xs, ys = zip(*pts, strict=True)

@@ -18,7 +18,7 @@ import numpy as np
 from mliscan.errors import DataError
 from mliscan.identity import file_hash
 from mliscan.identity import key as identity_key
-from mliscan.metrics import is_monotonic
+from mliscan.metrics import converged, is_monotonic
 from mliscan.paths import FINAL_FILE, INIT_FILE, RUN_FILE, atomic_write_json, read_json
 from mliscan.pipeline import compare_pair
 from mliscan.spec import EvalSpec, SourceSpec
@@ -170,9 +170,7 @@ def proportion_table(
         ok = [
             r
             for r in members
-            if r["final_train_loss"] is not None
-            and r["final_train_loss"] < loss_threshold
-            and r["min_delta"] is not None
+            if converged(r["final_train_loss"], loss_threshold) and r["min_delta"] is not None
         ]
         nonmono = [r for r in ok if is_monotonic(r["min_delta"], tol) is False]
         out.append(
@@ -188,6 +186,20 @@ def proportion_table(
             }
         )
     return out
+
+
+def convergence_note(rows: Sequence[dict[str, Any]], loss_threshold: float) -> str | None:
+    """What to say when the tables count no run: none reached a final training loss below
+    the threshold (the tables then hold only '-'); None when some did."""
+    if not rows or any(converged(r["final_train_loss"], loss_threshold) for r in rows):
+        return None
+    losses = [r["final_train_loss"] for r in rows if r["final_train_loss"] is not None]
+    lowest = f"; the lowest is {min(losses):.3g}" if losses else ""
+    return (
+        f"no run converged: the tables count runs whose final training loss is below "
+        f"{loss_threshold:g}, and none of the {len(rows)} is{lowest}. Train longer (--epochs, "
+        "--until-loss) or set --loss-threshold"
+    )
 
 
 def power_law_fit(x: Sequence[float], y: Sequence[float]) -> dict[str, float]:
@@ -237,15 +249,49 @@ def _cell(v: Any) -> str:
     return str(v)
 
 
+# The columns of the HTML report's list of runs (those a row has).
+RUN_COLUMNS = (
+    "run",
+    "arch",
+    "data",
+    "optimizer",
+    "lr",
+    "bn",
+    "seed",
+    "final_train_loss",
+    "converged",
+    "min_delta",
+    "monotonic",
+    "barrier",
+    "gauss_length",
+)
+
+
 def html_page(
     title: str,
     tables: Sequence[tuple[str, Sequence[dict[str, Any]]]],
     figures: Sequence[Path],
     notes: Sequence[str] = (),
+    settings: dict[str, Any] | None = None,
+    runs: Sequence[dict[str, Any]] = (),
+    loss_threshold: float | None = None,
 ) -> str:
-    """One self-contained HTML page: tables as HTML, figures embedded as base64 PNG."""
+    """One self-contained HTML page: when and by which mliscan it was made, the settings,
+    the tables, the figures (embedded as base64 PNG) and every run (``converged`` at
+    ``loss_threshold``)."""
     import base64
+    import datetime
     import html
+
+    from mliscan import __version__
+
+    made = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    settings_table = [{"setting": k, "value": v} for k, v in (settings or {}).items()]
+    if loss_threshold is not None:
+        runs = [
+            {**r, "converged": converged(r.get("final_train_loss"), loss_threshold)} for r in runs
+        ]
+    run_table = [{k: r.get(k) for k in RUN_COLUMNS if k in r} for r in runs]
 
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
@@ -255,9 +301,12 @@ def html_page(
         "#ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}img{max-width:100%}"
         "</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
+        f"<p>Made {made} by mliscan {html.escape(__version__)}.</p>",
     ]
     parts += [f"<p>{html.escape(n)}</p>" for n in notes]
-    for heading, table in tables:
+    shown = [*([("Settings", settings_table)] if settings_table else []), *tables]
+    shown += [(f"Runs ({len(run_table)})", run_table)] if runs else []
+    for heading, table in shown:
         parts.append(f"<h2>{html.escape(heading)}</h2>")
         if not table:
             parts.append("<p>(no runs)</p>")

@@ -60,9 +60,12 @@ def num_list(a: Any) -> list[float | None] | None:
     return None if a is None else [num(v) for v in a]
 
 
-@dataclass
+@dataclass(repr=False)
 class PathResult:
-    """A finished path from ``init`` (alpha = 0) to ``final`` (alpha = 1)."""
+    """A finished path from ``init`` (alpha = 0) to ``final`` (alpha = 1).
+
+    ``repr`` is one line of the paper's metrics; in a notebook the result shows as a table
+    (``_repr_html_``); ``to_dict()`` is everything."""
 
     init_path: str
     final_path: str
@@ -115,6 +118,56 @@ class PathResult:
         if self.curve.gauss_integrand is None:
             return None
         return metrics.gauss_length(self.curve.alphas, self.curve.gauss_integrand)
+
+    # ---- how it shows -----------------------------------------------------------------------
+    def summary(self) -> dict[str, Any]:
+        """The metrics a reader looks at first, by name (what ``repr`` and the notebook
+        table show)."""
+        c = self.curve
+        return {
+            "min_delta": num(self.min_delta),
+            "monotonic": self.monotonic,
+            "barrier": num(self.barrier),
+            "distance": num(self.distance),
+            "normalized_distance": num(self.normalized_distance),
+            "gauss_length": num(self.gauss_length),
+            "loss_init": num(c.loss[0]),
+            "loss_final": num(c.loss[-1]),
+            "accuracy_final": None if c.accuracy is None else num(c.accuracy[-1]),
+        }
+
+    def __repr__(self) -> str:
+        shown = ", ".join(
+            f"{k}={_short_number(v)}"
+            for k, v in self.summary().items()
+            if k in _REPR_KEYS and (v is not None or k == "monotonic")
+        )
+        return (
+            f"PathResult({_short_path(self.init_path)!r} -> {_short_path(self.final_path)!r}, "
+            f"arch={self.arch!r}, alphas={len(self.curve.alphas)}, {shown})"
+        )
+
+    def _repr_html_(self) -> str:
+        """A notebook's view: the endpoints, the settings and the metrics as a table."""
+        import html
+
+        rows = [
+            ("init (α = 0)", self.init_path),
+            ("final (α = 1)", self.final_path),
+            ("architecture", self.arch),
+            ("data", ", ".join(f"{k}={v}" for k, v in self.data.items() if v is not None)),
+            ("alphas", len(self.curve.alphas)),
+            ("batch norm", self.spec.bn.mode),
+            ("tolerance", self.tolerance),
+        ]
+        rows += [(k.replace("_", " "), _short_number(v)) for k, v in self.summary().items()]
+        rows += [("note", n) for n in self.notes]
+        body = "".join(
+            f"<tr><th style='text-align:left'>{html.escape(str(k))}</th>"
+            f"<td style='text-align:left'>{html.escape(str(v))}</td></tr>"
+            for k, v in rows
+        )
+        return f"<table><caption>mliscan PathResult</caption>{body}</table>"
 
     # ---- the records -----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -222,6 +275,18 @@ class PathResult:
             "notes": c.notes,
         }
         return out
+
+
+_REPR_KEYS = ("min_delta", "monotonic", "barrier", "distance", "gauss_length")
+
+
+def _short_number(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else repr(v)
+
+
+def _short_path(text: str, limit: int = 40) -> str:
+    """A long endpoint name cut in the middle (the repr stays one readable line)."""
+    return text if len(text) <= limit else text[: limit // 2 - 2] + "..." + text[-limit // 2 + 1 :]
 
 
 # ---- stored records (grid, plane, report caches) ---------------------------------------------

@@ -103,6 +103,8 @@ class Opt:
     """How the default is shown in help, when not the value itself."""
     negative: str | None = None
     """Boolean options: the flag that sets False (e.g. --no-gauss); None: a plain flag."""
+    rare: bool = False
+    """Rarely needed: left out of a command's ``--help``, shown by ``--help-all``."""
     code: bool = False
     """The value makes mliscan import or run code (a module to import, a pickle to trust):
     honoured from the command line, Python and the current project's settings file only,
@@ -124,6 +126,12 @@ def option_of(f: dataclasses.Field) -> Opt | None:
 def flag_of(f: dataclasses.Field) -> str:
     o = option_of(f)
     return (o.flag if o and o.flag else None) or "--" + f.name.replace("_", "-")
+
+
+def argument_name(f: dataclasses.Field) -> str:
+    """The name of a field's option as a Python argument and a config key (its flag without
+    the dashes: ``--bn-mode`` is ``bn_mode``, ``--data`` is ``data``)."""
+    return flag_of(f)[2:].replace("-", "_")
 
 
 class Spec:
@@ -294,6 +302,7 @@ class SourceSpec(Spec):
         False,
         "Allow torch pickles with arbitrary globals (runs their code!).",
         panel=SOURCE,
+        rare=True,
         numeric=False,
         code=True,
     )
@@ -301,12 +310,14 @@ class SourceSpec(Spec):
         False,
         "Hub sources from the local cache only (as HF_HUB_OFFLINE=1).",
         panel=SOURCE,
+        rare=True,
         numeric=False,
     )
     ema: bool = opt(
         False,
         "Read the EMA weights of training checkpoints (timm train.py's state_dict_ema).",
         panel=SOURCE,
+        rare=True,
     )
 
 
@@ -317,22 +328,27 @@ class ArchSpec(Spec):
     concern: ClassVar[str] = "architecture"
     arch: str | None = opt(
         None,
-        "Architecture adapter (see `mliscan adapters`); default: read from the file's metadata.",
+        "Architecture adapter (see `mliscan adapters`).",
         panel=ARCH,
         show="from metadata",
     )
     hidden: str | None = opt(
         None,
-        "MLP hidden widths, e.g. 128,128; default: read off the checkpoint.",
+        "MLP hidden widths, e.g. 128,128.",
         panel=ARCH,
         show="from the checkpoint",
     )
     activation: str | None = opt(
-        None, "MLP activation.", panel=ARCH, choices=("relu", "tanh", "gelu"), show="from metadata"
+        None,
+        "MLP activation.",
+        panel=ARCH,
+        rare=True,
+        choices=("relu", "tanh", "gelu"),
+        show="from metadata",
     )
     bn: bool | None = opt(
         None,
-        "Build the batch-norm variant (mlp, resnet*); default: from metadata.",
+        "Build the batch-norm variant (mlp, resnet*).",
         panel=ARCH,
         negative="--no-bn",
         show="from metadata",
@@ -341,17 +357,21 @@ class ArchSpec(Spec):
         None,
         "ResNet initialisation.",
         panel=ARCH,
+        rare=True,
         choices=("default", "block-identity", "fixup"),
         show="from metadata",
     )
     arch_opt: tuple[str, ...] = opt(
-        (), "Any adapter option as KEY=VALUE (repeatable).", panel=ARCH, metavar="KEY=VALUE"
+        (),
+        "Any adapter option as KEY=VALUE (repeatable).",
+        panel=ARCH,
+        rare=True,
+        metavar="KEY=VALUE",
     )
     model: str | None = opt(
         None,
-        "Your own model instead of an adapter: module.path:factory, imported as python -m "
-        "would from the current directory; factory(**--model-arg) returns an nn.Module whose "
-        "output is the logits.",
+        "Your own model instead of an adapter: factory(**--model-arg), an nn.Module whose "
+        "output is the logits (module.path imported as python -m would, from here).",
         panel=ARCH,
         metavar="MODULE:FACTORY",
         code=True,
@@ -361,6 +381,7 @@ class ArchSpec(Spec):
         "A keyword argument of the --model factory as KEY=VALUE (a Python literal or text; "
         "repeatable).",
         panel=ARCH,
+        rare=True,
         metavar="KEY=VALUE",
         code=True,
     )
@@ -404,12 +425,11 @@ class DataSpec(Spec):
     concern: ClassVar[str] = "data"
     name: str | None = opt(
         "digits",
-        "digits (bundled), mnist, fashion-mnist, cifar10, cifar100, wikitext2, tinytext "
-        "(bundled), imagefolder (timm models), text (hf-* models); default: the data the "
-        "checkpoint was trained on, else the adapter's.",
+        "digits, tinytext (both bundled), mnist, fashion-mnist, cifar10, cifar100, wikitext2, "
+        "imagefolder (timm), text (hf-*).",
         flag="--data",
         panel=DATA,
-        show="from metadata",
+        show="the checkpoint's, else the adapter's",
     )
     data_dir: str | None = opt(
         None,
@@ -418,11 +438,11 @@ class DataSpec(Spec):
         metavar="DIR",
     )
     split: Literal["train", "test"] = opt(
-        "train", "Which split: the paper reports training loss.", panel=DATA
+        "train", "Which split (the paper reports training loss).", panel=DATA
     )
     limit: int | None = opt(
         None,
-        "Use only the first N examples (deterministic).",
+        "Use only the first N examples.",
         flag="--data-limit",
         panel=DATA,
         ge=1,
@@ -433,6 +453,7 @@ class DataSpec(Spec):
         None,
         "--data text: a .txt corpus, or .jsonl/.csv with 'text' (and 'label').",
         panel=DATA,
+        rare=True,
         metavar="FILE",
     )
     seq_len: int | None = opt(
@@ -440,6 +461,7 @@ class DataSpec(Spec):
         "Tokens per sequence: 35 for wikitext2/tinytext; 128 for text, or the model's "
         "context if shorter.",
         panel=DATA,
+        rare=True,
         ge=1,
         metavar="N",
         show="per dataset",
@@ -448,6 +470,7 @@ class DataSpec(Spec):
         DEFAULT_MAX_TOKENS,
         "--data text (language models): use the first N tokens of the corpus.",
         panel=DATA,
+        rare=True,
         ge=1,
         metavar="N",
     )
@@ -460,9 +483,9 @@ class BNSpec(Spec):
     concern: ClassVar[str] = "batch norm"
     mode: BNMode = opt(
         "exact",
-        "exact: every BN layer's input mean and population variance over all examples; "
-        "paper: one epoch of train-mode passes at momentum 0.1 in batches of 256, as in the "
-        "paper's code; interpolate: interpolate the stored running statistics.",
+        "exact: each BN layer's mean and population variance over all examples; paper: one "
+        "train-mode epoch (momentum 0.1, batches of 256) as the paper's code; interpolate: "
+        "the stored statistics, interpolated.",
         flag="--bn-mode",
         panel=EVAL,
     )
@@ -472,6 +495,7 @@ class BNSpec(Spec):
         "batch: the training set's own statistics) or N >= 2 (batches of N, pooled).",
         flag="--bn-batch-size",
         panel=EVAL,
+        rare=True,
         ge=2,
         parse=parse_bn_batch_size,
         metavar="all|N",
@@ -482,6 +506,7 @@ class BNSpec(Spec):
         "Cap the BN re-estimation pass at its first K batches (needs --bn-batch-size N).",
         flag="--bn-warmup-batches",
         panel=EVAL,
+        rare=True,
         ge=1,
         metavar="K",
         show="all",
@@ -494,6 +519,7 @@ class BNSpec(Spec):
         "swa_utils.update_bn, REPAIR and the paper's code store this).",
         flag="--bn-variance",
         panel=EVAL,
+        rare=True,
     )
 
     def __post_init__(self) -> None:
@@ -535,7 +561,7 @@ class EvalSpec(Spec):
     concern: ClassVar[str] = "evaluation"
     alphas: int = opt(
         DEFAULT_ALPHAS,
-        "Number of points of linspace(0, 1, N) (the paper: 50).",
+        "Points of linspace(0, 1, N) (the paper: 50).",
         panel=EVAL,
         ge=2,
         le=MAX_ALPHAS,
@@ -552,6 +578,7 @@ class EvalSpec(Spec):
         None,
         "Average the Gauss length over the first N examples only.",
         panel=EVAL,
+        rare=True,
         ge=1,
         metavar="N",
         show="all",
@@ -561,12 +588,14 @@ class EvalSpec(Spec):
         "auto: one second-order forward pass where every layer has a rule, nested jvp "
         "otherwise; jvp: always nested jvp (the reference).",
         panel=EVAL,
+        rare=True,
         numeric=False,
     )
     batch_size: int | None = opt(
         DEFAULT_EVAL_BATCH_SIZE,
         "Evaluation batch size (speed and memory only).",
         panel=EVAL,
+        rare=True,
         ge=1,
         metavar="N",
         show="auto",
@@ -576,6 +605,7 @@ class EvalSpec(Spec):
         "Alphas per vmapped pass (GPU, small models; with BN only for --bn-batch-size all; "
         "1: off).",
         panel=EVAL,
+        rare=True,
         ge=1,
         le=MAX_ALPHAS,
         numeric=False,
@@ -583,7 +613,7 @@ class EvalSpec(Spec):
     )
     dtype: Literal["float32", "float64", "bfloat16", "float16"] = opt(
         "float32",
-        "Working dtype of the module (theta(alpha) itself is computed in float32 or wider).",
+        "Working dtype of the module (θ(α) itself is computed in float32 or wider).",
         panel=EVAL,
     )
     device: str = opt(
@@ -596,11 +626,13 @@ class EvalSpec(Spec):
         "off",
         "Autocast the BN and loss passes to bfloat16/float16 (the Gauss pass keeps --dtype).",
         panel=EVAL,
+        rare=True,
     )
     compile: bool = opt(
         False,
         "torch.compile the evaluation passes (speed only; the first alpha compiles).",
         panel=EVAL,
+        rare=True,
         numeric=False,
     )
 
@@ -644,6 +676,7 @@ class GateSpec(Spec):
         None,
         "Exit 1 when the average Gauss length exceeds X.",
         panel=GATE,
+        rare=True,
         ge=0,
         numeric=False,
         metavar="X",
@@ -655,6 +688,7 @@ class GateSpec(Spec):
         None,
         "Exit 1 when the final training accuracy is below X.",
         panel=GATE,
+        rare=True,
         ge=0,
         le=1,
         numeric=False,
@@ -773,8 +807,7 @@ class AlignSpec(Spec):
     concern: ClassVar[str] = "alignment"
     align: Literal["none", "weight-matching"] = opt(
         "none",
-        "Permute the hidden units of the second endpoint to best match the first (weight "
-        "matching, Ainsworth et al. 2023) before interpolating; the JSON keeps the unaligned "
-        "distance, barrier and min-Δ beside the aligned path's.",
+        "Permute FINAL's hidden units to best match INIT first (weight matching, Ainsworth "
+        "et al. 2023); the JSON keeps the unaligned path's distance, barrier and min-Δ too.",
         panel=EVAL,
     )

@@ -35,6 +35,10 @@ def test_import_mliscan_stays_cheap() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout
     assert out.split() == ["False", "True", "True"]  # torch only once the API is used
+    code = "import sys, mliscan; print({'compare', 'grid', 'track'} <= set(dir(mliscan)))"
+    code += "; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout
+    assert out.split() == ["True", "False"]  # listed, and still not loaded
 
 
 def test_same_numbers_as_the_cli(mlp_bn_pair: Path, capsys) -> None:
@@ -125,8 +129,8 @@ def test_bad_arguments_are_named(mlp_pair: Path) -> None:
     init, final = _files(mlp_pair)
     with pytest.raises(SpecError, match="alphas=: must be at least 2"):
         mliscan.compare(init, final, alphas=1)
-    with pytest.raises(SpecError, match="bn=: expected"):
-        mliscan.compare(init, final, bn="magic")
+    with pytest.raises(SpecError, match="bn_mode=: expected"):
+        mliscan.compare(init, final, bn_mode="magic")
     with pytest.raises(Exception, match=r"a state dict or an nn\.Module"):
         mliscan.compare(42, final)
 
@@ -273,3 +277,96 @@ def test_output_picks_the_logits_of_any_output() -> None:
 
     with pytest.raises(UsageError, match="output= takes a function"):
         mliscan.compare(init, net, model=net, data=(x, y), alphas=2, output=5)
+
+
+def test_every_command_line_option_is_an_argument_or_listed() -> None:
+    """compare's arguments are the command's options by the same names (generated from the
+    same spec fields), with the same defaults; CLI_ONLY lists the rest with their Python form."""
+    import inspect
+
+    import typer.main
+
+    from mliscan import api
+    from mliscan.cli.app import app
+
+    command = typer.main.get_command(app).commands["compare"]
+    ignored = ("init", "final", "help", "help_all")
+    options = {p.name: p for p in command.params if p.name not in ignored}
+    arguments = inspect.signature(mliscan.compare).parameters
+    missing = sorted(set(options) - set(arguments) - set(api.CLI_ONLY))
+    assert not missing, f"compare() lacks {missing}: add them, or list them in CLI_ONLY"
+    assert set(api.CLI_ONLY) <= set(options), "CLI_ONLY names a gone option"
+    for name in set(options) & set(arguments) - {"data", "arch", "unrelated"}:
+        default = options[name].default
+        if name == "bn_batch_size":
+            default = None if default == "all" else default
+        assert arguments[name].default == default, name
+
+
+def test_arguments_and_errors_in_python_words(mlp_pair: Path) -> None:
+    from mliscan.errors import DataError, UsageError
+
+    init, final = _files(mlp_pair)
+    with pytest.warns(DeprecationWarning, match=r"bn_mode="):
+        r = mliscan.compare(init, final, alphas=3, gauss=False, bn="interpolate")
+    assert r.spec.bn.mode == "interpolate"
+    r = mliscan.compare(
+        init, final, alphas=3, gauss_method="jvp", bn_variance="unbiased", unrelated=[4, 5]
+    )
+    assert r.unrelated_seeds == [4, 5] and r.spec.gauss_method == "jvp"
+    with pytest.raises(TypeError, match=r"--hidden is arch_options=\{'hidden'"):
+        mliscan.compare(init, final, hidden="8")
+    with pytest.raises(TypeError, match="did you mean alphas="):
+        mliscan.compare(init, final, alpahs=3)
+    with pytest.raises(UsageError) as caught:  # a message of the data layer, reworded
+        mliscan.compare(init, final, data="cifar10")
+    assert "data_dir=DIR" in str(caught.value) and "--" not in str(caught.value)
+    with pytest.raises(SpecError, match=r"bn_warmup_batches=: .* give bn_batch_size= too"):
+        mliscan.compare(init, final, bn_warmup_batches=2)
+    # a module on flat inputs meets the digits' images: the message names the way out
+    net = torch.nn.Linear(64, 10)
+    with pytest.raises(DataError, match=r"model= cannot run .* input_shape=\(64,\)"):
+        mliscan.compare(net.state_dict(), net, model=net, data="digits", alphas=2)
+    r = mliscan.compare(
+        net.state_dict(), net, model=net, data="digits", data_limit=50, alphas=2, input_shape=(64,)
+    )
+    assert r.distance == 0
+    with pytest.raises(UsageError, match="input_shape= goes with model="):
+        mliscan.compare(init, final, input_shape=(64,))
+
+
+def test_one_line_repr_notebook_table_and_no_library_noise(mlp_pair: Path) -> None:
+    import warnings
+
+    init, final = _files(mlp_pair)
+
+    class Scripting(torch.nn.Module):
+        """A module whose call makes torch warn (as timm's scripted layers do)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(64, 10)
+            self.scripted = False
+
+        def forward(self, x):
+            if not self.scripted:
+                self.scripted = True
+                torch.jit.script(torch.nn.Identity())  # FutureWarning: torch.jit.script
+            return self.lin(x.flatten(1))
+
+    net = Scripting()
+    filters = list(warnings.filters)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        r = mliscan.compare(net.state_dict(), net, model=net, data="digits", alphas=2)
+        inside = list(warnings.filters)
+    assert not [w for w in seen if issubclass(w.category, FutureWarning)], seen[0].message
+    assert warnings.filters == filters and inside != filters  # scoped to the call
+    with pytest.warns(FutureWarning):  # outside mliscan's calls the user's filters rule
+        torch.jit.script(torch.nn.Identity())
+    r = mliscan.compare(init, final, alphas=3)
+    text = repr(r)
+    assert "\n" not in text and len(text) < 300 and "min_delta=" in text, text
+    assert text.startswith("PathResult(") and "monotonic=True" in text
+    html = r._repr_html_()
+    assert html.startswith("<table") and "min delta" in html and str(final) in html

@@ -331,3 +331,18 @@ def test_amp_autocasts_the_bn_and_loss_passes(mlp_bn_pair: Path, capsys) -> None
         assert r["gauss_length"] == pytest.approx(f32["gauss_length"], rel=1e-2)
     code, _, err = run_cli([*base, "--amp", "int8"], capsys)
     assert code == 2 and "--amp" in err
+
+
+def test_env_prints_what_a_bug_report_needs(capsys, monkeypatch) -> None:
+    import torch
+
+    from mliscan import __version__
+
+    monkeypatch.setenv("MLISCAN_DEBUG", "0")
+    code, out, _ = run_cli(["env"], capsys)
+    assert code == 0
+    assert f"mliscan {__version__}" in out and f"torch {torch.__version__}" in out
+    assert "python " in out and "cuda " in out and "MLISCAN_DEBUG=0" in out
+    code, out, _ = run_cli(["env", "--json"], capsys)
+    info = json.loads(out)
+    assert info["packages"]["torch"] == torch.__version__ and info["mliscan"] == __version__

@@ -331,3 +331,45 @@ def test_explicit_files_are_labelled_by_run_and_pair_with_their_own_final(
     assert io["a"].to_list() == ["run0/init", "run1/init"]
     assert io["b"].to_list() == ["run0/final", "run0/final"]
     assert io["own_pair"].to_list() == [True, False]
+
+
+def test_sweep_runs_are_labelled_by_their_settings_not_their_hash(tmp_path: Path) -> None:
+    """A grid over a sweep's run-<hash> folders names each endpoint by the run's optimizer,
+    lr, seed and the settings that differ (`mliscan runs`' words), not by the hash."""
+    from mliscan.families import named_by_settings
+
+    configs = {
+        "run-5065a27d36b3": {
+            "optimizer": "adam",
+            "lr": 0.01,
+            "seed": 0,
+            "arch_options": {"bn": True},
+        },
+        "run-0123456789ab": {
+            "optimizer": "sgd",
+            "lr": 0.1,
+            "seed": 0,
+            "arch_options": {"bn": True},
+        },
+        "run-aaaaaaaaaaaa": {
+            "optimizer": "sgd",
+            "lr": 0.1,
+            "seed": 1,
+            "arch_options": {"bn": False},
+        },
+    }
+    for name, config in configs.items():
+        (tmp_path / name).mkdir()
+        config = {**config, "device": "cpu", "data": {"name": "digits"}, "epochs": 5}
+        (tmp_path / name / "run.json").write_text(json.dumps({"config": config}))
+    (tmp_path / "seed7").mkdir()  # a folder named by hand keeps its name
+    paths = [str(tmp_path / n / "init.safetensors") for n in [*configs, "seed7"]]
+    labels = [f"{Path(p).parent.name}/init" for p in paths]
+    assert named_by_settings(paths, labels) == [
+        "adam lr 0.01 bn=on seed 0/init",
+        "sgd lr 0.1 bn=on seed 0/init",
+        "sgd lr 0.1 bn=off seed 1/init",
+        "seed7/init",
+    ]
+    (tmp_path / "run-aaaaaaaaaaaa" / "run.json").write_text("{broken")
+    assert named_by_settings(paths, labels)[2] == "run-aaaaaaaaaaaa/init"

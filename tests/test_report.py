@@ -144,3 +144,28 @@ def test_figures_and_self_contained_html(tmp_path: Path, capsys) -> None:
     assert page.count("data:image/png;base64,") == 3
     assert "Table 1 form" in page and "<table>" in page and "power-law" in page
     assert "src='http" not in page and "<link" not in page  # nothing fetched from elsewhere
+
+
+def test_no_converged_run_is_said_and_figures_agree_with_the_tables(tmp_path: Path, capsys):
+    """Runs above the loss threshold are left out of the tables: the report says so when
+    that is every run, and the figures draw them grey (not red/blue as counted runs); the
+    HTML page carries its date, version, settings and every run."""
+    for i, delta in enumerate((0.2, 0.0)):
+        _fake_run(tmp_path / "runs", f"r{i}", "sgd", False, 0.1, 0.5, delta)
+    out = tmp_path / "rep"
+    args = ["report", tmp_path / "runs", "--out", out, "-q", "--html", out / "r.html"]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert "no run converged" in err and "below 0.1, and none of the 2 is; the lowest is 0.5" in err
+    for name in ("curves", "delta_scatter"):
+        svg = (out / f"{name}.svg").read_text()
+        assert "#d62728" not in svg and "#1f77b4" not in svg and "#b2b2b2" in svg, name
+    page = (out / "r.html").read_text()
+    from mliscan import __version__
+
+    assert f" UTC by mliscan {__version__}." in page
+    assert "loss threshold (converged below)" in page and "Runs (2)" in page
+    assert "<td>r0</td>" in page and "<td>False</td>" in page and "no run converged" in page
+    code, _, err = run_cli([*args, "--loss-threshold", "1"], capsys)  # now both count
+    assert code == 0 and "no run converged" not in err
+    assert "#d62728" in (out / "curves.svg").read_text()

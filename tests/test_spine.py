@@ -11,7 +11,18 @@ from typer.testing import CliRunner
 
 from mliscan.cli.app import app, main
 
-COMMANDS = ["compare", "check", "grid", "plane", "logits", "report", "train", "adapters", "demo"]
+COMMANDS = [
+    "compare",
+    "check",
+    "grid",
+    "plane",
+    "logits",
+    "report",
+    "train",
+    "adapters",
+    "demo",
+    "env",
+]
 SHARED = {
     # every evaluation command spells these identically
     "compare": [
@@ -41,8 +52,16 @@ SHARED["plane"] = [f for f in SHARED["compare"] if f != "--alphas"]
 SHARED["logits"] = SHARED["compare"]
 
 
-def _help(command: str) -> str:
-    result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200", "NO_COLOR": "1"})
+def _help(command: str, flag: str = "--help-all", columns: int = 200) -> str:
+    """A command's help (by default every option: --help-all where it has rare ones)."""
+    import typer.main
+
+    params = typer.main.get_command(app).commands[command].params
+    if not any("--help-all" in p.opts for p in params):
+        flag = "--help"
+    result = CliRunner().invoke(
+        app, [command, flag], env={"COLUMNS": str(columns), "NO_COLOR": "1"}, terminal_width=columns
+    )
     assert result.exit_code == 0, result.output
     return result.output
 
@@ -199,3 +218,85 @@ def test_command_line_wins_over_config(mlp_pair, tmp_path, monkeypatch):
     b = json.loads((tmp_path / "b.json").read_text())
     assert len(a["alphas"]) == 3 and a["data"]["examples"] == 50
     assert len(b["alphas"]) == 4 and b["data"]["examples"] == 50
+
+
+# Words typer itself prints around a command's own texts.
+_CHROME = (
+    "Usage: [OPTIONS] Arguments Options [required] [default: Show this message and exit. "
+    "<str> <path> <list[Path]> --help -h; N rarely used options are left out here: mliscan "
+    "COMMAND --help-all shows every option."
+)
+
+
+def _words(text: str) -> set[str]:
+    return {
+        w.strip("[]().,;:'\"`-{}") for w in re.findall(r"[^\s│╭╮╰╯─]+", text.replace("\\[", "["))
+    }
+
+
+@pytest.mark.parametrize("command", [*COMMANDS, "trajectory", "runs"])
+def test_help_at_80_columns_cuts_no_word_and_leaks_no_escape(command):
+    """Every word of a command's help at 80 columns is a word of its texts (a choice cut
+    mid-word, `interp` / `olate`, is not), nothing is elided, and no markup escape shows."""
+    import typer.main
+
+    cmd = typer.main.get_command(app).commands[command]
+    texts = [_CHROME, cmd.help or "", command]
+    for p in cmd.params:
+        texts += [*p.opts, *getattr(p, "secondary_opts", []), str(p.metavar or "")]
+        texts += [str(getattr(p, a, "") or "") for a in ("help", "show_default", "default")]
+        texts += [str(getattr(p, a, "") or "") for a in ("rich_help_panel", "min", "max")]
+    known = _words(" ".join(texts))
+    for flag in ("--help", "--help-all"):
+        out = _help(command, flag, columns=80)
+        assert "…" not in out and "\\[" not in out, out
+        cut = sorted(
+            w
+            for w in _words(out)
+            if len(w) > 2
+            and re.search("[a-z]", w)
+            and w not in known
+            and not re.fullmatch(r"\d+<=x<=\d+|x>=\d+", w)
+        )
+        assert not cut, f"{command} {flag}: words not in its texts (cut?): {cut}"
+
+
+@pytest.mark.parametrize("command", ["compare", "check", "logits"])
+def test_help_fits_in_about_two_screens_and_help_all_shows_the_rest(command):
+    brief, full = _help(command, "--help", 80), _help(command, "--help-all", 80)
+    assert len(brief.splitlines()) <= 125, len(brief.splitlines())
+    assert "--help-all shows" in brief
+    for flag in ("--bn-variance", "--offline", "--seq-len", "--trust-pickle"):
+        assert flag not in brief and flag in full
+    for flag in ("--arch", "--data", "--bn-mode", "--alphas", "--device", "--config", "--model"):
+        assert flag in brief
+
+
+def test_mistyped_config_keys_get_a_suggestion(tmp_path):
+    (tmp_path / "mliscan.toml").write_text("[check]\nmax-delat = 0.1\nrequire_monotnic = true\n")
+    code, _, err = _run(["check", "i.safetensors", "f.safetensors"], cwd=tmp_path)
+    assert code == 2
+    assert "did you mean max-delat -> max-delta, require_monotnic -> require-monotonic?" in err
+
+
+def test_train_reads_its_own_settings_table_and_shows_training_defaults(tmp_path, capsys):
+    """[tool.mliscan.train] sets train's options (the command line wins); train --help
+    shows what training uses, not what inspection reads off a checkpoint."""
+    import json
+
+    (tmp_path / "pyproject.toml").write_text(
+        "[tool.mliscan.train]\nlr = [0.05]\nepochs = 1\nhidden = [4]\ndata-limit = 40\n"
+        "batch-size = 20\nquiet = true\n"
+    )
+    code, _, err = _run(["train", "--out", "r", "--epochs", "2"], cwd=tmp_path)
+    assert code == 0, err
+    assert "settings from" in err and "[tool.mliscan.train]: lr, hidden" in err
+    config = json.loads((tmp_path / "r" / "run.json").read_text())["config"]
+    assert config["lr"] == 0.05 and config["epochs"] == 2 and config["data"]["limit"] == 40
+    assert config["arch_options"] == {"hidden": "4"}
+    (tmp_path / "pyproject.toml").write_text("[tool.mliscan.train]\nepoch = 3\n")
+    code, _, err = _run(["train", "--out", "r2"], cwd=tmp_path)
+    assert code == 2 and "did you mean epoch -> epochs?" in err
+    text = _help("train", "--help-all", 200)
+    assert "from the checkpoint" not in text and "from metadata" not in text
+    assert "128,128 for mlp" in text and "[default: (off)]" in text

@@ -81,11 +81,26 @@ def test_labels_come_from_run_folders():
     ]
 
 
-def test_swapped_endpoints_are_warned(mlp_pair: Path, capsys):
+def test_swapped_endpoints_are_warned(mlp_pair: Path, capsys, monkeypatch):
+    """Before the evaluation (not after minutes of it), once; by check too."""
+    from mliscan.evaluate import PathEvaluator
+
+    run = PathEvaluator.run
+
+    def marked(self, *args, **kwargs):
+        print("EVALUATING", file=sys.stderr)
+        return run(self, *args, **kwargs)
+
+    monkeypatch.setattr(PathEvaluator, "run", marked)
     init, final = mlp_pair / "init.safetensors", mlp_pair / "final.safetensors"
     code, _, err = run_cli(["compare", final, init, "--alphas", "3", "--no-gauss", "-q"], capsys)
     assert code == 0
-    assert "warning:" in err and "look swapped" in err
+    assert "warning:" in err and err.count("look swapped") == 1
+    assert err.index("look swapped") < err.index("EVALUATING")
+    code, _, err = run_cli(
+        ["check", final, init, "--alphas", "3", "--max-delta", "1", "-q"], capsys
+    )
+    assert code == 0 and err.index("look swapped") < err.index("EVALUATING")
     code, _, err = run_cli(["compare", init, final, "--alphas", "3", "--no-gauss", "-q"], capsys)
     assert "look swapped" not in err
 

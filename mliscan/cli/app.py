@@ -14,6 +14,7 @@ from mliscan.cli import adapters as adapters_cmd
 from mliscan.cli import check as check_cmd
 from mliscan.cli import compare as compare_cmd
 from mliscan.cli import demo as demo_cmd
+from mliscan.cli import env as env_cmd
 from mliscan.cli import grid as grid_cmd
 from mliscan.cli import logits as logits_cmd
 from mliscan.cli import plane as plane_cmd
@@ -30,6 +31,7 @@ from mliscan.cli.errors import (
     debug,
     report,
 )
+from mliscan.errors import LIBRARY_NOISE
 from mliscan.paths import check_environment
 
 app = typer.Typer(
@@ -59,6 +61,7 @@ app.command("report", cls=spine.command_class())(spine.plain_help(report_cmd.rep
 app.command("logits", cls=spine.command_class())(spine.plain_help(logits_cmd.logits))
 app.command("runs", cls=spine.command_class())(spine.plain_help(runs_cmd.runs))
 app.command("trajectory", cls=spine.command_class())(spine.plain_help(trajectory_cmd.trajectory))
+app.command("env", cls=spine.command_class())(spine.plain_help(env_cmd.env))
 
 
 # typer vendors click: its usage errors share the base class of the public typer.BadParameter.
@@ -152,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # Third-party deprecation noise (torch.jit.script in libraries we import) is not the
     # user's business: stderr keeps to mliscan's own lines.
-    warnings.filterwarnings("ignore", message=r".*torch\.jit\.(script|interface).*deprecated")
+    warnings.filterwarnings("ignore", message=LIBRARY_NOISE)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _sigterm)
         _Interrupts.count = 0

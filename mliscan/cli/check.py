@@ -55,7 +55,7 @@ def check(
       mliscan check init.pt final.pt --arch mlp --hidden 128,128 --max-barrier 0.05
     """
     from mliscan.cli import ui
-    from mliscan.cli.compare import pair_label, write_outputs
+    from mliscan.cli.compare import pair_label, print_note, write_outputs
     from mliscan.errors import UsageError
     from mliscan.gates import evaluate, markdown_summary, write_junit
     from mliscan.paths import check_local_source, run_label
@@ -87,6 +87,7 @@ def check(
             tolerance=specs[S.VerdictSpec].tol,
             progress=progress,
             source=specs[S.SourceSpec],
+            on_note=print_note,  # a swapped pair is said before the evaluation
         )
     record = result.to_dict()
     record["label"] = pair_label(init, final, run_label)

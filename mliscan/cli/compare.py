@@ -27,6 +27,7 @@ from mliscan.paths import atomic_write_json
     S.GateSpec,
     S.AlignSpec,
     spine.OutputSpec,
+    rare=("unrelated_seed",),
 )
 def compare(
     init: Annotated[
@@ -89,6 +90,7 @@ def compare(
     if fail_on_nonmonotonic:
         gate = gate.replace(require_monotonic=True)
     label = pair_label(init, final, run_label)
+    said: list[str] = []
     with ui.alpha_progress(ev.alphas, label, out.quiet) as progress:
         result = compare_pair(
             init,
@@ -101,6 +103,7 @@ def compare(
             unrelated_seeds=list(unrelated_seed or range(unrelated)),
             source=specs[S.SourceSpec],
             align_spec=specs[S.AlignSpec],
+            on_note=lambda note: (said.append(note), print_note(note)),
         )
     record = result.to_dict()
     record["label"] = label
@@ -120,8 +123,8 @@ def compare(
             f"{ui.fmt(u['monotonic_share'])}, mean curve {ui.sparkline(u['mean_loss'], 50)}"
         )
     for note in result.notes:
-        kind = "warning" if "look swapped" in note or "partly made up" in note else "note"
-        ui.err.print(f"[yellow]{kind}:[/] {ui.escape(note)}")
+        if note not in said:  # those known before the evaluation were said then
+            print_note(note)
     checks = gates.evaluate(record, gate)
     if checks:
         record["checks"] = [c.__dict__ for c in checks]
@@ -132,6 +135,14 @@ def compare(
             f"[red]FAIL[/] {c.description}: observed {ui.fmt(c.observed)}, allowed {c.allowed}"
         )
     return EXIT_GATE if failed else EXIT_OK
+
+
+def print_note(note: str) -> None:
+    """A note of the result on stderr: a warning where the endpoints look wrong."""
+    from mliscan.cli import ui
+
+    kind = "warning" if "look swapped" in note or "partly made up" in note else "note"
+    ui.err.print(f"[yellow]{kind}:[/] {ui.escape(note)}")
 
 
 def write_outputs(record: dict, out: spine.OutputSpec) -> None:

@@ -11,8 +11,14 @@ from mliscan import spec as S
 from mliscan.cli import spine
 from mliscan.shard import ShardSpec
 
-Hidden = spine.annotated(S.ArchSpec, "hidden")
-BN = spine.annotated(S.ArchSpec, "bn")
+# training builds the architecture: its defaults, not what inspection reads off a checkpoint
+Hidden = spine.annotated(S.ArchSpec, "hidden", show_default="the architecture's: 128,128 for mlp")
+BN = spine.annotated(
+    S.ArchSpec,
+    "bn",
+    help="Build the batch-norm variant (mlp, resnet*); --bn on,off sweeps both.",
+    show_default="off",
+)
 ArchOpt = spine.annotated(S.ArchSpec, "arch_opt")
 DataDir = spine.annotated(S.DataSpec, "data_dir")
 DataLimit = spine.annotated(S.DataSpec, "limit")

@@ -173,6 +173,9 @@ def report(
         _write_table(out, name, table, cols, rp.markdown(table, heading))
         written_tables.append((heading, table))
         ui.out.print(rp.markdown(table, heading), markup=False)  # values from run.json
+    unconverged = rp.convergence_note(rows, threshold)
+    if unconverged:
+        ui.err.print(f"[yellow]note:[/] {ui.escape(unconverged)}")
     fit = None
     if not no_gauss:
         fit = rp.power_law_fit(
@@ -193,8 +196,12 @@ def report(
         from mliscan import plots
 
         panels = tables["grouped"][0] if group_by else ["optimizer", "bn"]
-        figures.append(plots.plot_curve_panels(rows, panels, tolerance, out / "curves")[0])
-        figures.append(plots.plot_delta_scatter(rows, tolerance, out / "delta_scatter")[0])
+        figures.append(
+            plots.plot_curve_panels(rows, panels, tolerance, out / "curves", threshold)[0]
+        )
+        figures.append(
+            plots.plot_delta_scatter(rows, tolerance, out / "delta_scatter", threshold)[0]
+        )
         if fit is not None:
             figures.append(plots.plot_power_law(rows, fit, out / "power_law")[0])
     if html is not None:
@@ -205,7 +212,18 @@ def report(
             notes=[
                 f"runs: {', '.join(str(r) for r in runs)}",
                 f"{len(rows)} runs, {spec.alphas} alphas",
+                *([unconverged] if unconverged else []),
             ],
+            settings={
+                "loss threshold (converged below)": threshold,
+                "tolerance (non-monotonic above)": tolerance,
+                "alphas": spec.alphas,
+                "batch-norm statistics": spec.bn.mode,
+                "Gauss length": spec.gauss,
+                "group by": group_by or "-",
+            },
+            runs=rows,
+            loss_threshold=threshold,
         )
         atomic_write_text(html, page)
     done = [out / "runs.parquet", *(out / f"{n}.{ext}" for n in tables for ext in ("md", "csv"))]

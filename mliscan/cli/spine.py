@@ -12,7 +12,9 @@ option's name.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import difflib
 import functools
 import inspect
 import sys
@@ -117,9 +119,20 @@ def _help(f: dataclasses.Field, o: S.Opt, tp: Any) -> str:
     if o.choices is not None or literal:
         values = o.choices if o.choices is not None else typing.get_args(tp)
         shown = ", ".join(str(v) for v in values)
-        if shown not in text:
+        in_metavar = o.metavar is None and _choices_metavar(S.flag_of(f), values).count("|")
+        if shown not in text and not in_metavar:
             text = f"{text} One of: {shown}."
     return escape(text)
+
+
+# Choices longer than this are named by a word (MODE, DTYPE) in the option's value column,
+# and listed in its help: an 80-column terminal then never cuts a choice mid-word.
+MAX_CHOICES_METAVAR = 16
+
+
+def _choices_metavar(flag: str, values: Any) -> str:
+    joined = "|".join(map(str, values))
+    return joined if len(joined) <= MAX_CHOICES_METAVAR else flag.rsplit("-", 1)[-1].upper()
 
 
 def params_for(cls: type, overrides: dict[str, Any]) -> list[tuple[inspect.Parameter, Param]]:
@@ -132,7 +145,7 @@ def params_for(cls: type, overrides: dict[str, Any]) -> list[tuple[inspect.Param
             continue
         tp = hints[f.name]
         flag = S.flag_of(f)
-        name = flag[2:].replace("-", "_")
+        name = S.argument_name(f)  # also the Python API's argument (mliscan.api)
         default = overrides.get(name, f.default)
         if cls is S.DataSpec and f.name == "name" and name not in overrides:
             default = None  # from the checkpoint's metadata, else the adapter's
@@ -157,7 +170,9 @@ def params_for(cls: type, overrides: dict[str, Any]) -> list[tuple[inspect.Param
                 typing.get_args(tp) if typing.get_origin(tp) is Literal else None
             )
             metavar = (
-                "|".join(map(str, values)) if values else _METAVARS.get(_cli_type(tp, o), "TEXT")
+                _choices_metavar(flag, values)
+                if values
+                else _METAVARS.get(_cli_type(tp, o), "TEXT")
             )
         info = typer.Option(
             *decls,
@@ -166,6 +181,7 @@ def params_for(cls: type, overrides: dict[str, Any]) -> list[tuple[inspect.Param
             show_default=shown,
             metavar=metavar,
         )
+        info._escaped = True  # type: ignore[attr-defined]  # by _help; plain_help leaves it
         annotation = Annotated[_cli_type(tp, o), info]
         if o.parse is not None and default is not None:
             default = str(default)
@@ -183,11 +199,14 @@ def command(
     *concerns: type,
     defaults: dict[str, Any] | None = None,
     exclude: tuple[str, ...] = (),
+    rare: tuple[str, ...] = (),
 ) -> Callable[[Callable[..., int]], Callable[..., int]]:
     """Declare a command whose options are the fields of ``concerns`` (see module doc).
 
     ``defaults`` overrides a field's default for this command (shown in its help);
-    ``exclude`` names fields that do not apply to it (they keep their default)."""
+    ``exclude`` names fields that do not apply to it (they keep their default); ``rare``
+    names the command's own options that ``--help`` leaves to ``--help-all`` (generated
+    options are rare when their field says so, ``opt(..., rare=True)``)."""
     defaults = defaults or {}
     classes = list(concerns)
     if S.EvalSpec in classes and S.BNSpec not in classes:
@@ -204,26 +223,7 @@ def command(
         dupes = {n for n in names if names.count(n) > 1}
         if dupes:
             raise TypeError(f"{name}: option(s) declared twice: {sorted(dupes)}")
-        config_param = inspect.Parameter(
-            CONFIG_OPTION,
-            inspect.Parameter.KEYWORD_ONLY,
-            default=None,
-            annotation=Annotated[
-                Path | None,
-                typer.Option(
-                    help=escape(
-                        f"Settings file: default the [tool.mliscan.{name}] table of the nearest "
-                        f"pyproject.toml, or the [{name}] table of mliscan.toml; keys are the "
-                        "option names (e.g. max-delta = 0.01). Options given here win. Keys "
-                        "that run code (model, model-arg, trust-pickle) are refused from a "
-                        "file above the project's repository root."
-                    ),
-                    show_default=False,
-                    metavar="PATH",
-                    rich_help_panel=S.OUT,
-                ),
-            ],
-        )
+        config_param = config_parameter(name)
         params = [
             p.replace(kind=inspect.Parameter.POSITIONAL_OR_KEYWORD)
             if p.kind == inspect.Parameter.POSITIONAL_ONLY
@@ -243,6 +243,7 @@ def command(
         def wrapper(**kwargs: Any) -> int:
             ctx = kwargs.pop(CONTEXT, None)
             config_path = kwargs.pop(CONFIG_OPTION, None)
+            kwargs.pop(HELP_ALL_OPTION, None)
             settings, source = load_settings(name, config_path, set(by_name), code_keys)
             values: dict[type, dict[str, Any]] = {cls: {} for cls in classes}
             where: dict[type, dict[str, str]] = {cls: {} for cls in classes}
@@ -293,8 +294,97 @@ def command(
                     raise
                 raise user_code_error(exc, _user_code_named(specs)) from exc
 
+        rare_names = {n for n, (_p, m) in by_name.items() if _opt_of(m).rare} | set(rare)
+        if rare_names:
+            params.append(help_all_parameter())
         wrapper.__signature__ = sig.replace(parameters=params)
         wrapper.__annotations__ = {}
+        setattr(wrapper, RARE, frozenset(rare_names))
+        return wrapper
+
+    return deco
+
+
+def config_parameter(command: str) -> inspect.Parameter:
+    """The ``--config PATH`` option of ``command``."""
+    info = typer.Option(
+        help=escape(
+            f"Settings file (default: [tool.mliscan.{command}] of the nearest pyproject.toml, "
+            f"or [{command}] of mliscan.toml): option names as keys; the command line wins; "
+            "keys that run code only from the project's own files."
+        ),
+        show_default=False,
+        metavar="PATH",
+        rich_help_panel=S.OUT,
+    )
+    info._escaped = True  # type: ignore[attr-defined]
+    return inspect.Parameter(
+        CONFIG_OPTION,
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=Annotated[Path | None, info],
+    )
+
+
+def _opt_of(m: Param) -> S.Opt:
+    f = next(x for x in dataclasses.fields(m.spec) if x.name == m.field)
+    o = S.option_of(f)
+    if o is None:  # pragma: no cover - only declared fields are generated
+        raise TypeError(f"{m.spec.__name__}.{m.field} has no declaration")
+    return o
+
+
+# The attribute of a command's function naming its rarely used options (parameter names).
+RARE = "mliscan_rare"
+
+
+def own_settings(
+    command: str, rare: tuple[str, ...] = ()
+) -> Callable[[Callable[..., int]], Callable[..., int]]:
+    """For a command whose options are its own parameters (``train``'s sweep lists): a
+    ``--config`` option, and the options not given on the command line read from the
+    command's settings table (``[tool.mliscan.<command>]`` of pyproject.toml, ``[<command>]``
+    of mliscan.toml), converted by the option's own type as if typed; ``rare`` as in
+    :func:`command`. A list value is a comma-separated list (``lr = [0.01, 0.1]``)."""
+
+    def deco(body: Callable[..., int]) -> Callable[..., int]:
+        sig = inspect.signature(body, eval_str=True)
+        params = [*sig.parameters.values(), config_parameter(command)]
+        if rare:
+            params.append(help_all_parameter())
+        context = next((p.name for p in params if p.annotation is typer.Context), None)
+
+        @functools.wraps(body)
+        def wrapper(**kwargs: Any) -> int:
+            config_path = kwargs.pop(CONFIG_OPTION, None)
+            kwargs.pop(HELP_ALL_OPTION, None)
+            ctx = kwargs.get(context) if context is not None else None
+            known = {k for k in kwargs if k != context}
+            settings, source = load_settings(command, config_path, known)
+            used = []
+            clicked = {p.name: p for p in ctx.command.params} if ctx is not None else {}
+            for key, value in settings.items():
+                if ctx is not None and _given(ctx, key):
+                    continue
+                param = clicked.get(key)
+                if isinstance(value, list) and param is not None and not param.multiple:
+                    value = ",".join(map(str, value))
+                if param is not None:
+                    try:
+                        value = param.process_value(ctx, value)
+                    except Exception as exc:  # click's BadParameter, in the file's words
+                        raise UsageError(
+                            f"{source}: {key.replace('_', '-')} = {_short(value)}: "
+                            f"{getattr(exc, 'message', exc)}"
+                        ) from None
+                kwargs[key] = value
+                used.append(key)
+            if source is not None:
+                announce(source, command, used, frozenset())
+            return body(**kwargs)
+
+        wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+        setattr(wrapper, RARE, frozenset(rare))
         return wrapper
 
     return deco
@@ -451,9 +541,16 @@ def load_settings(
         )
     unknown = sorted(str(k)[:40] for k in node if str(k).replace("-", "_") not in known)
     if unknown:
-        allowed = ", ".join(sorted(k.replace("_", "-") for k in known))
+        names = sorted(k.replace("_", "-") for k in known)
+        guesses = [
+            f"{k} -> {close[0]}"
+            for k in unknown
+            if (close := difflib.get_close_matches(k.replace("_", "-"), names, n=1, cutoff=0.6))
+        ]
+        hint = f" (did you mean {', '.join(guesses)}?)" if guesses else ""
         raise UsageError(
-            f"{source}: unknown {command} setting(s) {short_list(unknown)}; known: {allowed}"
+            f"{source}: unknown {command} setting(s) {short_list(unknown)}{hint}; known: "
+            f"{', '.join(names)}"
         )
     return settings, source
 
@@ -472,14 +569,68 @@ def _flags_without_metavar(params: list[Any]) -> list[Any]:
     return params
 
 
+HELP_ALL = "mliscan_help_all"
+HELP_ALL_OPTION = "help_all"
+
+
+def _show_all(ctx: Any, param: Any, value: Any) -> None:
+    """``--help-all``: the help with every option (as ``--help`` prints it, then exit)."""
+    if not value or ctx.resilient_parsing:
+        return
+    ctx.meta[HELP_ALL] = True
+    typer.echo(ctx.get_help(), color=ctx.color)
+    ctx.exit()
+
+
+def help_all_parameter() -> inspect.Parameter:
+    """``--help-all`` of a command with rarely used options (its value is never used)."""
+    info = typer.Option(
+        "--help-all",
+        is_eager=True,
+        callback=_show_all,
+        help="Show every option, the rarely used ones too, and exit.",
+        show_default=False,
+    )
+    info._escaped = True  # type: ignore[attr-defined]
+    return inspect.Parameter(
+        HELP_ALL_OPTION,
+        inspect.Parameter.KEYWORD_ONLY,
+        default=False,
+        annotation=Annotated[bool, info],
+    )
+
+
 def command_class() -> type:
     """The typer command class of every mliscan command: its flags (-h/--help included)
-    show no value metavar in the help table."""
+    show no value metavar in the help table; its rarely used options (``RARE`` of the
+    command's function) are left out of ``--help`` and shown by ``--help-all``, so the
+    help fits in about two screens."""
     from typer.core import TyperCommand
 
     class MliscanCommand(TyperCommand):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.rare: frozenset[str] = getattr(self.callback, RARE, frozenset())
+            self.hiding: frozenset[str] = frozenset()
+
         def get_params(self, ctx: Any) -> list[Any]:
-            return _flags_without_metavar(super().get_params(ctx))
+            params = _flags_without_metavar(super().get_params(ctx))
+            return [p for p in params if p.name not in self.hiding]
+
+        def format_help(self, ctx: Any, formatter: Any) -> None:
+            shown = {p.name for p in self.params if not getattr(p, "hidden", False)}
+            left_out = self.rare & shown if not ctx.meta.get(HELP_ALL) else frozenset()
+            epilog = self.epilog
+            if left_out:
+                self.hiding = frozenset(left_out)
+                self.epilog = escape(
+                    f"{len(left_out)} rarely used options are left out here: "
+                    f"mliscan {self.name} --help-all shows every option."
+                )
+            try:
+                super().format_help(ctx, formatter)
+            finally:
+                self.hiding, self.epilog = frozenset(), epilog
 
     return MliscanCommand
 
@@ -516,7 +667,7 @@ def plain_help(fn: Callable[..., Any]) -> Callable[..., Any]:
     if getattr(fn, "_plain_help", False):
         return fn
     if fn.__doc__:
-        fn.__doc__ = escape(inspect.cleandoc(fn.__doc__))
+        fn.__doc__ = escape(_reflowed(inspect.cleandoc(fn.__doc__)))
     sig = inspect.signature(fn, eval_str=True)  # a new evaluation makes new infos: keep it
     fn.__signature__ = sig
     for p in sig.parameters.values():
@@ -533,10 +684,28 @@ def plain_help(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-def annotated(cls: type, field_name: str) -> Any:
+def _reflowed(doc: str) -> str:
+    """A docstring's prose paragraphs as one line each (the terminal wraps them at its own
+    width, not at the source's); indented paragraphs (examples) keep their lines."""
+    paragraphs = doc.split("\n\n")
+    return "\n\n".join(
+        p if any(line.startswith((" ", "\t")) for line in p.splitlines()) else " ".join(p.split())
+        for p in paragraphs
+    )
+
+
+def annotated(cls: type, field_name: str, **changes: Any) -> Any:
     """The typer annotation of one spec field, for commands whose options are otherwise
-    their own (``train``'s sweep lists): the same flag, help, panel and metavar."""
+    their own (``train``'s sweep lists): the same flag, help, panel and metavar.
+    ``changes`` sets the option's ``help`` or ``show_default`` where the command means
+    another default (``train --hidden``: the architecture's widths, not the checkpoint's)."""
     for p, m in params_for(cls, {}):
         if m.field == field_name:
-            return p.annotation
+            if not changes:
+                return p.annotation
+            tp, info = typing.get_args(p.annotation)
+            info = copy.copy(info)
+            for key, value in changes.items():
+                setattr(info, key, escape(value) if key == "help" else value)
+            return Annotated[tp, info]
     raise KeyError(f"{cls.__name__}.{field_name} is not a command-line field")

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from mliscan.cli import options as o
+from mliscan.cli import spine
 from mliscan.cli.errors import EXIT_GATE
 from mliscan.errors import UsageError
 
@@ -36,6 +37,20 @@ def normalise_bn_argv(argv: list[str]) -> list[str]:
     return out
 
 
+@spine.own_settings(
+    "train",
+    rare=(
+        "activation",
+        "init_scheme",
+        "arch_opt",
+        "seq_len",
+        "switch_optimizer",
+        "switch_at",
+        "augment",
+        "amp",
+        "max_runs",
+    ),
+)
 def train(
     ctx: typer.Context,
     out: Annotated[
