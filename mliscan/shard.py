@@ -180,6 +180,7 @@ class ShardSpec(Spec):
         "Time limit of each SLURM task, as sbatch --time (minutes or [D-]HH:MM:SS); a task that "
         "reaches it, or is preempted, is requeued and resumes.",
         panel=CLUSTER,
+        rare=True,
         numeric=False,
         metavar="TIME",
         show=DEFAULT_SLURM_TIME,
@@ -188,6 +189,7 @@ class ShardSpec(Spec):
         None,
         "At most this many tasks of the job array run at once.",
         panel=CLUSTER,
+        rare=True,
         numeric=False,
         ge=1,
         le=MAX_SHARDS,
@@ -198,6 +200,7 @@ class ShardSpec(Spec):
         False,
         "With --launcher: print the job ids and how to follow them, and return at once.",
         panel=CLUSTER,
+        rare=True,
         numeric=False,
     )
     retry_failed: bool = opt(

@@ -49,6 +49,9 @@ def normalise_bn_argv(argv: list[str]) -> list[str]:
         "augment",
         "amp",
         "max_runs",
+        "slurm_time",
+        "slurm_array_parallelism",
+        "detach",
     ),
 )
 def train(
