@@ -99,6 +99,8 @@ def _options(values: dict[str, Any]) -> dict[type, Any]:
                     raise S.SpecError(f"{name}=", exc.problem, f.name) from None
             if isinstance(value, list):
                 value = tuple(value)
+            if isinstance(value, Path):  # data_dir=Path(...), data_file=Path(...)
+                value = str(value)
             given[f.name] = value
             where[f.name] = f"{name}="
         if cls is S.EvalSpec:
@@ -383,10 +385,10 @@ def compare(
     arch: str | None = None,
     arch_options: dict[str, Any] | None = None,
     data: Data = None,
-    data_dir: str | None = None,
+    data_dir: str | Path | None = None,
     split: str = "train",
     data_limit: int | None = None,
-    data_file: str | None = None,
+    data_file: str | Path | None = None,
     seq_len: int | None = None,
     max_tokens: int | None = S.DEFAULT_MAX_TOKENS,
     loss: LossFn | None = None,

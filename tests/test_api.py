@@ -304,7 +304,7 @@ def test_every_command_line_option_is_an_argument_or_listed() -> None:
 
 
 def test_arguments_and_errors_in_python_words(mlp_pair: Path) -> None:
-    from mliscan.errors import DataError, UsageError
+    from mliscan.errors import DataError, MliscanError, UsageError
 
     init, final = _files(mlp_pair)
     with pytest.warns(DeprecationWarning, match=r"bn_mode="):
@@ -321,6 +321,8 @@ def test_arguments_and_errors_in_python_words(mlp_pair: Path) -> None:
     with pytest.raises(UsageError) as caught:  # a message of the data layer, reworded
         mliscan.compare(init, final, data="cifar10")
     assert "data_dir=DIR" in str(caught.value) and "--" not in str(caught.value)
+    with pytest.raises(MliscanError, match="cifar"):  # a Path is taken as the text would be
+        mliscan.compare(init, final, data="cifar10", data_dir=Path("/nonexistent"))
     with pytest.raises(SpecError, match=r"bn_warmup_batches=: .* give bn_batch_size= too"):
         mliscan.compare(init, final, bn_warmup_batches=2)
     # a module on flat inputs meets the digits' images: the message names the way out
