@@ -137,25 +137,26 @@ class ShardSpec(Spec):
     concern: ClassVar[str] = "sharding"
     shard: str | None = opt(
         None,
-        "Do only shard K of N (K from 0): every N-th unit of work (run, path, point) in a "
-        "stable order, into the same --out as the other shards, which may run at once; "
-        "'slurm' reads SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT.",
+        "Do only every N-th unit of work from the K-th (K from 0), into the same --out as "
+        "the other shards; 'slurm': the task of a SLURM job array.",
         panel=CLUSTER,
         numeric=False,
-        metavar="K/N|slurm",
+        metavar="K/N",
         show="all of it",
     )
     launcher: Literal["none", "local", "slurm"] = opt(
         "none",
-        "Submit the shards as jobs through submitit (mliscan's slurm extra): slurm as one "
-        "job array, local as processes on this machine; none: work here.",
+        "Submit the shards through submitit (the slurm extra): slurm (one job array) or "
+        "local (processes here); none: work here.",
         panel=CLUSTER,
         numeric=False,
+        metavar="WHERE",
     )
     shards: int | None = opt(
         None,
         "How many shards --launcher submits.",
         panel=CLUSTER,
+        rare=True,
         numeric=False,
         ge=1,
         le=MAX_SHARDS,
@@ -163,12 +164,18 @@ class ShardSpec(Spec):
         show="one per run for train",
     )
     slurm_partition: str | None = opt(
-        None, "SLURM partition of the jobs.", panel=CLUSTER, numeric=False, metavar="NAME"
+        None,
+        "SLURM partition of the jobs.",
+        panel=CLUSTER,
+        rare=True,
+        numeric=False,
+        metavar="NAME",
     )
     slurm_gpus_per_task: int | None = opt(
         None,
         "GPUs of each SLURM task.",
         panel=CLUSTER,
+        rare=True,
         numeric=False,
         ge=0,
         le=64,
@@ -208,6 +215,7 @@ class ShardSpec(Spec):
         "With --launcher: submit only the shards with units left (failed, killed or never "
         "started); the units they finished before are not computed again.",
         panel=CLUSTER,
+        rare=True,
         numeric=False,
     )
 

@@ -615,6 +615,7 @@ class EvalSpec(Spec):
         "float32",
         "Working dtype of the module (θ(α) itself is computed in float32 or wider).",
         panel=EVAL,
+        rare=True,
     )
     device: str = opt(
         "auto",
