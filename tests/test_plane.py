@@ -25,7 +25,10 @@ def test_gram_schmidt_coordinates() -> None:
     torch.testing.assert_close(p.point(1.0, 2.0)["w"], c["w"])
 
 
-def test_five_by_five_plane_matches_direct_evaluation(tmp_path: Path, capsys) -> None:
+@pytest.fixture(scope="module")
+def three_points(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """A (run 0's init), B (its final), C (run 1's init): two short digits BN MLP runs."""
+    root = tmp_path_factory.mktemp("plane-runs")
     for seed in range(2):
         train(
             TrainSpec(
@@ -35,13 +38,19 @@ def test_five_by_five_plane_matches_direct_evaluation(tmp_path: Path, capsys) ->
                 batch_size=50,
                 seed=seed,
             ),
-            tmp_path / f"r{seed}",
+            root / f"r{seed}",
         )
-    a, b, c = (
-        tmp_path / "r0" / "init.safetensors",
-        tmp_path / "r0" / "final.safetensors",
-        tmp_path / "r1" / "init.safetensors",
+    return (
+        root / "r0" / "init.safetensors",
+        root / "r0" / "final.safetensors",
+        root / "r1" / "init.safetensors",
     )
+
+
+def test_five_by_five_plane_matches_direct_evaluation(
+    three_points: tuple[Path, Path, Path], tmp_path: Path, capsys
+) -> None:
+    a, b, c = three_points
     out = tmp_path / "plane"
     code, _stdout, err = run_cli(
         ["plane", a, b, c, "--resolution", "5", "--out", out, "-q", "--plot", tmp_path / "p.png"],
@@ -85,28 +94,15 @@ def _reference_loss(state: dict, x: torch.Tensor, y: torch.Tensor) -> float:
         return float(torch.nn.functional.cross_entropy(net(x), y))
 
 
-def test_plane_points_on_the_a_b_axis_against_an_independent_loop(tmp_path: Path, capsys) -> None:
+def test_plane_points_on_the_a_b_axis_against_an_independent_loop(
+    three_points: tuple[Path, Path, Path], tmp_path: Path, capsys
+) -> None:
     """Points with y = 0 lie on the segment A -> B: their loss is the model's at
     A + (x / |B - A|) (B - A), computed here without mliscan's engine."""
     from safetensors.torch import load_file
     from sklearn.datasets import load_digits
 
-    for seed in range(2):
-        train(
-            TrainSpec(
-                arch_options={"hidden": "16", "bn": True},
-                data=DataSpec("digits", limit=200),
-                epochs=2,
-                batch_size=50,
-                seed=seed,
-            ),
-            tmp_path / f"r{seed}",
-        )
-    a, b, c = (
-        tmp_path / "r0" / "init.safetensors",
-        tmp_path / "r0" / "final.safetensors",
-        tmp_path / "r1" / "init.safetensors",
-    )
+    a, b, c = three_points
     sa, sb = load_file(str(a)), load_file(str(b))
     moving = [k for k, v in sa.items() if v.is_floating_point() and "running_" not in k]
     length = float(sum(((sb[k].double() - sa[k].double()) ** 2).sum() for k in moving)) ** 0.5
