@@ -35,21 +35,6 @@ def _one_line(code: int, err: str) -> str:
     return lines[0]
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from mliscan.spec import DataSpec
-    from mliscan.train import TrainSpec, train
-
-    out = tmp_path_factory.mktemp("tiny")
-    train(
-        TrainSpec(
-            arch_options={"hidden": "4"}, data=DataSpec("digits", limit=40), epochs=1, batch_size=20
-        ),
-        out,
-    )
-    return out
-
-
 @pytest.mark.parametrize(
     "text", [DEEP_JSON, DEEP_BUT_PARSEABLE, "[" * (MAX_JSON_DEPTH + 1) + "]" * (MAX_JSON_DEPTH + 1)]
 )

@@ -172,21 +172,6 @@ def command_lines(draw: st.DrawFn, command: str, tiny: Path) -> list[str]:
     return argv
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from mliscan.spec import DataSpec
-    from mliscan.train import TrainSpec, train
-
-    out = tmp_path_factory.mktemp("tiny")
-    train(
-        TrainSpec(
-            arch_options={"hidden": "4"}, data=DataSpec("digits", limit=40), epochs=1, batch_size=20
-        ),
-        out,
-    )
-    return out
-
-
 @pytest.mark.parametrize("command", COMMANDS)
 def test_fuzzed_options_never_crash(command: str, tiny: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)

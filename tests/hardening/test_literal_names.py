@@ -25,21 +25,6 @@ def _run(argv: list[str], capsys) -> tuple[int, str, str]:
     return code, got.out, got.err
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from mliscan.spec import DataSpec
-    from mliscan.train import TrainSpec, train
-
-    out = tmp_path_factory.mktemp("tiny")
-    train(
-        TrainSpec(
-            arch_options={"hidden": "4"}, data=DataSpec("digits", limit=40), epochs=1, batch_size=20
-        ),
-        out,
-    )
-    return out
-
-
 def test_runs_reads_the_named_folder_not_a_glob_match(tmp_path: Path, capsys, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     for folder, run in (("s1", "run-sibling"), ("s[1]", "run-literal")):
