@@ -1,24 +1,26 @@
-"""Checkpoint files -> plain state dicts, safely.
+"""Checkpoint files -> plain state dicts, safely; the checks a pair of them must pass.
 
-* ``.safetensors`` (single or sharded through ``model.safetensors.index.json``);
+* ``.safetensors`` (single or sharded through ``model.safetensors.index.json``;
+  :mod:`mliscan.formats`);
 * ``.pt/.pth/.bin/.ckpt`` only through ``torch.load(weights_only=True)``: a pickle that needs
-  arbitrary globals is refused with the name of the global, never unpickled;
+  arbitrary globals is refused with the name of the global, never unpickled
+  (:mod:`mliscan.picklepolicy`);
 * a directory holding one of those;
-* common wrappers (``state_dict``, ``model``, ``ema`` ... keys) and ``module.`` /
-  ``_orig_mod.`` prefixes are removed.
+* common wrappers (``state_dict``, ``model``, ``ema`` ... keys), Lightning's attribute prefix
+  and ``module.`` / ``_orig_mod.`` prefixes are removed (:mod:`mliscan.stacks`).
 
-mliscan's own files carry one safetensors metadata key, ``mliscan``, whose value is a JSON
-object (architecture, its options, data); one key keeps the header byte-deterministic.
+This module dispatches a path to its format and checks what comes back (a regular file,
+tensors of types mliscan can hold); :func:`check_pair`, :func:`check_finite` and :func:`content_hash`
+judge the loaded weights.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import pickle
-import re
 import stat
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,17 +32,45 @@ from mliscan.errors import (
     CheckpointMismatchError,
     CheckpointNotFoundError,
     NonFiniteWeightsError,
-    UnsafeCheckpointError,
     short_list,
 )
-from mliscan.paths import atomic_path, parse_json, read_json
+from mliscan.formats import (
+    METADATA_KEY,
+    SAFETENSORS_SUFFIXES,
+    TORCH_SUFFIXES,
+    is_safe_relative,
+    load_safetensors,
+    load_sharded,
+    safetensors_reader,
+    save_checkpoint,
+)
+from mliscan.paths import read_json
+from mliscan.picklepolicy import torch_load
+from mliscan.stacks import (
+    strip_lightning_attribute,
+    strip_prefixes,
+    training_state_dict,
+    unwrap_state_dict,
+)
 
-METADATA_KEY = "mliscan"
-SAFETENSORS_SUFFIXES = (".safetensors",)
-TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
-# Keys under which training scripts commonly nest the weights, most specific first.
-WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "ema", "model_ema")
-STRIP_PREFIXES = ("module.", "_orig_mod.")
+# Names callers import from here (some defined in the modules imported above).
+__all__ = [
+    "METADATA_KEY",
+    "SAFETENSORS_SUFFIXES",
+    "TORCH_SUFFIXES",
+    "Checkpoint",
+    "check_finite",
+    "check_pair",
+    "content_hash",
+    "is_safe_relative",
+    "load_checkpoint",
+    "read_config",
+    "save_checkpoint",
+    "strip_lightning_attribute",
+    "strip_prefixes",
+    "unwrap_state_dict",
+]
+
 # Files looked for, in order, when a directory is given.
 DIRECTORY_CANDIDATES = (
     "model.safetensors.index.json",
@@ -64,7 +94,7 @@ class Checkpoint:
     """``config.json`` beside the weights (transformers / timm folders), else None."""
     source: Any = None
     """The :class:`mliscan.sources.Resolved` it came from, when loaded through a source."""
-    reader: Any = None
+    reader: Callable[[str], torch.Tensor] | None = None
     """For safetensors files: ``reader(name)`` reads one tensor again from disk (a fresh
     copy; None for torch pickles). Lets a large model's endpoint be restored exactly without
     keeping it in memory."""
@@ -94,7 +124,7 @@ def load_checkpoint(
     if not stat.S_ISREG(p.stat().st_mode):  # a FIFO or device would block or never end
         raise CheckpointFormatError(f"{p}: not a regular file (a pipe, device or socket?)")
     if p.name.endswith(".index.json"):
-        tensors, metadata = _load_sharded(p, trust_pickle)
+        tensors, metadata = load_sharded(p, trust_pickle)
         notes: list[str] = []
     elif p.suffix in SAFETENSORS_SUFFIXES or (
         p.suffix not in TORCH_SUFFIXES and not zipfile.is_zipfile(p)
@@ -104,15 +134,10 @@ def load_checkpoint(
                 f"{p}: --ema reads the EMA weights of a training checkpoint (.pth.tar, .ckpt); "
                 "a safetensors file holds one set of weights: drop --ema"
             )
-        tensors, metadata = _load_safetensors(p)
+        tensors, metadata = load_safetensors(p)
         notes = []
     else:
-        obj = _torch_load(p, trust_pickle)
-        tensors, notes = unwrap_state_dict(_pick_ema(obj, p) if ema else obj, p)
-        if _is_lightning(obj):
-            tensors, stripped_attr = strip_lightning_attribute(tensors)
-            if stripped_attr:
-                notes.append(f"stripped the LightningModule attribute prefix {stripped_attr!r}")
+        tensors, notes = training_state_dict(torch_load(p, trust_pickle), p, ema)
         metadata = {}
     tensors, stripped = strip_prefixes(tensors)
     notes += [f"stripped prefix {s!r}" for s in stripped]
@@ -121,7 +146,7 @@ def load_checkpoint(
     _check_dtypes(tensors, p)
     config = read_config(p.parent / "config.json")
     reader = (
-        _safetensors_reader(p, "".join(stripped))
+        safetensors_reader(p, "".join(stripped))
         if p.suffix != ".bin"
         and (p.name.endswith(".safetensors.index.json") or p.suffix in SAFETENSORS_SUFFIXES)
         else None
@@ -129,28 +154,6 @@ def load_checkpoint(
     return Checkpoint(
         path=p, tensors=tensors, metadata=metadata, notes=notes, config=config, reader=reader
     )
-
-
-def _safetensors_reader(p: Path, prefix: str) -> Any:
-    """``read(name)``: one tensor read afresh from a safetensors file or sharded index."""
-    from safetensors import safe_open
-
-    if p.name.endswith(".index.json"):
-        weight_map = read_json(p)["weight_map"]
-
-        def shard(name: str) -> Path:
-            return p.parent / weight_map[name]
-    else:
-
-        def shard(name: str) -> Path:
-            return p
-
-    def read(name: str) -> torch.Tensor:
-        full = prefix + name
-        with safe_open(str(shard(full)), framework="pt", device="cpu") as f:
-            return f.get_tensor(full).clone()
-
-    return read
 
 
 MAX_CONFIG_BYTES = 4 << 20
@@ -194,25 +197,6 @@ def _pick_in_directory(d: Path) -> Path:
     )
 
 
-def _load_safetensors(p: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(p), framework="pt", device="cpu") as f:
-            raw_meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
-    except SafetensorError as exc:
-        raise CheckpointFormatError(
-            f"{p}: not a readable safetensors file ({_first_line(exc)}); it may be truncated "
-            "or corrupt: copy or save it again"
-        ) from exc
-    except Exception as exc:  # any other failure on an untrusted file is a bad file too
-        raise CheckpointFormatError(
-            f"{p}: cannot be read ({type(exc).__name__}: {_first_line(exc)})"
-        ) from exc
-    return tensors, _parse_metadata(raw_meta, p)
-
-
 # Tensors mliscan can hold: real floating weights (interpolated) and integer/bool buffers
 # (copied). Complex and float8 weights have no meaning on this path.
 SUPPORTED_DTYPES = frozenset(
@@ -242,301 +226,6 @@ def _check_dtypes(tensors: dict[str, torch.Tensor], p: Path) -> None:
             f"{p}: {len(bad)} tensors of a type mliscan cannot interpolate: {short_list(bad, 3)}; "
             "weights must be float16/bfloat16/float32/float64 (buffers integer or bool)"
         )
-
-
-# The types of the fields of mliscan's metadata that the loader reads.
-METADATA_TYPES: dict[str, tuple[type, ...]] = {
-    "arch": (str,),
-    "arch_options": (dict,),
-    "data": (dict,),
-    "role": (str,),
-    "seed": (int,),
-    "mliscan_version": (str,),
-}
-DATA_METADATA_TYPES: dict[str, tuple[type, ...]] = {
-    "name": (str,),
-    "split": (str,),
-    "limit": (int, type(None)),
-    "seq_len": (int, type(None)),
-}
-
-
-def _check_metadata(value: dict[str, Any], p: Path) -> None:
-    fields = [(k, value.get(k), t) for k, t in METADATA_TYPES.items() if k in value]
-    data = value.get("data")
-    if isinstance(data, dict):
-        fields += [
-            (f"data.{k}", data.get(k), t) for k, t in DATA_METADATA_TYPES.items() if k in data
-        ]
-    for key, v, types in fields:
-        if not isinstance(v, types) or (isinstance(v, bool) and bool not in types):
-            raise CheckpointFormatError(
-                f"{p}: its '{METADATA_KEY}' metadata field {key} is {type(v).__name__}, not "
-                f"{' or '.join(t.__name__ for t in types)}; pass --arch (and --data) to ignore it"
-            )
-
-
-def _parse_metadata(raw: dict[str, str], p: Path) -> dict[str, Any]:
-    text = raw.get(METADATA_KEY)
-    if text is None:
-        return {}
-    try:
-        value = parse_json(text)
-    except json.JSONDecodeError as exc:
-        raise CheckpointFormatError(
-            f"{p}: its '{METADATA_KEY}' metadata is not valid JSON ({exc.msg}); "
-            "pass --arch to ignore it"
-        ) from exc
-    if not isinstance(value, dict):
-        raise CheckpointFormatError(f"{p}: its '{METADATA_KEY}' metadata is not a JSON object")
-    _check_metadata(value, p)
-    return value
-
-
-def _load_sharded(
-    index: Path, trust_pickle: bool = False
-) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    try:
-        weight_map = read_json(index)["weight_map"]
-        if not isinstance(weight_map, dict):
-            raise TypeError("weight_map is not an object")
-    except (
-        json.JSONDecodeError,
-        KeyError,
-        TypeError,
-        UnicodeDecodeError,
-        RecursionError,
-        OSError,
-    ) as exc:
-        raise CheckpointFormatError(
-            f"{index}: not a valid shard index (needs a 'weight_map' object): {exc}"
-        ) from exc
-    for name, shard_name in weight_map.items():
-        if not isinstance(shard_name, str) or not shard_name:
-            shown = repr(shard_name)
-            raise CheckpointFormatError(
-                f"{index}: weight_map maps {name[:80]!r} to "
-                f"{shown if len(shown) <= 40 else shown[:37] + '...'} "
-                f"({type(shard_name).__name__}), not a shard file name; re-save or "
-                "re-download the checkpoint"
-            )
-    tensors: dict[str, torch.Tensor] = {}
-    metadata: dict[str, Any] = {}
-    for shard_name in sorted(set(weight_map.values())):
-        if not is_safe_relative(shard_name):
-            raise CheckpointFormatError(
-                f"{index}: shard {shard_name!r} points outside the checkpoint directory"
-            )
-        shard = index.parent / shard_name
-        if not shard.is_file():
-            raise CheckpointNotFoundError(f"{index}: shard {shard_name} is missing; fetch it")
-        if shard.suffix in SAFETENSORS_SUFFIXES:
-            part, meta = _load_safetensors(shard)
-            metadata = metadata or meta
-        else:
-            part, _ = unwrap_state_dict(_torch_load(shard, trust_pickle), shard)
-        elsewhere = sorted(k for k in part if k in weight_map and weight_map[k] != shard_name)
-        if elsewhere:
-            k = elsewhere[0]
-            raise CheckpointFormatError(
-                f"{index}: shard {shard_name} also holds {k}, which the index places in "
-                f"{weight_map[k]} ({len(elsewhere)} such tensors); the shards disagree: "
-                "re-save or re-download the checkpoint"
-            )
-        tensors.update({k: v for k, v in part.items() if weight_map.get(k) == shard_name})
-    missing = sorted(set(weight_map) - set(tensors))
-    if missing:
-        raise CheckpointFormatError(
-            f"{index}: {len(missing)} indexed tensors are absent from the shards: "
-            f"{short_list(missing)}"
-        )
-    return tensors, metadata
-
-
-_GLOBAL_RE = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
-
-
-# A torch zip whose entries inflate far beyond the file is refused before torch reads it.
-MAX_INFLATION = 16
-
-
-def _check_zip(p: Path) -> None:
-    try:
-        with zipfile.ZipFile(p) as z:
-            infos = z.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError):
-        return  # not a zip (legacy torch format) or corrupt: torch.load reports it
-    size = p.stat().st_size
-    declared = sum(i.file_size for i in infos)
-    if declared > MAX_INFLATION * size + (1 << 20):
-        raise CheckpointFormatError(
-            f"{p}: refused: its entries declare {declared} bytes from a {size}-byte file "
-            "(a zip bomb?); torch never writes compressed checkpoints"
-        )
-
-
-# Training stacks store their settings beside the weights: Lightning's hyper-parameters
-# (AttributeDict, omegaconf containers), timm train.py's argparse Namespace, paths, numpy
-# scalars. A global from these namespaces is loaded as an inert placeholder (its code never
-# runs; the settings are skipped); any other global is refused as before.
-SKIPPED_GLOBAL_PREFIXES = (
-    "argparse.",
-    "pathlib.",
-    "lightning.",
-    "lightning_fabric.",
-    "pytorch_lightning.",
-    "omegaconf.",
-    "timm.",
-    "transformers.",
-    "accelerate.",
-    "numpy.",
-    "torchmetrics.",
-    "collections.",
-    "enum.",
-    "datetime.",
-    "functools.partial",
-)
-# A checkpoint naming more distinct foreign globals than this is not a training checkpoint.
-MAX_SKIPPED_GLOBALS = 64
-
-
-class SkippedSetting:
-    """Stands in for a training framework's object inside a checkpoint: takes any
-    arguments and state, keeps nothing, runs nothing."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def __setstate__(self, state: Any) -> None:
-        pass
-
-    def __call__(self, *args: Any, **kwargs: Any) -> SkippedSetting:
-        return SkippedSetting()
-
-
-def _weights_only_load(p: Path) -> Any:
-    """``torch.load(weights_only=True)`` with known training-stack globals mapped to
-    :class:`SkippedSetting` (so a Lightning or timm checkpoint loads, settings skipped):
-    torch lists the foreign globals (``get_unsafe_globals_in_checkpoint``, read off the
-    pickle without running it) and one ``safe_globals`` load follows. Any other global is
-    left to torch, which refuses it."""
-    try:
-        names = torch.serialization.get_unsafe_globals_in_checkpoint(p)
-    except Exception:  # not a zip checkpoint or unreadable: torch.load says what is wrong
-        names = []
-    skipped = [n for n in names if n.startswith(SKIPPED_GLOBAL_PREFIXES)]
-    if len(skipped) > MAX_SKIPPED_GLOBALS:
-        skipped = []  # not a training checkpoint: refused as any pickle with globals
-    with torch.serialization.safe_globals([(SkippedSetting, n) for n in skipped]):
-        return torch.load(p, map_location="cpu", weights_only=True)
-
-
-def _torch_load(p: Path, trust_pickle: bool = False) -> Any:
-    """torch.load with weights_only=True; arbitrary globals are refused, never executed."""
-    _check_zip(p)
-    if trust_pickle:
-        import warnings
-
-        warnings.warn(
-            f"{p}: loading with weights_only=False (--trust-pickle): its pickle may run code",
-            stacklevel=2,
-        )
-        try:
-            return torch.load(p, map_location="cpu", weights_only=False)
-        except Exception as exc:  # any failure of a trusted pickle is still a bad file
-            raise CheckpointFormatError(f"{p}: cannot be unpickled ({_first_line(exc)})") from exc
-    try:
-        return _weights_only_load(p)
-    except pickle.UnpicklingError as exc:
-        text = str(exc)
-        if "Weights only load failed" in text:
-            found = _GLOBAL_RE.search(text)
-            what = f"the global {found.group(1)}" if found else "arbitrary Python objects"
-            raise UnsafeCheckpointError(
-                f"{p}: refused: this torch pickle needs {what}, and unpickling it could run "
-                "arbitrary code; if you trust it, convert it to safetensors in a sandbox "
-                "(safetensors.torch.save_file(torch.load(f, weights_only=False), 'x.safetensors'))"
-            ) from exc
-        raise CheckpointFormatError(f"{p}: corrupt torch file ({_first_line(exc)})") from exc
-    except Exception as exc:  # a malformed pickle can raise anything (IndexError, KeyError, ...)
-        raise CheckpointFormatError(
-            f"{p}: not a readable torch checkpoint ({type(exc).__name__}: {_first_line(exc)}); "
-            "it may be truncated or corrupt"
-        ) from exc
-
-
-# timm train.py keeps the EMA weights (--model-ema) beside the raw ones under these keys.
-EMA_KEYS = ("state_dict_ema", "model_ema", "ema")
-
-
-def _pick_ema(obj: Any, p: Path) -> Any:
-    """``--ema``: the exponential-moving-average weights of a training checkpoint."""
-    if isinstance(obj, dict):
-        for key in EMA_KEYS:
-            if isinstance(obj.get(key), dict):
-                return obj[key]
-    raise CheckpointFormatError(
-        f"{p}: --ema asks for EMA weights, but the file holds none ({', '.join(EMA_KEYS)}); "
-        "drop --ema"
-    )
-
-
-def _is_lightning(obj: Any) -> bool:
-    """A PyTorch Lightning ``.ckpt``: the state dict beside Lightning's own bookkeeping."""
-    return (
-        isinstance(obj, dict)
-        and "state_dict" in obj
-        and ("pytorch-lightning_version" in obj or "lightning_version" in obj or "loops" in obj)
-    )
-
-
-def strip_lightning_attribute(
-    tensors: dict[str, torch.Tensor],
-) -> tuple[dict[str, torch.Tensor], str | None]:
-    """A LightningModule keeps its network in an attribute (``self.model``): when every
-    key starts with the same attribute, drop it so the keys are the network's own."""
-    firsts = {k.split(".", 1)[0] for k in tensors}
-    if len(firsts) != 1 or not all("." in k for k in tensors):
-        return tensors, None
-    prefix = f"{firsts.pop()}."
-    return {k[len(prefix) :]: v for k, v in tensors.items()}, prefix
-
-
-def unwrap_state_dict(obj: Any, p: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Find the state dict inside a loaded torch object (plain or wrapped)."""
-    notes: list[str] = []
-    for _ in range(4):  # wrappers nest at most a few levels in practice
-        if not isinstance(obj, dict):
-            break
-        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-            return {str(k): v for k, v in obj.items()}, notes
-        key = next((k for k in WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
-        if key is None:
-            break
-        notes.append(f"unwrapped '{key}'")
-        obj = obj[key]
-    if isinstance(obj, dict):
-        tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-        if tensors:
-            return tensors, notes
-    raise CheckpointFormatError(
-        f"{p}: holds no state dict (a mapping of names to tensors, possibly under one of "
-        f"{', '.join(WRAPPER_KEYS)}); found {type(obj).__name__}"
-    )
-
-
-def strip_prefixes(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Remove ``module.`` (DataParallel) and ``_orig_mod.`` (torch.compile) prefixes."""
-    stripped: list[str] = []
-    changed = True
-    while changed and tensors:
-        changed = False
-        for prefix in STRIP_PREFIXES:
-            if all(k.startswith(prefix) for k in tensors):
-                tensors = {k[len(prefix) :]: v for k, v in tensors.items()}
-                stripped.append(prefix)
-                changed = True
-    return tensors, stripped
 
 
 def check_finite(ckpt: Checkpoint) -> None:
@@ -578,33 +267,6 @@ def check_pair(init: Checkpoint, final: Checkpoint) -> None:
         raise CheckpointMismatchError(
             "; ".join(problems) + " (were they saved from different architectures?)"
         )
-
-
-def save_checkpoint(
-    path: str | os.PathLike[str], tensors: dict[str, torch.Tensor], metadata: dict[str, Any]
-) -> None:
-    """Write a safetensors file atomically, with mliscan's metadata as one sorted JSON key."""
-    from safetensors.torch import save_file
-
-    clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    meta = {METADATA_KEY: json.dumps(metadata, sort_keys=True)}
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        save_file(clean, str(tmp), metadata=meta)
-
-
-def is_safe_relative(name: Any) -> bool:
-    """A relative file name that stays inside its folder (judged on the text, not by
-    following links: Hugging Face cache snapshots are symlinks into a blob store)."""
-    if not isinstance(name, str) or not name or "\\" in name or "\x00" in name:
-        return False
-    parts = name.split("/")
-    return not name.startswith("/") and ".." not in parts and ":" not in parts[0]
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def content_hash(tensors: dict[str, torch.Tensor], length: int = 16) -> str:
