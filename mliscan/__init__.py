@@ -6,7 +6,8 @@ The package root stays cheap to import: the Python API is loaded on first use.
     r = mliscan.compare("runs/a/init.safetensors", "runs/a/final.safetensors")
     r.min_delta, r.monotonic, r.barrier, r.gauss_length
 
-``mliscan.compare``, ``mliscan.grid`` and ``mliscan.track`` are documented in
+``mliscan.compare``, ``mliscan.grid``, ``mliscan.plane``, ``mliscan.trajectory`` and
+``mliscan.track`` are documented in
 ``mliscan.api``; ``mliscan.PathResult`` is the result of a path.
 """
 
@@ -14,18 +15,20 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["PathResult", "__version__", "compare", "grid", "track"]
+__all__ = ["PathResult", "__version__", "compare", "grid", "plane", "track", "trajectory"]
 
 _API = {
     "compare": "mliscan.api",
     "grid": "mliscan.api",
     "track": "mliscan.api",
+    "plane": "mliscan.api",
+    "trajectory": "mliscan.api",
     "PathResult": "mliscan.results",
 }
 
 
 def __dir__() -> list[str]:
-    """The module's names and the API loaded on first use (``compare``, ``grid``, ``track``)."""
+    """The module's names and the API loaded on first use (``compare``, ``grid``, ...)."""
     return sorted({*globals(), *_API} - {"Any"})
 
 

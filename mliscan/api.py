@@ -29,8 +29,10 @@ from mliscan.checkpoints import Checkpoint, check_finite
 from mliscan.custom import LossFn, ModuleAdapter, OutputFn
 from mliscan.data import DATASETS, Dataset
 from mliscan.errors import LIBRARY_NOISE, DataError, MliscanError, UsageError
-from mliscan.pipeline import compare_checkpoints, compare_pair, open_source
-from mliscan.results import CURVE_SCHEMA, PATH_SCHEMA, PathResult, curve_rows
+from mliscan.pipeline import compare_checkpoints, open_source
+from mliscan.results import CURVE_SCHEMA, PATH_SCHEMA, PathResult
+from mliscan.runners.events import Events
+from mliscan.runners.pair import PairStudy, run_pair
 
 Endpoint = str | Path | nn.Module | dict
 Data = str | tuple | torch.utils.data.Dataset | torch.utils.data.DataLoader | None
@@ -80,11 +82,11 @@ def _fields(cls: type) -> dict[str, dataclasses.Field]:
     }
 
 
-def _options(values: dict[str, Any]) -> dict[type, Any]:
-    """Each concern built from the arguments named after its fields (errors name the
-    argument, ``alphas=``, not the flag)."""
+def _options(values: dict[str, Any], extra: tuple[type, ...] = ()) -> dict[type, Any]:
+    """Each concern (``CONCERNS`` and a study's own, ``extra``) built from the arguments
+    named after its fields (errors name the argument, ``alphas=``, not the flag)."""
     built: dict[type, Any] = {}
-    for cls in CONCERNS:
+    for cls in (*CONCERNS, *extra):
         given: dict[str, Any] = {}
         where: dict[str, str] = {}
         for name, f in _fields(cls).items():
@@ -461,45 +463,35 @@ def compare(
 
 
 def _compare(init: Endpoint, final: Endpoint, v: dict[str, Any]) -> PathResult:
-    model, loss, output, data = v["model"], v["loss"], v["output"], v["data"]
-    arch, data_limit, input_shape = v["arch"], v["data_limit"], v["input_shape"]
-    _check_arguments(model, loss, data, data_limit)
-    _check_python_only(model, arch, loss, output, input_shape)
-    specs = _options({**v, "data": data if isinstance(data, str) else None})
+    prep = _prepared(v, {})
     seeds = _unrelated_seeds(v["unrelated"])
-    ev, tolerance = specs[S.EvalSpec], specs[S.VerdictSpec].tol
-    source, align = specs[S.SourceSpec], specs[S.AlignSpec]
-    dataset = _dataset(data, data_limit, class_targets=model is not None and loss is None)
-    if model is not None and dataset is not None:
-        loss = _per_example(loss, dataset.num_classes)
-    adapter: Any = None
-    if model is not None:
-        adapter = ModuleAdapter(model, loss, output, input_shape)
+    ev, verdict = prep.specs[S.EvalSpec], prep.specs[S.VerdictSpec]
+    source, align = prep.specs[S.SourceSpec], prep.specs[S.AlignSpec]
     plain = isinstance(init, (str, Path)) and isinstance(final, (str, Path))
-    if plain and adapter is None and dataset is None:  # exactly what the command line runs
-        return compare_pair(
+    if plain and not isinstance(prep.arch, ModuleAdapter) and isinstance(prep.data, S.DataSpec):
+        study = PairStudy(  # exactly what the command line runs
             str(init),
             str(final),
-            arch=arch,
-            arch_options=v["arch_options"],
-            data=specs[S.DataSpec],
-            spec=ev,
-            tolerance=tolerance,
-            progress=v["progress"],
-            unrelated_seeds=seeds,
             source=source,
-            align_spec=align,
+            arch=prep.arch,
+            arch_options=prep.arch_options,
+            data=prep.data,
+            eval=ev,
+            verdict=verdict,
+            align=align,
+            unrelated_seeds=tuple(seeds),
         )
+        return run_pair(study, v["progress"])
     a = _checkpoint(init, "init", source)
     b = _checkpoint(final, "final", source)
     return compare_checkpoints(
         a,
         b,
-        arch=adapter if adapter is not None else arch,
-        arch_options=v["arch_options"],
-        data=dataset if dataset is not None else specs[S.DataSpec],
+        arch=prep.arch,
+        arch_options=prep.arch_options,
+        data=prep.data,
         spec=ev,
-        tolerance=tolerance,
+        tolerance=verdict.tol,
         progress=v["progress"],
         unrelated_seeds=seeds,
         align=align.align,
@@ -555,15 +547,131 @@ def _unrelated_seeds(unrelated: Any) -> list[int]:
 
 # Every keyword argument of compare (grid and track pass theirs on to it).
 _ARGUMENTS = frozenset(inspect.signature(compare).parameters) - {"init", "final", "renamed"}
+# Their defaults (what a study runs with when an argument is not given).
+_COMPARE_DEFAULTS = {
+    name: p.default
+    for name, p in inspect.signature(compare).parameters.items()
+    if name in _ARGUMENTS
+}
+
+
+def _prepared(values: dict[str, Any], defaults: dict[str, Any]) -> _Prepared:
+    """The arguments of a study as the runners take them: the specs (the study's defaults
+    where the caller gave none), the architecture (an adapter name, or a ``model=``'s
+    adapter) and the data (a name's DataSpec, or the tensors given)."""
+    values = {**values}
+    for name, default in defaults.items():
+        if values.get(name, _UNSET) is _UNSET:
+            values[name] = default
+    values = {k: v for k, v in values.items() if v is not _UNSET}
+    full = {**_COMPARE_DEFAULTS, **values}
+    model, loss, output, data = full["model"], full["loss"], full["output"], full["data"]
+    arch, data_limit, input_shape = full["arch"], full["data_limit"], full["input_shape"]
+    _check_arguments(model, loss, data, data_limit)
+    _check_python_only(model, arch, loss, output, input_shape)
+    specs = _options({**full, "data": data if isinstance(data, str) else None})
+    dataset = _dataset(data, data_limit, class_targets=model is not None and loss is None)
+    if model is not None and dataset is not None:
+        loss = _per_example(loss, dataset.num_classes)
+    adapter: Any = ModuleAdapter(model, loss, output, input_shape) if model is not None else None
+    return _Prepared(
+        specs,
+        adapter if adapter is not None else arch,
+        full["arch_options"],
+        dataset if dataset is not None else specs[S.DataSpec],
+    )
+
+
+@dataclass
+class _Prepared:
+    specs: dict[type, Any]
+    arch: Any
+    arch_options: dict[str, Any] | None
+    data: Any
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "<default>"
+
+
+_UNSET: Any = _Unset()
+
+
+class _Progress(Events):
+    """A study's progress as ``progress(done, total, unit)`` calls."""
+
+    def __init__(self, call: Callable[[int, int, str], None] | None) -> None:
+        self.call = call
+
+    @contextmanager
+    def progress(self, total: int, unit: str) -> Iterator[Callable[..., None]]:
+        done = 0
+
+        def tick(item: str | None = None) -> None:
+            nonlocal done
+            done += 1
+            if self.call is not None:
+                self.call(done, total, unit)
+
+        yield tick
+
+
+def _study_endpoint(x: Endpoint, role: str, source: S.SourceSpec) -> str | Checkpoint:
+    """A path or source as text (opened by the runner, as on the command line); a state
+    dict or a module as a checkpoint named ``role``."""
+    if isinstance(x, (str, Path)):
+        return str(x)
+    return _checkpoint(x, role, source)
+
+
+def _endpoints(value: Any, name: str) -> list[Endpoint]:
+    if value is None:
+        return []
+    if isinstance(value, (str, Path, nn.Module, dict)):
+        singular = "init" if name == "inits" else "optimum"
+        raise UsageError(
+            f"grid: {name} takes a list of endpoints, got one {type(value).__name__} "
+            f"(write [{singular}])"
+        )
+    return list(value)
+
+
+def _store(out: str | Path | None) -> tuple[Path, Any]:
+    """The study's result folder: ``out`` (kept, so a call resumes), or a temporary one."""
+    if out is not None:
+        if not isinstance(out, (str, Path)):
+            raise UsageError(f"out= takes a folder path, got {type(out).__name__}")
+        return Path(out), None
+    import tempfile
+
+    tmp = tempfile.TemporaryDirectory(prefix="mliscan-")
+    return Path(tmp.name), tmp
 
 
 def grid(
-    inits: Sequence[Endpoint],
-    optima: Sequence[Endpoint],
+    inits: Sequence[Endpoint] | None = None,
+    optima: Sequence[Endpoint] | None = None,
+    *,
+    runs: Sequence[str | Path] = (),
+    n_inits: int | None = None,
+    n_optima: int | None = None,
+    out: str | Path | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
     **kwargs: Any,
 ) -> tuple[Any, Any]:
-    """Every init-init, init-optimum and optimum-optimum path (Figure 8) with the options of
-    :func:`compare` (without the Gauss length unless ``gauss=True``).
+    """Every init-init, init-optimum and optimum-optimum path (Figure 8): ``mliscan grid``'s
+    runner, with its defaults (no Gauss length, batch size 1024) and its numbers.
+
+    ``inits``/``optima``: endpoints as in :func:`compare` (paths, sources, state dicts,
+    modules); ``runs``: folders of ``mliscan train`` runs (their init and final weights);
+    ``n_inits``/``n_optima`` as ``--inits``/``--optima`` (fresh initialisations are sampled
+    past the given ones). ``out``: the result store (``paths/*.json``, ``paths.parquet``,
+    ``curves.parquet``): a second call with the same ``out`` resumes, computing only the
+    paths not stored; without it the store is temporary. ``align="weight-matching"`` aligns
+    each path's second endpoint to its first. ``progress(done, total, "paths")`` is called
+    per path. Every other argument is :func:`compare`'s (``model=``, ``data=``,
+    ``alphas=``, ``bn_mode=``, ...); ``unrelated=`` is compare's only.
 
     Returns two polars frames: one row per path (``paths.parquet``'s columns: family, a, b,
     own_pair, min_delta, monotonic, barrier, distance, ...) and one row per path and alpha.
@@ -571,44 +679,173 @@ def grid(
     Example::
 
         paths, curves = mliscan.grid(["a/init.safetensors", "b/init.safetensors"],
-                                     ["a/final.safetensors"], alphas=25)
+                                     ["a/final.safetensors"], alphas=25, out="grid-out")
     """
-    import itertools
-
     import polars as pl
 
-    for name, value in (("inits", inits), ("optima", optima)):
-        if isinstance(value, (str, Path, nn.Module, dict)):
-            raise UsageError(
-                f"grid: {name} takes a list of endpoints, got one {type(value).__name__} "
-                f"(write [{name[:-1] if name == 'inits' else 'optimum'}])"
-            )
+    from mliscan.runners import GRID_DEFAULTS, MAX_ENDPOINTS
+    from mliscan.runners.grid import GridStudy, run_grid
+
+    given_i, given_o = _endpoints(inits, "inits"), _endpoints(optima, "optima")
     kwargs = _renamed(kwargs, "grid")
-    kwargs.setdefault("gauss", False)
-    ends = [(f"init{i}", "init", x) for i, x in enumerate(inits)]
-    ends += [(f"optimum{i}", "optimum", x) for i, x in enumerate(optima)]
-    pairs = [("init-init", a, b) for a, b in itertools.combinations(ends[: len(inits)], 2)]
-    pairs += [("init-optimum", a, b) for a in ends[: len(inits)] for b in ends[len(inits) :]]
-    pairs += [("optimum-optimum", a, b) for a, b in itertools.combinations(ends[len(inits) :], 2)]
-    if not pairs:
-        raise UsageError("grid needs at least two endpoints (inits and optima together)")
-    rows, curves = [], []
-    for family, (la, _, xa), (lb, _, xb) in pairs:
-        r = compare(xa, xb, **kwargs)
-        labels = {
-            "path_id": f"{la}-{lb}",
-            "family": family,
-            "a": la,
-            "b": lb,
-            "own_pair": family == "init-optimum" and la[4:] == lb[7:],
-        }
-        rows.append(r.to_row(**labels))
-        curves += curve_rows({**r.stored(), **labels})
-    types = {"str": pl.Utf8, "f64": pl.Float64, "bool": pl.Boolean}
+    if kwargs.get("unrelated"):
+        raise UsageError("grid: unrelated= is compare()'s (Figure 6); a grid has n_inits=")
+    for name, n in (("n_inits", n_inits), ("n_optima", n_optima)):
+        if n is not None and (
+            not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= MAX_ENDPOINTS
+        ):
+            raise UsageError(f"grid: {name}= takes a count from 0 to {MAX_ENDPOINTS}, got {n!r}")
+    with _in_python_words():
+        prep = _prepared(kwargs, GRID_DEFAULTS)
+        source = prep.specs[S.SourceSpec]
+        root, tmp = _store(out)
+        study = GridStudy(
+            out=root,
+            runs=tuple(Path(r) for r in runs),
+            inits=tuple(_study_endpoint(x, f"init{i}", source) for i, x in enumerate(given_i)),
+            optima=tuple(_study_endpoint(x, f"optimum{i}", source) for i, x in enumerate(given_o)),
+            n_inits=n_inits,
+            n_optima=n_optima,
+            source=source,
+            arch=prep.arch,
+            arch_options=prep.arch_options,
+            data=prep.data,
+            eval=prep.specs[S.EvalSpec],
+            verdict=prep.specs[S.VerdictSpec],
+            align=prep.specs[S.AlignSpec],
+        )
+        try:
+            outcome = run_grid(study, _Progress(progress))
+        finally:
+            if tmp is not None:
+                tmp.cleanup()
     return (
-        pl.DataFrame(rows, schema={k: types[v] for k, v in PATH_SCHEMA.items()}, orient="row"),
-        pl.DataFrame(curves, schema={k: types[v] for k, v in CURVE_SCHEMA.items()}, orient="row"),
+        pl.DataFrame(outcome.paths, schema=_polars(PATH_SCHEMA), orient="row"),
+        pl.DataFrame(outcome.curves, schema=_polars(CURVE_SCHEMA), orient="row"),
     )
+
+
+def _polars(schema: dict[str, str]) -> dict[str, Any]:
+    import polars as pl
+
+    types = {"str": pl.Utf8, "f64": pl.Float64, "bool": pl.Boolean, "i64": pl.Int64}
+    return {k: types[v] for k, v in schema.items()}
+
+
+def plane(
+    a: Endpoint,
+    b: Endpoint,
+    c: Endpoint,
+    *,
+    resolution: int = S.PlaneSpec.resolution,
+    range: Sequence[float] | str | None = None,
+    out: str | Path | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+    **kwargs: Any,
+) -> tuple[Any, dict[str, Any]]:
+    """The loss on a ``resolution`` x ``resolution`` grid over the plane through A (the
+    origin), B and C (Figures 1, 9): ``mliscan plane``'s runner, its defaults (batch size
+    1024) and its numbers. ``range``: (XMIN, XMAX, YMIN, YMAX) in plane coordinates (the
+    points plus 20% by default). ``out``: the result folder; a second call with the same
+    ``out`` resumes. Every other argument is :func:`compare`'s.
+
+    Returns a polars frame (x, y, loss, accuracy; row-major) and ``plane.json``'s record
+    (the points' coordinates ``coords``, their losses ``anchor_loss``, ``bounds``, ...).
+    """
+    import polars as pl
+
+    from mliscan.plane import PLANE_SCHEMA
+    from mliscan.runners import PLANE_DEFAULTS
+    from mliscan.runners.plane import PlaneStudy, run_plane
+
+    kwargs = _renamed(kwargs, "plane")
+    _no_gauss(kwargs, "plane")
+    with _in_python_words():
+        prep = _prepared(kwargs, PLANE_DEFAULTS)
+        given = {"resolution": resolution, "range": range}
+        plane_spec = _options({**_COMPARE_DEFAULTS, **given}, (S.PlaneSpec,))[S.PlaneSpec]
+        source = prep.specs[S.SourceSpec]
+        root, tmp = _store(out)
+        study = PlaneStudy(
+            *(_study_endpoint(x, name, source) for x, name in ((a, "A"), (b, "B"), (c, "C"))),
+            out=root,
+            source=source,
+            arch=prep.arch,
+            arch_options=prep.arch_options,
+            data=prep.data,
+            eval=prep.specs[S.EvalSpec],
+            plane=plane_spec,
+            align=prep.specs[S.AlignSpec],
+        )
+        try:
+            outcome = run_plane(study, _Progress(progress))
+        finally:
+            if tmp is not None:
+                tmp.cleanup()
+    return pl.DataFrame(outcome.rows, schema=_polars(PLANE_SCHEMA), orient="row"), outcome.record
+
+
+def _no_gauss(kwargs: dict[str, Any], study: str) -> None:
+    for name in ("gauss", "gauss_examples", "gauss_method", "unrelated", "alphas"):
+        if name in kwargs:
+            raise UsageError(f"{study}: {name}= is not an argument of a {study} (see compare())")
+
+
+def trajectory(
+    source: str | Path,
+    *,
+    revisions: str | Sequence[str] | None = None,
+    out: str | Path | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+    **kwargs: Any,
+) -> Any:
+    """θ₀ → θ_k and θ_k → θ_T for every saved checkpoint θ_k of ``source`` (a run folder of
+    ``mliscan train --save-every K``, a folder of checkpoints, a Trainer run folder, or
+    ``hf:ORG/NAME`` with ``revisions``, e.g. ``"step*"`` or ``["step0", "step1000"]``):
+    ``mliscan trajectory``'s runner, its defaults (batch size 1024) and its numbers.
+    ``out``: the result store; a second call with the same ``out`` resumes. Every other
+    argument is :func:`compare`'s.
+
+    Returns a polars frame with one row per checkpoint (``trajectory.parquet``'s columns).
+    """
+    import polars as pl
+
+    from mliscan.runners import TRAJECTORY_DEFAULTS
+    from mliscan.runners.trajectory import TrajectoryStudy, run_trajectory
+    from mliscan.trajectory import TRAJECTORY_SCHEMA
+
+    if not isinstance(source, (str, Path)):
+        raise UsageError(f"trajectory: source takes a folder or an hf: source, got {source!r}")
+    if revisions is not None and not isinstance(revisions, str):
+        if not all(isinstance(r, str) for r in revisions):
+            raise UsageError("trajectory: revisions= takes names or patterns (text)")
+        revisions = ",".join(revisions)
+    kwargs = _renamed(kwargs, "trajectory")
+    if kwargs.get("unrelated"):
+        raise UsageError("trajectory: unrelated= is compare()'s (Figure 6)")
+    for name in ("model", "data"):
+        if name in kwargs and not isinstance(kwargs[name], (str, type(None))):
+            raise UsageError(f"trajectory: {name}= takes a name here (the runs define the rest)")
+    with _in_python_words():
+        prep = _prepared(kwargs, TRAJECTORY_DEFAULTS)
+        root, tmp = _store(out)
+        study = TrajectoryStudy(
+            str(source),
+            root,
+            revisions,
+            source=prep.specs[S.SourceSpec],
+            arch=prep.arch,
+            arch_options=prep.arch_options,
+            data=prep.data,
+            eval=prep.specs[S.EvalSpec],
+            verdict=prep.specs[S.VerdictSpec],
+        )
+        try:
+            outcome = run_trajectory(study, _Progress(progress))
+        finally:
+            if tmp is not None:
+                tmp.cleanup()
+    return pl.DataFrame(outcome.rows, schema=_polars(TRAJECTORY_SCHEMA), orient="row")
 
 
 @dataclass
@@ -652,4 +889,4 @@ def track(module: nn.Module, data: Data, **options: Any) -> Iterator[Tracker]:
     module.train(was_training)
 
 
-__all__ = ["CLI_ONLY", "PathResult", "Tracker", "compare", "grid", "track"]
+__all__ = ["CLI_ONLY", "PathResult", "Tracker", "compare", "grid", "plane", "track", "trajectory"]

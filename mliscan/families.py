@@ -24,7 +24,7 @@ import torch
 
 from mliscan import metrics
 from mliscan.adapter import Adapter, fresh_init
-from mliscan.checkpoints import Checkpoint, check_pair, content_hash
+from mliscan.checkpoints import Checkpoint, check_finite, check_pair, content_hash
 from mliscan.errors import UsageError
 from mliscan.evaluate import PathEvaluator, PreparedData, alpha_grid
 from mliscan.identity import key as identity_key
@@ -78,11 +78,15 @@ def run_of(path: str) -> str | None:
 
 
 def load_endpoint(
-    path: Path | str, kind: str, label: str, run: str | None, session: Session
+    path: Path | str | Checkpoint, kind: str, label: str, run: str | None, session: Session
 ) -> Endpoint:
     """An endpoint opened and mapped the one way (:meth:`Session.open`, :meth:`Session.state`):
-    a path, or an hf:/timm:/init: source."""
-    ckpt = session.open(str(path))
+    a path, an hf:/timm:/init: source, or a checkpoint loaded in Python."""
+    if isinstance(path, Checkpoint):
+        check_finite(path)
+        ckpt = path
+    else:
+        ckpt = session.open(str(path))
     return _endpoint(label, kind, run, session.state(ckpt))
 
 
@@ -90,8 +94,8 @@ def gather_endpoints(
     runs: Sequence[Path],
     n_inits: int,
     n_optima: int,
-    explicit_inits: Sequence[Path],
-    explicit_optima: Sequence[Path],
+    explicit_inits: Sequence[Path | str | Checkpoint],
+    explicit_optima: Sequence[Path | str | Checkpoint],
     session: Session,
 ) -> tuple[list[Endpoint], list[Endpoint]]:
     """Inits and optima: explicit files first, then the runs' pairs, then fresh inits.
@@ -99,18 +103,20 @@ def gather_endpoints(
     Each endpoint is labelled by its run folder and role (``seed0/init``, ``seed0/final``),
     with parent folders added where two would read the same; an init and a final from one
     run folder (explicit or found) make an own pair."""
-    files: list[tuple[str, str]] = [(str(p), "init") for p in explicit_inits]
-    files += [(str(p), "optimum") for p in explicit_optima]
+    files: list[tuple[str | Checkpoint, str]] = [(_given(p), "init") for p in explicit_inits]
+    files += [(_given(p), "optimum") for p in explicit_optima]
     for run in runs:
         if sum(k == "init" for _, k in files) < n_inits:
             files.append((str(run / INIT_FILE), "init"))
         if sum(k == "optimum" for _, k in files) < n_optima:
             files.append((str(run / FINAL_FILE), "optimum"))
-    labels = named_by_settings([p for p, _ in files], unique_labels([p for p, _ in files]))
+    texts = [_text(p) for p, _ in files]
+    labels = named_by_settings(texts, unique_labels(texts))
     inits: list[Endpoint] = []
     optima: list[Endpoint] = []
-    for (path, kind), label in zip(files, labels, strict=True):
-        end = load_endpoint(path, kind, label, run_of(path), session)
+    for (path, kind), text, label in zip(files, texts, labels, strict=True):
+        run = None if isinstance(path, Checkpoint) else run_of(text)
+        end = load_endpoint(path, kind, label, run, session)
         (inits if kind == "init" else optima).append(end)
     if len(optima) < n_optima:
         raise UsageError(
@@ -124,6 +130,15 @@ def gather_endpoints(
         inits.append(_endpoint(f"fresh-{seed}/init", "init", None, fresh))
         seed += 1
     return inits, optima
+
+
+def _given(p: Path | str | Checkpoint) -> str | Checkpoint:
+    return p if isinstance(p, Checkpoint) else str(p)
+
+
+def _text(p: str | Checkpoint) -> str:
+    """What an endpoint is called: its path or source, or a loaded checkpoint's name."""
+    return str(p.path) if isinstance(p, Checkpoint) else p
 
 
 # The folders of a sweep's runs are named by a hash of their settings (sweep.run_name).

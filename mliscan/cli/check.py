@@ -71,24 +71,23 @@ def check(
         raise UsageError(f"--junit {junit} is a folder; name a file")
     check_local_source(init)  # before torch is imported: a typo fails at once
     check_local_source(final)
-    from mliscan.pipeline import compare_pair  # torch: only once the inputs look right
+    from mliscan.runners.pair import PairStudy, run_pair  # torch: once the inputs look right
 
     ev = specs[S.EvalSpec]
     if gate.max_gauss_length is not None and not ev.gauss:
         ev = ev.replace(gauss=True)  # the threshold needs the number
     t0 = time.perf_counter()
     with ui.alpha_progress(ev.alphas, "check", out.quiet) as progress:
-        result = compare_pair(
+        study = PairStudy(
             init,
             final,
+            source=specs[S.SourceSpec],
             arch=specs[S.ArchSpec],
             data=specs[S.DataSpec],
-            spec=ev,
-            tolerance=specs[S.VerdictSpec].tol,
-            progress=progress,
-            source=specs[S.SourceSpec],
-            on_note=print_note,  # a swapped pair is said before the evaluation
+            eval=ev,
+            verdict=specs[S.VerdictSpec],
         )
+        result = run_pair(study, progress, on_note=print_note)  # a swapped pair: said first
     record = result.to_dict()
     record["label"] = pair_label(init, final, run_label)
     checks = evaluate(record, gate)

@@ -84,7 +84,7 @@ def compare(
     check_local_source(init)  # before torch is imported: a typo fails at once
     check_local_source(final)
     from mliscan.cli import ui
-    from mliscan.pipeline import compare_pair
+    from mliscan.runners.pair import PairStudy, run_pair
 
     ev, gate, out = specs[S.EvalSpec], specs[S.GateSpec], specs[spine.OutputSpec]
     if fail_on_nonmonotonic:
@@ -92,18 +92,19 @@ def compare(
     label = pair_label(init, final, run_label)
     said: list[str] = []
     with ui.alpha_progress(ev.alphas, label, out.quiet) as progress:
-        result = compare_pair(
+        study = PairStudy(
             init,
             final,
+            source=specs[S.SourceSpec],
             arch=specs[S.ArchSpec],
             data=specs[S.DataSpec],
-            spec=ev,
-            tolerance=specs[S.VerdictSpec].tol,
-            progress=progress,
-            unrelated_seeds=list(unrelated_seed or range(unrelated)),
-            source=specs[S.SourceSpec],
-            align_spec=specs[S.AlignSpec],
-            on_note=lambda note: (said.append(note), print_note(note)),
+            eval=ev,
+            verdict=specs[S.VerdictSpec],
+            align=specs[S.AlignSpec],
+            unrelated_seeds=tuple(unrelated_seed or range(unrelated)),
+        )
+        result = run_pair(
+            study, progress, on_note=lambda note: (said.append(note), print_note(note))
         )
     record = result.to_dict()
     record["label"] = label

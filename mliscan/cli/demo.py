@@ -42,8 +42,8 @@ def demo(
     """
     from mliscan.cli import ui
     from mliscan.paths import atomic_write_json
-    from mliscan.pipeline import compare_pair
     from mliscan.plots import plot_curves
+    from mliscan.runners.pair import PairStudy, run_pair
     from mliscan.spec import DataSpec, EvalSpec
     from mliscan.train import TrainSpec, train
 
@@ -59,12 +59,12 @@ def demo(
             with ui.epoch_progress(epochs, f"train {name}", quiet) as cb:
                 train(spec, run_dir, on_epoch=cb)
         with ui.alpha_progress(50, f"compare {name}", quiet) as cb:
-            result = compare_pair(
+            study = PairStudy(
                 str(run_dir / "init.safetensors"),
                 str(run_dir / "final.safetensors"),
-                spec=EvalSpec(dtype=DEMO_DTYPE),
-                progress=cb,
+                eval=EvalSpec(dtype=DEMO_DTYPE),
             )
+            result = run_pair(study, cb)
         record = result.to_dict()
         record["label"] = f"{name} (lr {settings['lr']})"
         atomic_write_json(run_dir / "mli.json", record)

@@ -9,24 +9,8 @@ import typer
 
 from mliscan import spec as S
 from mliscan.cli import spine
-from mliscan.paths import env_value
+from mliscan.runners import GRID_DEFAULTS, MAX_ENDPOINTS
 from mliscan.shard import ShardSpec
-
-# More endpoints than this is a typing error (the paths grow as the square).
-MAX_ENDPOINTS = 1000
-
-
-def _distributed() -> tuple[int, int]:
-    """(rank, world size) under torchrun; (0, 1) otherwise."""
-    world = env_value("WORLD_SIZE", 1)
-    if world <= 1:
-        return 0, 1
-    import torch
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), dist.get_world_size()
 
 
 @spine.command(
@@ -39,8 +23,7 @@ def _distributed() -> tuple[int, int]:
     S.AlignSpec,
     spine.OutputSpec,
     ShardSpec,
-    # a fixed batch size, so resumed and sharded runs agree bit for bit
-    defaults={"batch_size": 1024, "gauss": False},
+    defaults=GRID_DEFAULTS,  # the runner's: a fixed batch size, so resumes agree bit for bit
     exclude=("json", "alpha_chunk"),
 )
 def grid(
@@ -104,138 +87,43 @@ def grid(
         from mliscan.cli import launch
 
         return launch.submit(cluster, "grid", out, specs.context)
-    part = cluster.resolve()
-    from mliscan import families as g
-    from mliscan import results
     from mliscan.cli import ui
-    from mliscan.errors import UsageError
-    from mliscan.paths import find_runs
-    from mliscan.pipeline import open_endpoint, setup
-    from mliscan.shard import WHOLE, Shard, ShardLog
+    from mliscan.cli.events import TerminalEvents, interrupted
+    from mliscan.runners.grid import GridStudy, run_grid
 
-    source, out_spec = specs[S.SourceSpec], specs[spine.OutputSpec]
-    quiet, plot, tol = out_spec.quiet, out_spec.plot, specs[S.VerdictSpec].tol
-    run_dirs = find_runs(runs or [])
-    explicit_inits, explicit_optima = list(init or []), list(optimum or [])
-    n_inits = inits if inits is not None else len(explicit_inits) + len(run_dirs)
-    n_optima = optima if optima is not None else len(explicit_optima) + len(run_dirs)
-    if n_inits + n_optima < 2:
-        raise UsageError(
-            "a grid needs at least two endpoints: pass RUNS folders or --init/--optimum files"
-        )
-    first = (
-        explicit_inits[0]
-        if explicit_inits
-        else (
-            explicit_optima[0]
-            if explicit_optima
-            else (str(run_dirs[0] / "init.safetensors") if run_dirs else None)
-        )
+    out_spec, tol = specs[spine.OutputSpec], specs[S.VerdictSpec].tol
+    study = GridStudy(
+        out=out,
+        runs=tuple(runs or ()),
+        inits=tuple(init or ()),
+        optima=tuple(optimum or ()),
+        n_inits=inits,
+        n_optima=optima,
+        source=specs[S.SourceSpec],
+        arch=specs[S.ArchSpec],
+        data=specs[S.DataSpec],
+        eval=specs[S.EvalSpec],
+        verdict=specs[S.VerdictSpec],
+        align=specs[S.AlignSpec],
+        shard=cluster.resolve(),
     )
-    if first is None:
-        raise UsageError("no endpoints found: the folders hold no runs (run.json, init and final)")
-    spec = specs[S.EvalSpec]
-    rank, world = _distributed()
-    # a shard of N with torchrun's W ranks: rank r of shard K is rank K*W + r of N*W
-    share = part.within(rank, world)
-    if world > 1:
-        import torch
-
-        from mliscan.evaluate import rank_device
-
-        local = env_value("LOCAL_RANK", 0)
-        device = rank_device(spec.device, local, torch.cuda.is_available())
-        if device != spec.device:
-            spec = spec.replace(device=device)
-            torch.cuda.set_device(local)  # the command owns its process: NCCL's device
-    first_end = open_endpoint(str(first), source)
-    ctx = setup(first_end, specs[S.ArchSpec], None, specs[S.DataSpec], spec, source)
-    adapter, options = ctx.choice.adapter, ctx.choice.options
-    ends_i, ends_o = g.gather_endpoints(
-        run_dirs, n_inits, n_optima, explicit_inits, explicit_optima, ctx
-    )
-    everything = ends_i + ends_o
-    for e in everything[1:]:
-        g.check_compatible(everything[0], e)
-    align = specs[S.AlignSpec].align
-    settings = g.settings_of(
-        spec, ctx.data_record(), adapter.name, adapter.options_to_dict(options)
-    )
-    if align != "none":  # a new setting: older stores keep their keys
-        settings["align"] = align
-    tasks = g.plan(ends_i, ends_o, settings)
-    store = g.open_store(out)
-    engine = g.Context(adapter, ctx.module, ctx.prepared, spec, align)
-    done_before = sum(store.has(t.pid) for t in tasks)
-    if rank == 0:
-        ui.err.print(
-            f"grid: {len(ends_i)} inits x {len(ends_o)} optima -> {len(tasks)} paths "
-            f"({done_before} already in {ui.escape(str(out))})"
-            f"{'' if world == 1 else f', {world} ranks'}"
-            f"{'' if part.whole else f'; shard {part.label} takes {part.size(len(tasks))}'}"
-        )
-    # rank 0 of each shard keeps its record (of rank 0's own paths, under torchrun)
-    log = ShardLog(out, part if rank == 0 else WHOLE, "grid", len(tasks), Shard(*share))
-
-    def done(t: g.PathTask, new: bool) -> None:
-        tick(f"{t.a.label} → {t.b.label}")
-        log.unit(new)
-
     try:
-        with log, ui.count_progress(part.size(len(tasks)), "paths", quiet or rank != 0) as tick:
-            g.run_tasks(engine, tasks, store, *share, on_done=done)
-    except KeyboardInterrupt:
-        from mliscan.cli.errors import InterruptState, real_interrupt
-
-        if not real_interrupt():
-            raise  # the user's code raised it: reported as its error, not as a Ctrl-C
-        InterruptState.reported = True
-        saved = sum(store.has(t.pid) for t in tasks)
-        ui.err.print(
-            f"mliscan: interrupted: {saved} of {len(tasks)} paths are saved in "
-            f"{ui.escape(str(out))}; "
-            "rerun the same command to resume"
-        )
-        return 130
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-        if rank != 0:
-            dist.destroy_process_group()
-            return 0
-    with store.lock():  # the shard that finds every path stored writes the tables
-        records = store.records(t.pid for t in tasks)
-        if len(records) == len(tasks):
-            paths, curves = g.tables(records, tol)
-            store.write_parquet("paths.parquet", paths, results.PATH_SCHEMA)
-            store.write_parquet("curves.parquet", curves, results.CURVE_SCHEMA)
-    if len(records) < len(tasks):
-        ui.err.print(
-            f"grid: shard {part.label} is done; {len(records)} of the {len(tasks)} paths are in "
-            f"{ui.escape(str(out))}, and the shard that stores the last one writes the tables"
-        )
-        if world > 1:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
+        outcome = run_grid(study, TerminalEvents(out_spec.quiet), under_torchrun=True)
+    except KeyboardInterrupt as exc:
+        return interrupted(exc, "paths")
+    if not outcome.complete:
         return 0
-    for family in g.FAMILIES:
-        rows = [p for p in paths if p["family"] == family]
-        if rows:
-            ui.out.print(ui.heatmap(rows, family, tol))
-    for s in g.summarise(paths):
+    for family in dict.fromkeys(p["family"] for p in outcome.paths):  # in the tables' order
+        rows = [p for p in outcome.paths if p["family"] == family]
+        ui.out.print(ui.heatmap(rows, family, tol))
+    for s in outcome.summary():
         ui.out.print(
             f"{s['family']}: {s['paths']} paths, {100 * s['monotonic_share']:.1f}% monotonic, "
             f"mean barrier {ui.fmt(s['mean_barrier'])}, mean min-Δ {ui.fmt(s['mean_min_delta'])}"
         )
-    if plot is not None:
+    if out_spec.plot is not None:
         from mliscan.plots import plot_grid
 
-        plot_grid(records, Path(plot))
-    ui.wrote(out / "paths.parquet", out / "curves.parquet", *([plot] if plot else []))
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.destroy_process_group()
+        plot_grid(outcome.records, Path(out_spec.plot))
+    ui.wrote(*(out / f for f in outcome.files), *([out_spec.plot] if out_spec.plot else []))
     return 0

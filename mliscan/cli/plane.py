@@ -9,6 +9,7 @@ import typer
 
 from mliscan import spec as S
 from mliscan.cli import spine
+from mliscan.runners import PLANE_DEFAULTS
 from mliscan.shard import ShardSpec
 
 
@@ -22,7 +23,7 @@ from mliscan.shard import ShardSpec
     S.AlignSpec,
     spine.OutputSpec,
     ShardSpec,
-    defaults={"batch_size": 1024, "gauss": False},
+    defaults=PLANE_DEFAULTS,  # the runner's
     exclude=("alphas", "gauss", "gauss_examples", "gauss_method", "alpha_chunk", "json"),
 )
 def plane(
@@ -55,139 +56,46 @@ def plane(
         from mliscan.cli import launch
 
         return launch.submit(cluster, "plane", out, specs.context)
-    part = cluster.resolve()
-    from mliscan import plane as pl
-    from mliscan.checkpoints import check_pair, content_hash
     from mliscan.cli import ui
-    from mliscan.evaluate import PathEvaluator
-    from mliscan.identity import key as identity_key
-    from mliscan.paths import atomic_write_json
-    from mliscan.pipeline import open_endpoint, setup
-    from mliscan.store import ResultStore
+    from mliscan.cli.events import TerminalEvents, interrupted
+    from mliscan.runners.plane import PlaneStudy, run_plane
 
-    source, grid_spec, out_spec = specs[S.SourceSpec], specs[S.PlaneSpec], specs[spine.OutputSpec]
-    resolution, quiet, plot = grid_spec.resolution, out_spec.quiet, out_spec.plot
-    ckpts = [open_endpoint(str(p), source) for p in (a, b, c)]
-    check_pair(ckpts[0], ckpts[1])
-    check_pair(ckpts[0], ckpts[2])
-    spec = specs[S.EvalSpec]
-    ctx = setup(ckpts[0], specs[S.ArchSpec], None, specs[S.DataSpec], spec, source)
-    adapter = ctx.choice.adapter
-    states = [ctx.state(ck) for ck in ckpts]
-    align = specs[S.AlignSpec].align
-    alignments = {}
-    if align != "none":  # B and C are permuted to match A before the plane is made
-        from mliscan.align import align as weight_match
-
-        for i, name in ((1, "B"), (2, "C")):
-            states[i], alignments[name] = weight_match(adapter, ctx.module, states[0], states[i])
-    evaluator = PathEvaluator(adapter, ctx.module, states[0], states[1], ctx.prepared, spec)
-    the_plane = pl.make_plane(*states, evaluator.roles.interpolated)
-    bounds = pl.default_range(the_plane) if grid_spec.range is None else grid_spec.range
-    hashes = [content_hash(s) for s in states]
-    settings = {
-        "bounds": list(bounds),
-        "resolution": resolution,
-        "eval": spec.numeric_settings(),
-        "data": ctx.data_record(),
-        "arch": adapter.name,
-        "arch_options": adapter.options_to_dict(ctx.choice.options),
-    }
-    if align != "none":
-        settings["align"] = align
-
-    def point_key(i: int, j: int) -> str:
-        return identity_key("plane-point", hashes, {**settings, "point": [i, j]})
-
-    store = ResultStore(out, valid=lambda r: isinstance(r.get("loss"), (int, float, type(None))))
-    done = {}
-    for j in range(resolution):
-        for i in range(resolution):
-            row = store.load(point_key(i, j))
-            if row is not None:
-                done[(i, j)] = row
-
-    from mliscan.shard import ShardLog
-
-    units = resolution * resolution
-    log = ShardLog(out, part, "plane", units)
-    log.found(sum(part.owns(j * resolution + i) for i, j in done))
-
-    def save(key: tuple[int, int], row: dict) -> None:
-        store.put(point_key(*key), row)
-        log.unit()
-
-    shown = sum(part.owns(n) or (n % resolution, n // resolution) in done for n in range(units))
+    plot = specs[spine.OutputSpec].plot
+    study = PlaneStudy(
+        a,
+        b,
+        c,
+        out,
+        source=specs[S.SourceSpec],
+        arch=specs[S.ArchSpec],
+        data=specs[S.DataSpec],
+        eval=specs[S.EvalSpec],
+        plane=specs[S.PlaneSpec],
+        align=specs[S.AlignSpec],
+        shard=cluster.resolve(),
+    )
     try:
-        with log, ui.count_progress(shown, "plane", quiet) as tick:
-            rows = pl.evaluate_plane(
-                evaluator,
-                the_plane,
-                resolution,
-                bounds,
-                progress=lambda k, n: tick(),
-                done=done,
-                on_point=save,
-                shard=part,
-            )
-    except KeyboardInterrupt:
-        from mliscan.cli.errors import InterruptState, real_interrupt
-
-        if not real_interrupt():
-            raise  # the user's code raised it: reported as its error, not as a Ctrl-C
-        InterruptState.reported = True
-        ui.err.print(
-            f"mliscan: interrupted: finished points are saved in {ui.escape(str(out))}; rerun "
-            "the same command to resume"
-        )
-        return 130
-    with store.lock():  # the shard that finds every point stored writes the results
-        for j in range(resolution):
-            for i in range(resolution):
-                row = None if (i, j) in done else store.load(point_key(i, j))
-                if row is not None:
-                    done[(i, j)] = row
-        if len(done) < units:
-            ui.err.print(
-                f"plane: shard {part.label} is done; {len(done)} of the {units} points are in "
-                f"{ui.escape(str(out))}, and the shard that stores the last one writes the results"
-            )
-            return 0
-        rows = [done[(i, j)] for j in range(resolution) for i in range(resolution)]
-        anchors = pl.anchor_losses(evaluator, the_plane)
-        store.write_parquet("plane.parquet", rows, pl.PLANE_SCHEMA)
-        atomic_write_json(
-            out / "plane.json",
-            {
-                "points": {"A": a, "B": b, "C": c},
-                "coords": the_plane.coords,
-                "anchor_loss": anchors,
-                "bounds": list(bounds),
-                "resolution": resolution,
-                "bn": spec.bn.describe(),
-                "data": ctx.data_record(),
-                "arch": adapter.name,
-                "key": identity_key("plane", hashes, settings),
-                "alignment": alignments or None,
-            },
-        )
+        outcome = run_plane(study, TerminalEvents(specs[spine.OutputSpec].quiet))
+    except KeyboardInterrupt as exc:
+        return interrupted(exc, "points")
+    if not outcome.complete:
+        return 0
     if plot is not None:
         from mliscan.plots import plot_plane
 
-        plot_plane(rows, the_plane.coords, resolution, Path(plot))
-    undefined = sum(r["loss"] is None for r in rows)
-    if undefined:
+        plot_plane(outcome.rows, outcome.coords, outcome.resolution, Path(plot))
+    if outcome.undefined:
         ui.err.print(
-            f"[yellow]warning:[/] the loss is NaN/Inf at {undefined} of {len(rows)} points (the "
-            "range reaches weights where the model overflows); they are null in plane.json and "
-            "plane.parquet: narrow --range"
+            f"[yellow]warning:[/] the loss is NaN/Inf at {outcome.undefined} of "
+            f"{len(outcome.rows)} points (the range reaches weights where the model overflows); "
+            "they are null in plane.json and plane.parquet: narrow --range"
         )
     ui.out.print(
         "plane: "
         + ", ".join(
-            f"{k} at ({x:.3g}, {y:.3g}) loss {ui.fmt(anchors[k])}"
-            for k, (x, y) in the_plane.coords.items()
+            f"{k} at ({x:.3g}, {y:.3g}) loss {ui.fmt(outcome.anchors[k])}"
+            for k, (x, y) in outcome.coords.items()
         )
     )
-    ui.wrote(out / "plane.parquet", out / "plane.json", *([plot] if plot else []))
+    ui.wrote(*(out / f for f in outcome.files), *([plot] if plot else []))
     return 0

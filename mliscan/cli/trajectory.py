@@ -10,6 +10,7 @@ import typer
 
 from mliscan import spec as S
 from mliscan.cli import spine
+from mliscan.runners import TRAJECTORY_DEFAULTS
 from mliscan.shard import ShardSpec
 
 
@@ -22,8 +23,7 @@ from mliscan.shard import ShardSpec
     S.VerdictSpec,
     spine.OutputSpec,
     ShardSpec,
-    # a fixed batch size, so resumed runs agree bit for bit (as grid)
-    defaults={"batch_size": 1024},
+    defaults=TRAJECTORY_DEFAULTS,  # the runner's
     exclude=("alpha_chunk",),
 )
 def trajectory(
@@ -72,96 +72,49 @@ def trajectory(
         from mliscan.cli import launch
 
         return launch.submit(cluster, "trajectory", out, specs.context)
-    part = cluster.resolve()
     import json
 
-    from mliscan import families as g
-    from mliscan import results
-    from mliscan import trajectory as tr
     from mliscan.cli import ui
+    from mliscan.cli.events import TerminalEvents, interrupted
     from mliscan.paths import atomic_write_json
-    from mliscan.pipeline import open_endpoint, setup
+    from mliscan.runners.trajectory import TrajectoryStudy, run_trajectory
 
-    src, out_spec = specs[S.SourceSpec], specs[spine.OutputSpec]
-    tol, spec = specs[S.VerdictSpec].tol, specs[S.EvalSpec]
-    steps = tr.find_steps(source, revisions, offline=src.offline)
-    if steps.skipped:  # every entry of the folder is either a checkpoint or named here
-        from mliscan.errors import short_list
-
-        ui.err.print(
-            ui.escape(
-                f"trajectory: {len(steps.skipped)} entries of {source} are not checkpoints "
-                f"and are skipped: {short_list(steps.skipped)}"
-            )
-        )
-    first = open_endpoint(steps[0].source, src)
-    ctx = setup(first, specs[S.ArchSpec], None, specs[S.DataSpec], spec, src)
-    adapter, options = ctx.choice.adapter, ctx.choice.options
-    settings = g.settings_of(
-        spec, ctx.data_record(), adapter.name, adapter.options_to_dict(options)
+    out_spec, tol = specs[spine.OutputSpec], specs[S.VerdictSpec].tol
+    study = TrajectoryStudy(
+        source,
+        out,
+        revisions,
+        source=specs[S.SourceSpec],
+        arch=specs[S.ArchSpec],
+        data=specs[S.DataSpec],
+        eval=specs[S.EvalSpec],
+        verdict=specs[S.VerdictSpec],
+        shard=cluster.resolve(),
     )
-    store = g.open_store(out)
-    engine = g.Context(adapter, ctx.module, ctx.prepared, spec)
-    ui.err.print(
-        ui.escape(
-            f"trajectory: {len(steps)} checkpoints ({steps[0].label} … {steps[-1].label}) -> "
-            f"{2 * len(steps) - 2} paths, stored in {out}"
-        )
-    )
-    from mliscan.shard import ShardLog
-
-    log = ShardLog(out, part, "trajectory", 2 * len(steps))
-
-    def done(st: tr.Step, d: str, new: bool) -> None:
-        tick(f"{st.label} {tr.FAMILY[d]}")
-        log.unit(new)
-
     try:
-        with log, ui.count_progress(part.size(2 * len(steps)), "paths", out_spec.quiet) as tick:
-            result = tr.measure(
-                steps, tr.endpoint_loader(ctx), engine, settings, store, tol, done, part
-            )
-    except KeyboardInterrupt:
-        from mliscan.cli.errors import InterruptState, real_interrupt
-
-        if not real_interrupt():
-            raise  # the user's code raised it: reported as its error, not as a Ctrl-C
-        InterruptState.reported = True
-        ui.err.print(
-            f"mliscan: interrupted: the finished paths are saved in {ui.escape(str(out))}; "
-            "rerun the same "
-            "command to resume"
-        )
-        return 130
-    with store.lock():  # the shard that finds every path stored writes the tables
-        if not result.complete(store):
-            n = sum(pid is not None for pid in result.units.values())
-            ui.err.print(
-                f"trajectory: shard {part.label} is done; {n - len(result.missing)} of the {n} "
-                f"paths are in {ui.escape(str(out))}, and the shard that stores the last one "
-                "writes the tables"
-            )
-            return 0
-        store.write_parquet("trajectory.parquet", result.rows, tr.TRAJECTORY_SCHEMA)
-        store.write_parquet("curves.parquet", result.curves(), results.CURVE_SCHEMA)
+        outcome = run_trajectory(study, TerminalEvents(out_spec.quiet))
+    except KeyboardInterrupt as exc:
+        return interrupted(exc, "paths")
+    if not outcome.complete:
+        return 0
     console = ui.err if out_spec.json_out == "-" else ui.out  # stdout holds the JSON
-    console.print(ui.trajectory_table(result.rows, tol))
-    written: list[object] = [out / "trajectory.parquet", out / "curves.parquet"]
+    console.print(ui.trajectory_table(outcome.rows, tol))
+    written: list[object] = [out / f for f in outcome.files]
     plot = Path(out_spec.plot) if out_spec.plot else out / "trajectory.png"
     from mliscan.plots import plot_trajectory
 
-    plot_trajectory(result.rows, plot)
+    plot_trajectory(outcome.rows, plot)
     written.append(plot)
     if out_spec.json_out is not None:
-        doc = {"source": source, "settings": settings, "steps": result.rows}
+        doc = outcome.to_dict(source)
         if out_spec.json_out == "-":
             print(json.dumps(doc, indent=2))
         else:
             atomic_write_json(Path(out_spec.json_out), doc)
             written.append(out_spec.json_out)
-    reused = len(result.records) - result.computed
     ui.err.print(
-        f"trajectory: {result.computed} paths computed, {reused} found in {ui.escape(str(out))}"
+        f"trajectory: {outcome.computed} paths computed, {outcome.reused} found in "
+        f"{ui.escape(str(out))}"
     )
     ui.wrote(*written)
     return 0
