@@ -754,7 +754,7 @@ def plane(
     """
     import polars as pl
 
-    from mliscan.plane import PLANE_SCHEMA
+    from mliscan.planes import PLANE_SCHEMA
     from mliscan.runners import PLANE_DEFAULTS
     from mliscan.runners.plane import PlaneStudy, run_plane
 
@@ -812,7 +812,7 @@ def trajectory(
 
     from mliscan.runners import TRAJECTORY_DEFAULTS
     from mliscan.runners.trajectory import TrajectoryStudy, run_trajectory
-    from mliscan.trajectory import TRAJECTORY_SCHEMA
+    from mliscan.trajectories import TRAJECTORY_SCHEMA
 
     if not isinstance(source, (str, Path)):
         raise UsageError(f"trajectory: source takes a folder or an hf: source, got {source!r}")

@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 import torch
 
-from mliscan.plane import make_plane
+from mliscan.planes import make_plane
 from mliscan.spec import DataSpec
 from mliscan.train import TrainSpec, train
 from tests.conftest import run_cli

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mliscan import plane as pl
+from mliscan import planes as pl
 from mliscan.adapter import Adapter
 from mliscan.checkpoints import Checkpoint, check_finite, check_pair, content_hash
 from mliscan.data import Dataset

@@ -10,7 +10,7 @@ from typing import Any
 
 from mliscan import families as g
 from mliscan import results
-from mliscan import trajectory as tr
+from mliscan import trajectories as tr
 from mliscan.adapter import Adapter
 from mliscan.data import Dataset
 from mliscan.errors import short_list

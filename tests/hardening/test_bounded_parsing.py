@@ -101,7 +101,7 @@ def test_steps_beyond_int64_are_refused_naming_the_file(
 
 def test_step_type_is_checked() -> None:
     from mliscan.errors import UsageError
-    from mliscan.trajectory import Step
+    from mliscan.trajectories import Step
 
     with pytest.raises(UsageError, match="not a whole number"):
         Step(True, "x", "x.safetensors")  # type: ignore[arg-type]
