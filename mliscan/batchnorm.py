@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from typing import TypeGuard
 
 import torch
 from torch import nn
@@ -150,7 +151,7 @@ def _reestimate(
     held = isinstance(inputs, torch.Tensor)  # streamed data is never held whole
     # Integer buffers are copied from theta_0, never advanced by the re-estimation pass.
     counters = [
-        (m, m.num_batches_tracked.clone()) for m in layers if m.num_batches_tracked is not None
+        (m, tracked.clone()) for m in layers if (tracked := m.num_batches_tracked) is not None
     ]
     if full and (chunk is not None or not held):
         try:
@@ -158,13 +159,12 @@ def _reestimate(
                 _exact_chunked(layers, inputs, chunk or 256, run)
         finally:
             module.eval()
-            for m, count in counters:
-                m.num_batches_tracked.copy_(count)
+            _restore_counts(counters)
         return None
     slices = batch_slices(len(inputs), spec.batch_size, spec.max_batches)
     for m in layers:
         m.train()
-    out = None
+    out: object = None
     calls: dict[int, int] = {}
     try:
         with torch.no_grad():
@@ -177,13 +177,20 @@ def _reestimate(
                 out, calls = _exact(layers, inputs, slices, run)
     finally:
         module.eval()
-        for m, count in counters:
-            m.num_batches_tracked.copy_(count)
+        _restore_counts(counters)
     whole = len(slices) == 1 and slices[0].stop == len(inputs)
     # The pass's output is the evaluation only where that is proven (each BN module of
     # exact type, without hooks, called once): a BN called twice normalises each call by
     # its own batch in the pass but by the pooled statistics in eval mode.
     return out if whole and contract.bn_pass_is_evaluation(module, calls) else None
+
+
+def _restore_counts(counters: list[tuple[BNLayer, torch.Tensor]]) -> None:
+    """Put back each layer's ``num_batches_tracked`` as counted before the pass."""
+    for m, count in counters:
+        tracked = m.num_batches_tracked
+        if tracked is not None:  # pragma: no cover - counted only where it was a tensor
+            tracked.copy_(count)
 
 
 @torch.no_grad()
@@ -249,12 +256,15 @@ def _exact(layers, inputs, slices, run) -> tuple[object, dict[int, int]]:
     }
     saved = [m.momentum for m in layers]
 
-    def hook(mod: nn.Module, args: tuple[torch.Tensor, ...], _out: object) -> None:
+    def hook(mod: BNLayer, args: tuple[torch.Tensor, ...], _out: object) -> None:
+        mean, var = mod.running_mean, mod.running_var
+        if mean is None or var is None:  # pragma: no cover - reestimate keeps layers with both
+            return
         x = args[0]
         count = x.numel() // x.shape[1]
         means, variances, counts = seen[id(mod)]
-        means.append(mod.running_mean.clone())
-        variances.append(mod.running_var * ((count - 1) / count))
+        means.append(mean.clone())
+        variances.append(var * ((count - 1) / count))
         counts.append(count)
 
     for m in layers:
@@ -279,7 +289,7 @@ def _exact(layers, inputs, slices, run) -> tuple[object, dict[int, int]]:
     return out, calls
 
 
-def _layerwise_ok(module: nn.Module, layers: list[BNLayer]) -> bool:
+def _layerwise_ok(module: nn.Module, layers: list[BNLayer]) -> TypeGuard[nn.Sequential]:
     """The layer-wise pass stands in for the batched one (:mod:`mliscan.contract`), and the
     BN children are exactly the layers to measure."""
     if not contract.layerwise_bn(module):

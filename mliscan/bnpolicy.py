@@ -10,8 +10,10 @@ out of memory), the same statistics in chunks. The arithmetic itself is in
 from __future__ import annotations
 
 import contextlib
+import enum
 import warnings
 from collections.abc import Iterator
+from typing import Final
 
 import torch
 from torch import nn
@@ -21,7 +23,14 @@ from mliscan.errors import UsageError
 from mliscan.resources import ResourcePolicy, out_of_memory
 from mliscan.spec import PAPER_BN_BATCH_SIZE, PAPER_BN_MOMENTUM, BNSpec
 
-_UNSET = object()
+
+class _Unset(enum.Enum):
+    """The chunk size before it is first chosen (a sentinel the type checker can tell apart)."""
+
+    UNSET = enum.auto()
+
+
+_UNSET: Final = _Unset.UNSET
 
 
 class BNPolicy:
@@ -30,7 +39,7 @@ class BNPolicy:
     def __init__(
         self,
         module: nn.Module,
-        layers: list[nn.Module],
+        layers: list[batchnorm.BNLayer],
         inputs: torch.Tensor,
         spec: BNSpec,
         resources: ResourcePolicy,
@@ -45,7 +54,7 @@ class BNPolicy:
         self.inputs = inputs
         self.spec = spec
         self.resources = resources
-        self._chunk: object = _UNSET
+        self._chunk: int | _Unset | None = _UNSET
         self.output: object | None = None
         """The full-batch pass's output (the evaluation of every example), until taken."""
         self.reuse_output = True

@@ -24,6 +24,7 @@ engine compares each shortcut's output with the module's own forward at run time
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TypeGuard
 
 from torch import nn
 from torch.nn.modules import module as _module_state
@@ -103,7 +104,7 @@ def sequential_children(module: nn.Module) -> list[nn.Module] | None:
     return list(module._modules.values())  # type: ignore[arg-type]
 
 
-def lean_sequential(module: nn.Module) -> bool:
+def lean_sequential(module: nn.Module) -> TypeGuard[nn.Sequential]:
     """The lean evaluation loop (children called in order, ReLU in place) computes the
     module's own call: an exact Sequential of per-example layers and BN, all plain."""
     children = sequential_children(module)
@@ -112,7 +113,7 @@ def lean_sequential(module: nn.Module) -> bool:
     return all(per_example(c) or exact_type(c, BN_TYPES) for c in children)
 
 
-def layerwise_bn(module: nn.Module) -> bool:
+def layerwise_bn(module: nn.Module) -> TypeGuard[nn.Sequential]:
     """The layer-wise BN pass (each per-example layer over the whole data, each BN layer
     over each batch) computes the module's train-mode pass: as :func:`lean_sequential`,
     with every BN child keeping running statistics and listed once."""

@@ -233,7 +233,7 @@ def load_factory(spec: str, folder: str | None = None) -> Callable[..., nn.Modul
             f"--model {spec}: importing {module_name} raised {type(exc).__name__}: "
             f"{' '.join(str(exc).split())[:200]}"
         ) from exc
-    factory = module
+    factory: Any = module
     for part in attr.split("."):
         factory = getattr(factory, part, None)
         if factory is None:

@@ -446,7 +446,7 @@ def _load_digits(spec: DataSpec, root: Path | None, hooks: Any) -> Dataset:
     "mnist", needs_dir=True, test_split=True, description="MNIST in torchvision's layout"
 )
 def _load_idx(spec: DataSpec, root: Path | None, hooks: Any) -> Dataset:
-    return _idx_dataset(spec.name, _folder(root), spec.split)
+    return _idx_dataset(_name(spec), _folder(root), spec.split)
 
 
 @register_dataset(
@@ -456,7 +456,7 @@ def _load_idx(spec: DataSpec, root: Path | None, hooks: Any) -> Dataset:
     "cifar10", needs_dir=True, test_split=True, description="CIFAR-10 (python batches)"
 )
 def _load_cifar(spec: DataSpec, root: Path | None, hooks: Any) -> Dataset:
-    return _cifar(spec.name, _folder(root), spec.split)
+    return _cifar(_name(spec), _folder(root), spec.split)
 
 
 @register_dataset(
@@ -465,16 +465,16 @@ def _load_cifar(spec: DataSpec, root: Path | None, hooks: Any) -> Dataset:
 def _load_wikitext2(spec: DataSpec, root: Path | None, hooks: Any) -> Dataset:
     root = _folder(root)
     folder = root / "wikitext-2" if (root / "wikitext-2").is_dir() else root
-    x, y, vocab = load_wikitext(folder, spec.split, spec.seq_len, spec.name)
-    return Dataset(spec.name, spec.split, x, y, vocab)
+    x, y, vocab = load_wikitext(folder, spec.split, spec.seq_len, _name(spec))
+    return Dataset(_name(spec), spec.split, x, y, vocab)
 
 
 @register_dataset(
     "tinytext", needs_dir=False, test_split=True, description="a bundled 1,200-word corpus"
 )
 def _load_tinytext(spec: DataSpec, root: Path | None, hooks: Any) -> Dataset:
-    x, y, vocab = load_wikitext(BUNDLED_TINYTEXT, spec.split, spec.seq_len, spec.name)
-    return Dataset(spec.name, spec.split, x, y, vocab)
+    x, y, vocab = load_wikitext(BUNDLED_TINYTEXT, spec.split, spec.seq_len, _name(spec))
+    return Dataset(_name(spec), spec.split, x, y, vocab)
 
 
 @register_dataset(
@@ -493,6 +493,12 @@ def _load_imagefolder(spec: DataSpec, root: Path | None, hooks: Any) -> Dataset:
 def _load_text(spec: DataSpec, root: Path | None, hooks: Any) -> Dataset:
     x, y, classes = load_text(spec, hooks)
     return Dataset("text", spec.split, x, y, classes)
+
+
+def _name(spec: DataSpec) -> str:
+    if spec.name is None:  # pragma: no cover - load_dataset looks the name up first
+        raise UsageError("no dataset named: pass --data NAME")
+    return spec.name
 
 
 def _folder(root: Path | None) -> Path:

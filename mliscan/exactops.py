@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeGuard, overload
 
 import torch
 import torch.autograd.forward_ad as fwad
@@ -43,6 +43,10 @@ def _affine(out: Tensor, weight: Tensor | None, bias: Tensor | None, like: Tenso
     return out.to(like.dtype)
 
 
+@overload
+def _channel(param: Tensor, ndim: int) -> Tensor: ...
+@overload
+def _channel(param: Tensor | None, ndim: int) -> Tensor | None: ...
 def _channel(param: Tensor | None, ndim: int) -> Tensor | None:
     """A per-channel (dimension 1) parameter shaped to broadcast against an ``ndim`` input."""
     return None if param is None else param.reshape((-1,) + (1,) * max(ndim - 2, 0))
@@ -95,7 +99,7 @@ def _batch_norm_core(
     weight: Tensor | None,
     bias: Tensor | None,
     training: bool,
-    momentum: float | None,
+    momentum: float,
     eps: float,
 ) -> Tensor:
     """Batch norm with batch statistics written out (running statistics, if any, updated by
@@ -369,7 +373,7 @@ def _lu_diagonal(matrix: Tensor) -> tuple[Tensor, Tensor]:
     return lu.diagonal(dim1=-2, dim2=-1), parity
 
 
-def _square_real(matrix: Tensor | None) -> bool:
+def _square_real(matrix: Tensor | None) -> TypeGuard[Tensor]:
     """Whether the LU compositions apply (a real, non-empty batch of square matrices)."""
     return (
         matrix is not None
@@ -400,7 +404,8 @@ def _linalg_slogdet(
     matrix = A if A is not None else input
     if out is not None or not _square_real(matrix):
         return NotImplemented
-    return torch.return_types.linalg_slogdet(_sign_logabsdet(matrix))
+    # torch's stubs lack linalg_slogdet (the type torch.linalg.slogdet returns at run time)
+    return torch.return_types.linalg_slogdet(_sign_logabsdet(matrix))  # type: ignore[attr-defined]
 
 
 def _slogdet(input: Tensor | None = None, *, A: Tensor | None = None, out: Any = None) -> Any:

@@ -168,14 +168,17 @@ class Interpolator:
             else:
                 reread.append(k)
             del b
-        read = self.theta1_reader
-        if read is None and reread:  # pragma: no cover - _to_difference is only called with one
-            raise RuntimeError("theta_T must be re-read, but no reader was given")
         for k in reread:
-            b = _on_device(read(k), self.targets[k])  # as theta_T was held: same values
+            b = _on_device(self._read_theta1(k), self.targets[k])  # as theta_T was held
             delta[k] = _widened_difference(b, self.t0[k], self._difference_dtype(k))
         self._delta = {k: delta[k] for k in self.t0}
         self.t1 = {}
+
+    def _read_theta1(self, k: str) -> torch.Tensor:
+        """theta_T's tensor ``k`` read again from its file."""
+        if self.theta1_reader is None:  # pragma: no cover - _to_difference is only called with one
+            raise RuntimeError("theta_T must be re-read, but no reader was given")
+        return self.theta1_reader(k)
 
     def _difference_dtype(self, k: str) -> torch.dtype:
         """The working dtype, but float32 for low-precision working weights."""
@@ -226,11 +229,13 @@ class Interpolator:
             if alpha == 0.0:
                 target.copy_(a)
             elif alpha == 1.0:
-                target.copy_(b if b is not None else self.theta1_reader(k))
+                target.copy_(b if b is not None else self._read_theta1(k))
             elif self._delta is not None and target.dtype == self._delta[k].dtype:
                 torch.add(a, self._delta[k], alpha=alpha, out=target)
             elif self._delta is not None:  # float32 difference, low-precision working copy
                 target.copy_(torch.add(a.float(), self._delta[k], alpha=alpha))
+            elif b is None:  # pragma: no cover - theta_T is dropped only for its difference
+                raise RuntimeError(f"theta_T's {k} is neither held nor its difference")
             elif target.dtype in (torch.float32, torch.float64):
                 # theta_0 + alpha (theta_T - theta_0), in place in the working tensor
                 target.copy_(b).sub_(a).mul_(alpha).add_(a)

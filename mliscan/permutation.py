@@ -13,6 +13,7 @@ with other structure (the CIFAR ResNets' residual stream) build their own with
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import islice
 
 import numpy as np
 from torch import nn
@@ -89,10 +90,7 @@ def sequential_spec(module: nn.Module) -> PermutationSpec:
         elif not isinstance(m, _PASS_THROUGH):
             raise UsageError(f"--align: layer {name} ({type(m).__name__}) has no permutation rule")
         if flattened_block == -1:
-            nxt = next(
-                (module[j] for j in range(i + 1, len(module)) if isinstance(module[j], nn.Linear)),
-                None,
-            )
+            nxt = next((n for n in islice(module, i + 1, None) if isinstance(n, nn.Linear)), None)
             if nxt is not None and channels:
                 flattened_block = max(1, nxt.in_features // channels)
     return spec
@@ -106,7 +104,13 @@ def add_norm(spec: PermutationSpec, name: str, m: nn.Module, axis: AxisPerm) -> 
                 spec.axes[f"{name}.{p}"] = (axis,)
 
 
-def add_conv(spec: PermutationSpec, name: str, m: nn.Module, out: AxisPerm, inp: AxisPerm) -> None:
+def add_conv(
+    spec: PermutationSpec,
+    name: str,
+    m: nn.Linear | nn.Conv1d | nn.Conv2d,
+    out: AxisPerm,
+    inp: AxisPerm,
+) -> None:
     spec.axes[f"{name}.weight"] = (out, inp, *(None,) * (m.weight.dim() - 2))
     if m.bias is not None:
         spec.axes[f"{name}.bias"] = (out,)

@@ -354,8 +354,10 @@ def shard_rows(out: Path) -> list[dict[str, Any]]:
     if not folder.is_dir():
         return []
     launch = read_status(folder / LAUNCH_FILE) or {}
-    jobs = launch.get("jobs") if isinstance(launch.get("jobs"), dict) else {}
-    rows = []
+    jobs = launch.get("jobs")
+    if not isinstance(jobs, dict):
+        jobs = {}
+    rows: list[dict[str, Any]] = []
     for path in folder.glob("shard-*-of-*.json"):
         m = re.fullmatch(r"shard-(\d+)-of-(\d+)\.json", path.name)
         record = read_status(path)

@@ -69,8 +69,7 @@ def read_documents(path: Path) -> tuple[list[str], list[Any] | None]:
         if not rows or "text" not in rows[0]:
             raise DataError(f"{path}: needs a header row with a 'text' column (and 'label')")
         texts = [r["text"] or "" for r in rows]
-        labels = [r["label"] for r in rows] if "label" in rows[0] else None
-        return texts, labels
+        return texts, ([r["label"] for r in rows] if "label" in rows[0] else None)
     return [raw], None
 
 

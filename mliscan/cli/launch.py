@@ -238,9 +238,9 @@ def make_executor(spec: ShardSpec, command: str, folder: Path) -> Any:
             "pip install 'mliscan[slurm]'"
         ) from None
     if spec.launcher == "local":
-        executor = submitit.LocalExecutor(folder=folder)
-        executor.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN)
-        return executor
+        local = submitit.LocalExecutor(folder=folder)
+        local.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN)
+        return local
     try:
         executor = submitit.SlurmExecutor(folder=folder)
     except RuntimeError:  # submitit looks for srun
