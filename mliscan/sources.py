@@ -22,11 +22,14 @@ import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mliscan.checkpoints import is_safe_relative
 from mliscan.errors import CheckpointNotFoundError, HubError, UsageError
 from mliscan.paths import check_local_source, read_json
+
+if TYPE_CHECKING:
+    from huggingface_hub import CachedRepoInfo
 
 PREFIXES = ("hf:", "timm:", "init:")
 # Files fetched from a Hub repository: weights, their index, the config and the tokenizer.
@@ -78,7 +81,8 @@ def is_offline(offline: bool = False) -> bool:
 
 
 def hub_cache_dir() -> Path:
-    """huggingface_hub's cache folder, read from the environment at call time."""
+    """huggingface_hub's cache folder, read from the environment at call time
+    (``huggingface_hub.constants.HF_HUB_CACHE`` is read once, when it is imported)."""
     if os.environ.get("HF_HUB_CACHE"):
         return Path(os.environ["HF_HUB_CACHE"])
     home = os.environ.get("HF_HOME") or os.path.join(
@@ -192,15 +196,15 @@ def _snapshot(text: str, repo: str, revision: str, offline: bool) -> Path:
             f"{text}: no such repository on the Hub (or it is private: log in first)"
         ) from exc
     except (LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:
-        repo_dir = cache / ("models--" + repo.replace("/", "--"))
-        if not repo_dir.is_dir():
+        cached = cached_repo(repo)
+        if cached is None:
             raise HubError(
                 f"{text}: not in the local Hugging Face cache ({cache}) and offline mode is on; "
                 "run once with network access (unset HF_HUB_OFFLINE, drop --offline)"
             ) from exc
         raise HubError(
-            f"{text}: revision {revision!r} is not in the local Hugging Face cache ({repo_dir}); "
-            "check the name, or fetch it once with network access"
+            f"{text}: revision {revision!r} is not in the local Hugging Face cache "
+            f"({cache / cached.repo_path.name}); check the name, or fetch it once with network access"
         ) from exc
     except Exception as exc:
         # No network (httpx's ConnectError, timeouts), or an HTTP failure: say so, and
@@ -210,10 +214,9 @@ def _snapshot(text: str, repo: str, revision: str, offline: bool) -> Path:
         )
         if not network:
             raise
-        repo_dir = cache / ("models--" + repo.replace("/", "--"))
         cached = (
             "a cached copy is there"
-            if (repo_dir / "snapshots").is_dir()
+            if cached_repo(repo) is not None
             else f"none is cached in {cache}"
         )
         raise HubError(
@@ -321,12 +324,24 @@ def _first_line(exc: BaseException) -> str:
 _GLOB_CHARS = set("*?[")
 
 
+def cached_repo(repo: str) -> CachedRepoInfo | None:
+    """huggingface_hub's record of the model repository ``repo`` in the local cache
+    (``scan_cache_dir``: a ``CachedRepoInfo`` with its revisions and refs), or None when the
+    cache holds no copy of it that the library reads as consistent."""
+    from huggingface_hub import scan_cache_dir
+    from huggingface_hub.errors import CacheNotFound
+
+    try:
+        info = scan_cache_dir(hub_cache_dir())
+    except (CacheNotFound, OSError, ValueError):  # no cache folder yet, or not a folder
+        return None
+    return next((r for r in info.repos if r.repo_type == "model" and r.repo_id == repo), None)
+
+
 def cached_revisions(repo: str) -> list[str]:
     """The branch and tag names of ``repo`` held in the local Hugging Face cache."""
-    refs = hub_cache_dir() / ("models--" + repo.replace("/", "--")) / "refs"
-    if not refs.is_dir():
-        return []
-    return sorted(str(f.relative_to(refs)) for f in refs.rglob("*") if f.is_file())
+    cached = cached_repo(repo)
+    return sorted(cached.refs) if cached is not None else []
 
 
 def remote_revisions(repo: str) -> list[str]:
