@@ -49,7 +49,7 @@ def materialize(resolved: Resolved) -> Resolved:
 def _init_key(base: Resolved, folder: Path, seed: int, arch: str) -> str:
     import torch
 
-    versions = {"torch": torch.__version__}
+    versions: dict[str, str | None] = {"torch": torch.__version__}
     for mod in ("transformers", "timm"):
         try:
             versions[mod] = __import__(mod).__version__

@@ -214,14 +214,14 @@ def _snapshot(text: str, repo: str, revision: str, offline: bool) -> Path:
         )
         if not network:
             raise
-        cached = (
+        held = (
             "a cached copy is there"
             if cached_repo(repo) is not None
             else f"none is cached in {cache}"
         )
         raise HubError(
             f"{text}: cannot reach the Hugging Face Hub ({_first_line(exc)}); pass --offline "
-            f"to use the cached copy ({cached})"
+            f"to use the cached copy ({held})"
         ) from exc
     return Path(folder)
 
@@ -398,5 +398,4 @@ def expand_revisions(repo: str, revisions: str, *, offline: bool = False) -> lis
             )
         matched.sort(key=lambda r: (step_of(r) is None, step_of(r) or 0, r))
         out.extend(matched)
-    seen: set[str] = set()
-    return [r for r in out if not (r in seen or seen.add(r))]
+    return list(dict.fromkeys(out))  # each once, where it first appears
