@@ -20,6 +20,7 @@ from torch import nn
 
 from mliscan import batchnorm, contract
 from mliscan.errors import UsageError
+from mliscan.record import Note
 from mliscan.resources import ResourcePolicy, out_of_memory
 from mliscan.spec import PAPER_BN_BATCH_SIZE, PAPER_BN_MOMENTUM, BNSpec
 
@@ -164,7 +165,7 @@ def paper_residual(examples: int, spec: BNSpec) -> float:
     return (1.0 - PAPER_BN_MOMENTUM) ** len(slices)
 
 
-def paper_note(examples: int, spec: BNSpec) -> str | None:
+def paper_note(examples: int, spec: BNSpec) -> Note | None:
     """A warning when the paper mode's warm-up is too short to wash out the reset."""
     residual = paper_residual(examples, spec)
     if residual <= PAPER_RESIDUAL_WARNING:
@@ -172,9 +173,10 @@ def paper_note(examples: int, spec: BNSpec) -> str | None:
     batches = len(
         batchnorm.batch_slices(examples, spec.batch_size or PAPER_BN_BATCH_SIZE, spec.max_batches)
     )
-    return (
+    return Note(
+        "batch-norm",
         f"--bn-mode paper: the warm-up has only {batches} batches, which leaves "
         f"{residual:.0%} of the weight on the reset statistics (mean 0, variance 1); the BN "
         "statistics are partly made up. Use --bn-mode exact, or a smaller --bn-batch-size "
-        "(more batches)"
+        "(more batches)",
     )

@@ -32,6 +32,7 @@ from mliscan.adapter import Adapter, gauss_positions
 from mliscan.bnpolicy import BNPolicy
 from mliscan.errors import UsageError
 from mliscan.interpolate import Interpolator, TensorRoles
+from mliscan.record import Note
 from mliscan.resources import ResourcePolicy
 from mliscan.spec import EvalSpec
 from mliscan.strategies import FusedSecondOrder, Parts, PerAlpha, VmappedChunks, select
@@ -128,7 +129,7 @@ class Curve:
     paths: dict[str, list[str]] = field(default_factory=dict)
     """Which path computed each number: ``loss`` and ``gauss`` per alpha (see
     :data:`PATHS`)."""
-    notes: list[str] = field(default_factory=list)
+    notes: list[Note] = field(default_factory=list)
     """What the evaluation found about the model (a fast path refused at run time, ...)."""
 
 
@@ -186,18 +187,25 @@ class PathEvaluator:
             module, data.inputs, adapter.eval_batch_candidates, spec.batch_size, bool(batch_bn)
         )
         self.bn = BNPolicy(module, layers, data.inputs, spec.bn, self.resources)
-        self.notes: list[str] = []
+        self.notes: list[Note] = []
         if batch_bn:
             self.notes.append(
-                f"{', '.join(batch_bn[:3])} normalise by the batch (track_running_stats=False): "
-                f"every alpha is evaluated on the whole data ({len(data)} examples) as one batch"
+                Note(
+                    "batch-statistics",
+                    f"{', '.join(batch_bn[:3])} normalise by the batch (track_running_stats="
+                    f"False): every alpha is evaluated on the whole data ({len(data)} examples) "
+                    "as one batch",
+                )
             )
         differing = self.interp.differing_copied(module)
         if differing:
             self.notes.append(
-                f"{len(differing)} integer/bool tensors differ between the endpoints "
-                f"({', '.join(differing[:4])}{', ...' if len(differing) > 4 else ''}): alphas "
-                "below 0.5 use theta_0's values, the others theta_T's"
+                Note(
+                    "integer-tensors",
+                    f"{len(differing)} integer/bool tensors differ between the endpoints "
+                    f"({', '.join(differing[:4])}{', ...' if len(differing) > 4 else ''}): "
+                    "alphas below 0.5 use theta_0's values, the others theta_T's",
+                )
             )
         # The evaluation forward: the module's own call, or a shortcut that provably equals
         # it (mliscan.contract) and is checked against it at run time.
@@ -302,7 +310,7 @@ class PathEvaluator:
             f"alpha = {alpha:g} ({detail}); from there on the module's own call computes it"
         )
         warnings.warn(note, stacklevel=3)
-        self.notes.append(note)
+        self.notes.append(Note("fast-path", note))
         return False
 
     @torch.inference_mode()
@@ -423,18 +431,24 @@ class PathEvaluator:
         )
 
     @staticmethod
-    def _method_notes(paths: dict[str, list[str]]) -> list[str]:
+    def _method_notes(paths: dict[str, list[str]]) -> list[Note]:
         used = {m for entry in paths.get("gauss", []) for m in entry.split("+")}
         notes = []
         if "reverse" in used:
             notes.append(
-                "an op of the model has no forward-AD rule: its Gauss length was computed by "
-                "reverse-mode double differentiation (exact, slower)"
+                Note(
+                    "derivative",
+                    "an op of the model has no forward-AD rule: its Gauss length was computed "
+                    "by reverse-mode double differentiation (exact, slower)",
+                )
             )
         if "finite-differences" in used:
             notes.append(
-                "an op of the model has no exact derivative rule: its Gauss length was "
-                "computed by central finite differences in float64 (approximate)"
+                Note(
+                    "derivative",
+                    "an op of the model has no exact derivative rule: its Gauss length was "
+                    "computed by central finite differences in float64 (approximate)",
+                )
             )
         return notes
 
@@ -498,7 +512,7 @@ def _batch_rows(out: object) -> int:
     return 0
 
 
-def _unique(notes: list[str]) -> list[str]:
+def _unique(notes: list[Note]) -> list[Note]:
     return list(dict.fromkeys(notes))
 
 

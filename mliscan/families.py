@@ -37,7 +37,8 @@ from mliscan.paths import (
     unique_labels,
 )
 from mliscan.pipeline import Session
-from mliscan.results import PathResult, curve_rows, is_complete, num, path_row
+from mliscan.record import PathRecord, as_record
+from mliscan.results import curve_record, is_complete, num
 from mliscan.spec import EvalSpec
 from mliscan.store import ResultStore
 
@@ -248,7 +249,7 @@ class Context:
     align: str = "none"
 
     def evaluate(self, a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, Any]:
-        """The stored record of the path a -> b (``PathResult.stored``); with ``align``,
+        """The stored record of the path a -> b (``PathRecord.to_stored``); with ``align``,
         of a -> b aligned to a, the unaligned path's numbers kept beside it."""
         alignment = None
         if self.align != "none":
@@ -264,8 +265,7 @@ class Context:
             )
             b = aligned
         curve, _, dist, norm = self._curve(a, b)
-        result = PathResult("a", "b", self.adapter.name, {}, {}, self.spec, curve, dist, norm)
-        return {**result.stored(), "alignment": alignment}
+        return curve_record(curve, dist, norm, alignment=alignment).to_stored()
 
     def _curve(
         self, a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], gauss: bool | None = None
@@ -299,8 +299,7 @@ def run_tasks(
             if on_done:
                 on_done(task, False)
             continue
-        record = ctx.evaluate(task.a.tensors, task.b.tensors)
-        record.update(
+        record = PathRecord.from_json(ctx.evaluate(task.a.tensors, task.b.tensors)).replace(
             path_id=task.pid,
             family=task.family,
             a=task.a.label,
@@ -317,13 +316,17 @@ def run_tasks(
 
 
 def tables(
-    records: Sequence[dict[str, Any]], tolerance: float
+    records: Sequence[PathRecord | dict[str, Any]], tolerance: float
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(one row per path, one row per path and alpha), in a stable order."""
+    """(one row per path, one row per path and alpha), in a stable order; the paths judged
+    at ``tolerance`` (records, or stored records as the store reads them)."""
     order = {f: i for i, f in enumerate(FAMILIES)}
-    recs = sorted(records, key=lambda r: (order[r["family"]], r["a"], r["b"]))
-    paths = [path_row(r, tolerance) for r in recs]
-    curves = [row for r in recs for row in curve_rows(r)]
+    recs = sorted(
+        (as_record(r, tolerance) for r in records),
+        key=lambda r: (order[str(r.family)], str(r.a), str(r.b)),
+    )
+    paths = [r.to_row() for r in recs]
+    curves = [row for r in recs for row in r.curve_rows()]
     return paths, curves
 
 

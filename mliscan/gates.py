@@ -1,4 +1,5 @@
-"""Thresholds on a pair result for CI gates, and their machine-readable reports.
+"""Thresholds on a pair result (its :class:`~mliscan.record.PathRecord`) for CI gates, and
+their machine-readable reports.
 
 A threshold whose observed value is undefined (NaN/Inf along the path) fails: a gate never
 passes on a number it could not compute.
@@ -13,9 +14,10 @@ from typing import Any
 from xml.etree import ElementTree as ET
 
 from mliscan.paths import atomic_write_text
+from mliscan.record import PathRecord
 from mliscan.spec import GateSpec
 
-# (config/CLI name, result key, comparison, unit text)
+# (config/CLI name, the record's attribute, comparison, unit text)
 THRESHOLDS = (
     ("max_delta", "min_delta", "<=", "min-Δ (largest rise of the loss)"),
     ("max_gauss_length", "gauss_length", "<=", "average Gauss length"),
@@ -33,25 +35,24 @@ class Check:
     passed: bool
 
 
-def evaluate(record: dict[str, Any], gate: GateSpec) -> list[Check]:
-    """Every threshold of ``gate`` against a result record (``PathResult.to_dict()``)."""
+def evaluate(record: PathRecord, gate: GateSpec) -> list[Check]:
+    """Every threshold of ``gate`` against a path's record (``PathResult.record()``)."""
     checks = []
     if gate.require_monotonic:
-        mono = record["monotonic"]
         checks.append(
             Check(
                 "require_monotonic",
-                f"monotonic path (min-Δ <= tolerance {record['tolerance']:g})",
-                record["min_delta"],
-                f"<= {record['tolerance']:g}",
-                mono is True,
+                f"monotonic path (min-Δ <= tolerance {record.tolerance:g})",
+                record.min_delta,
+                f"<= {record.tolerance:g}",
+                record.monotonic is True,
             )
         )
-    for name, key, op, text in THRESHOLDS:
+    for name, attribute, op, text in THRESHOLDS:
         limit = getattr(gate, name)
         if limit is None:
             continue
-        value = record.get(key)
+        value = getattr(record, attribute)
         ok = (
             value is not None
             and math.isfinite(value)
@@ -67,9 +68,7 @@ def _fmt(v: Any) -> str:
     return f"{v:.6g}" if isinstance(v, float) else str(v)
 
 
-def write_junit(
-    path: str | Path, checks: list[Check], record: dict[str, Any], seconds: float
-) -> None:
+def write_junit(path: str | Path, checks: list[Check], record: PathRecord, seconds: float) -> None:
     """JUnit XML: one testsuite, one testcase per threshold (GitHub, GitLab, Jenkins read it)."""
     failures = sum(not c.passed for c in checks)
     suite = ET.Element(
@@ -83,7 +82,7 @@ def write_junit(
     )
     props = ET.SubElement(suite, "properties")
     for key in ("init", "final", "arch", "min_delta", "monotonic", "barrier", "gauss_length"):
-        ET.SubElement(props, "property", name=key, value=_fmt(record.get(key)))
+        ET.SubElement(props, "property", name=key, value=_fmt(getattr(record, key)))
     for c in checks:
         case = ET.SubElement(suite, "testcase", classname="mliscan.check", name=c.name, time="0")
         if not c.passed:
@@ -97,13 +96,13 @@ def write_junit(
     atomic_write_text(path, ET.tostring(suite, encoding="unicode", xml_declaration=True) + "\n")
 
 
-def markdown_summary(checks: list[Check], record: dict[str, Any], sparkline: str) -> str:
+def markdown_summary(checks: list[Check], record: PathRecord, sparkline: str) -> str:
     verdict = "✅ passed" if all(c.passed for c in checks) else "❌ failed"
     lines = [
         f"### mliscan check {verdict}",
         "",
-        f"`{record['init']}` → `{record['final']}` ({record['arch']}, {record['data']['name']}, "
-        f"{len(record['alphas'])} alphas)",
+        f"`{record.init}` → `{record.final}` ({record.arch}, {record.data['name']}, "
+        f"{len(record.alphas)} alphas)",
         "",
         f"Loss along the path: `{sparkline}`",
         "",

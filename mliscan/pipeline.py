@@ -38,6 +38,7 @@ from mliscan.evaluate import (
 )
 from mliscan.fresh import materialize
 from mliscan.interpolate import TensorRoles
+from mliscan.record import Note
 from mliscan.registry import adapter_for_config, get_adapter, names
 from mliscan.results import PathResult
 from mliscan.sources import Resolved, resolve
@@ -276,7 +277,7 @@ def compare_pair(
     unrelated_seeds: Sequence[int] = (),
     source: SourceSpec | None = None,
     align_spec: AlignSpec | None = None,
-    on_note: Callable[[str], None] | None = None,
+    on_note: Callable[[Note], None] | None = None,
 ) -> PathResult:
     """Evaluate the straight path from ``init_path`` to ``final_path`` (paths or sources:
     ``hf:ORG/NAME@REV``, ``timm:NAME``, ``init:SOURCE``). ``on_note`` hears the notes known
@@ -318,7 +319,7 @@ def compare_checkpoints(
     unrelated_seeds: Sequence[int] = (),
     t_start: float | None = None,
     align: str = "none",
-    on_note: Callable[[str], None] | None = None,
+    on_note: Callable[[Note], None] | None = None,
 ) -> PathResult:
     """The straight path between two loaded checkpoints (files, or state dicts from Python
     wrapped as :class:`Checkpoint`); ``compare_pair`` and ``mliscan.compare`` both end here.
@@ -328,7 +329,8 @@ def compare_checkpoints(
     check_pair(init, final)
     check_finite(init)
     check_finite(final)
-    notes = [f"init: {n}" for n in init.notes] + [f"final: {n}" for n in final.notes]
+    notes = [Note("endpoint", f"init: {n}") for n in init.notes]
+    notes += [Note("endpoint", f"final: {n}") for n in final.notes]
     notes += integrity_notes(init, final)
     for note in notes if on_note is not None else ():
         on_note(note)  # before the evaluation: a swapped pair is said before minutes of work
@@ -366,7 +368,9 @@ def compare_checkpoints(
     timing = {"load": t_loaded - t_start, **curve.timing}
     timing["total"] = time.perf_counter() - t_start
     if identical:
-        notes.append("init and final weights are identical: the path is a single point")
+        notes.append(
+            Note("identical", "init and final weights are identical: the path is a single point")
+        )
     if evaluator.bn.active:
         warm_up = paper_note(len(ctx.prepared), spec.bn)
         if warm_up:
@@ -470,18 +474,21 @@ def swapped_note(init: Checkpoint, final: Checkpoint) -> str | None:
     return None
 
 
-def integrity_notes(init: Checkpoint, final: Checkpoint) -> list[str]:
+def integrity_notes(init: Checkpoint, final: Checkpoint) -> list[Note]:
     """Warnings about mislabelled endpoints: swapped, the same file, or the same commit."""
     notes = []
     swapped = swapped_note(init, final)
     if swapped:
-        notes.append(swapped)
+        notes.append(Note("swapped", swapped))
     a, b = init.source, final.source
     same_commit = isinstance(a, Resolved) and isinstance(b, Resolved) and a.commit == b.commit
     if same_commit and a.commit and a.kind == b.kind == "hf":
         notes.append(
-            f"{a.text} and {b.text} resolve to the same commit {a.commit[:12]}: "
-            "the two revisions are one"
+            Note(
+                "integrity",
+                f"{a.text} and {b.text} resolve to the same commit {a.commit[:12]}: "
+                "the two revisions are one",
+            )
         )
     try:
         same_file = init.path.samefile(final.path)
@@ -490,8 +497,11 @@ def integrity_notes(init: Checkpoint, final: Checkpoint) -> list[str]:
     index = init.path.name.endswith(".index.json")
     if not same_file and not index and _same_bytes(init.path, final.path):
         notes.append(
-            f"{init.path.name} and {final.path.name} are byte-identical files: the revisions "
-            "may be mislabelled"
+            Note(
+                "integrity",
+                f"{init.path.name} and {final.path.name} are byte-identical files: the "
+                "revisions may be mislabelled",
+            )
         )
     return notes
 

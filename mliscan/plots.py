@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from mliscan.metrics import converged, is_monotonic
 from mliscan.paths import atomic_path
+from mliscan.record import PathRecord, as_record
+
+# A path's record, or (from callers that still hold them) its --json or stored dict.
+Records = Sequence[PathRecord | Mapping[str, Any]]
 
 
 def _delta(row: dict[str, Any]) -> float:
@@ -15,8 +19,8 @@ def _delta(row: dict[str, Any]) -> float:
     return float("nan") if row.get("min_delta") is None else float(row["min_delta"])
 
 
-def plot_curves(records: Sequence[dict[str, Any]], path: str | Path) -> None:
-    """Loss (and accuracy) against alpha for one or more result records; written atomically."""
+def plot_curves(records: Records, path: str | Path) -> None:
+    """Loss (and accuracy) against alpha for one or more paths' records; written atomically."""
     save_figure_to(curves_figure(records), path)
 
 
@@ -31,48 +35,48 @@ def save_figure_to(fig: Any, path: str | Path) -> None:
     plt.close(fig)
 
 
-def curves_figure(records: Sequence[dict[str, Any]]) -> Any:
+def curves_figure(records: Records) -> Any:
     """The figure of ``plot_curves`` (returned, not written)."""
     import matplotlib
+
+    shown = [as_record(r) for r in records]
 
     if not _interactive():
         matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    has_acc = any(r.get("accuracy") for r in records)
+    has_acc = any(r.accuracy for r in shown)
     fig, axes = plt.subplots(1, 2 if has_acc else 1, figsize=(10 if has_acc else 5.5, 4))
     axes = list(axes) if has_acc else [axes]
-    for r in records:
-        label = r.get("label", Path(r["final"]).name)
-        mono = r.get("monotonic")
-        suffix = (
-            "" if mono is None else (" (monotonic)" if mono else f" (min-Δ {r['min_delta']:.3g})")
-        )
-        loss = [float("nan") if v is None else v for v in r["loss"]]
-        line = axes[0].plot(r["alphas"], loss, marker=".", label=label + suffix)[0]
-        if r.get("unrelated"):
+    for r in shown:
+        label = r.label if r.label is not None else Path(str(r.final)).name
+        mono = r.monotonic
+        suffix = "" if mono is None else (" (monotonic)" if mono else f" (min-Δ {r.min_delta:.3g})")
+        loss = [float("nan") if v is None else v for v in r.loss]
+        line = axes[0].plot(r.alphas, loss, marker=".", label=label + suffix)[0]
+        if r.unrelated:
             import numpy as np
 
-            u = r["unrelated"]
+            u = r.unrelated
             mean = np.asarray(u["mean_loss"], dtype=float)
             std = np.asarray(u["std_loss"], dtype=float)
             axes[0].plot(
-                r["alphas"],
+                r.alphas,
                 mean,
                 color=line.get_color(),
                 linestyle="--",
                 label=f"{len(u['seeds'])} unrelated inits (mean ± 1 std)",
             )
             axes[0].fill_between(
-                r["alphas"], mean - std, mean + std, color=line.get_color(), alpha=0.2
+                r.alphas, mean - std, mean + std, color=line.get_color(), alpha=0.2
             )
-        if has_acc and r.get("accuracy"):
-            acc = [float("nan") if v is None else v for v in r["accuracy"]]
-            axes[1].plot(r["alphas"], acc, marker=".", label=label)
-    finite = [v for r in records for v in r["loss"] if v is not None and v > 0]
+        if has_acc and r.accuracy:
+            acc = [float("nan") if v is None else v for v in r.accuracy]
+            axes[1].plot(r.alphas, acc, marker=".", label=label)
+    finite = [v for r in shown for v in r.loss if v is not None and v > 0]
     if (
         finite
-        and len(finite) == sum(len(r["loss"]) for r in records)
+        and len(finite) == sum(len(r.loss) for r in shown)
         and max(finite) > 100 * min(finite)
     ):
         axes[0].set_yscale("log")  # small rises near a converged end are visible on a log scale
@@ -95,9 +99,12 @@ def _interactive() -> bool:
     return "ipykernel" in sys.modules or hasattr(sys, "ps1")
 
 
-def plot_grid(records: Sequence[dict[str, Any]], path: str | Path) -> None:
-    """Figure 8: loss curves of the three families, one panel each."""
+def plot_grid(records: Records, path: str | Path) -> None:
+    """Figure 8: loss curves of the three families, one panel each (the grid store's
+    records)."""
     import matplotlib
+
+    shown = [as_record(r) for r in records]
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -105,15 +112,15 @@ def plot_grid(records: Sequence[dict[str, Any]], path: str | Path) -> None:
     families = ("init-init", "init-optimum", "optimum-optimum")
     fig, axes = plt.subplots(1, 3, figsize=(15, 4), sharey=False)
     for ax, family in zip(axes, families, strict=True):
-        for r in records:
-            if r["family"] != family:
+        for r in shown:
+            if r.family != family:
                 continue
-            loss = [float("nan") if v is None else v for v in r["loss"]]
+            loss = [float("nan") if v is None else v for v in r.loss]
             if family == "init-optimum":
-                colour = "tab:red" if r.get("own_pair") else "tab:blue"
-                ax.plot(r["alphas"], loss, color=colour, alpha=0.6, linewidth=1)
+                colour = "tab:red" if r.own_pair else "tab:blue"
+                ax.plot(r.alphas, loss, color=colour, alpha=0.6, linewidth=1)
             else:
-                ax.plot(r["alphas"], loss, alpha=0.6, linewidth=1)
+                ax.plot(r.alphas, loss, alpha=0.6, linewidth=1)
         ax.set_title(family + (" (red: own pair)" if family == "init-optimum" else ""))
         ax.set_xlabel("α")
     axes[0].set_ylabel("training loss")

@@ -1,14 +1,15 @@
-"""One result record for a path: the JSON object and the Parquet rows come from it.
+"""The result of one path: the live ``PathResult`` and its typed record.
 
-``PathResult`` holds a path's curve and what is known of its endpoints; its metrics are
-computed by the pure functions of :mod:`mliscan.metrics` (one monotonic/tolerance rule:
-``metrics.is_monotonic``). ``to_dict`` is the ``--json`` object, ``to_row`` the row of
-``paths.parquet`` (schema ``PATH_SCHEMA``) and ``curve_rows`` the rows of ``curves.parquet``.
+``PathResult`` holds a finished path's curve and what is known of its endpoints; its metrics
+are computed by the pure functions of :mod:`mliscan.metrics` (one monotonic/tolerance rule:
+``metrics.is_monotonic``). ``record()`` is its :class:`~mliscan.record.PathRecord`, the one
+record every other form comes from: ``to_dict`` (the ``--json`` object), ``stored`` (what a
+store keeps), ``to_row`` (a ``paths.parquet`` row, schema ``PATH_SCHEMA``). The functions
+below read stored records (dicts) through the same record.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,48 +17,45 @@ import numpy as np
 
 from mliscan import __version__, metrics
 from mliscan.evaluate import Curve
+from mliscan.record import Note, PathRecord, num, num_list
+from mliscan.schemas import CURVE_SCHEMA, PATH_SCHEMA
 from mliscan.spec import DEFAULT_TOLERANCE, EvalSpec
 
-PATH_SCHEMA = {
-    "path_id": "str",
-    "family": "str",
-    "a": "str",
-    "b": "str",
-    "own_pair": "bool",
-    "min_delta": "f64",
-    "monotonic": "bool",
-    "barrier": "f64",
-    "distance": "f64",
-    "normalized_distance": "f64",
-    "gauss_length": "f64",
-    "loss_a": "f64",
-    "loss_b": "f64",
-    # with --align: the path before alignment (null otherwise)
-    "unaligned_distance": "f64",
-    "unaligned_barrier": "f64",
-    "unaligned_min_delta": "f64",
-}
-CURVE_SCHEMA = {
-    "path_id": "str",
-    "family": "str",
-    "a": "str",
-    "b": "str",
-    "alpha": "f64",
-    "loss": "f64",
-    "accuracy": "f64",
-}
+__all__ = [
+    "CURVE_SCHEMA",
+    "PATH_SCHEMA",
+    "STORED_KEYS",
+    "Note",
+    "PathRecord",
+    "PathResult",
+    "curve_record",
+    "curve_rows",
+    "is_complete",
+    "metrics_of",
+    "num",
+    "num_list",
+    "path_row",
+]
 
 
-def num(x: float | None) -> float | None:
-    """JSON has no NaN: undefined values are written as null."""
-    if x is None:
-        return None
-    x = float(x)
-    return x if math.isfinite(x) else None
-
-
-def num_list(a: Any) -> list[float | None] | None:
-    return None if a is None else [num(v) for v in a]
+def curve_record(
+    curve: Curve, distance: float, normalized_distance: float, **fields: Any
+) -> PathRecord:
+    """The record of an evaluated curve (its numbers as JSON holds them, its notes and
+    paths), with ``fields`` (identity, description, tolerance) set."""
+    fields.setdefault("notes", tuple(curve.notes))
+    return PathRecord(
+        alphas=tuple(float(a) for a in curve.alphas),
+        loss=tuple(num_list(curve.loss) or ()),
+        accuracy=None if curve.accuracy is None else tuple(num_list(curve.accuracy) or ()),
+        gauss_integrand=(
+            None if curve.gauss_integrand is None else tuple(num_list(curve.gauss_integrand) or ())
+        ),
+        distance=num(distance),
+        normalized_distance=num(normalized_distance),
+        paths=curve.paths,
+        **fields,
+    )
 
 
 @dataclass(repr=False)
@@ -78,7 +76,8 @@ class PathResult:
     normalized_distance: float
     tolerance: float = DEFAULT_TOLERANCE
     device: str = "cpu"
-    notes: list[str] = field(default_factory=list)
+    notes: list[Note] = field(default_factory=list)
+    """What the run found about its endpoints and model, each with its kind."""
     timing: dict[str, float] = field(default_factory=dict)
     unrelated: list[Curve] = field(default_factory=list)
     """Curves from fresh initialisations (seeds ``unrelated_seeds``) to the same final."""
@@ -170,47 +169,38 @@ class PathResult:
         return f"<table><caption>mliscan PathResult</caption>{body}</table>"
 
     # ---- the records -----------------------------------------------------------------------
+    def record(self) -> PathRecord:
+        """The typed record of this result: what ``--json`` writes, gates check, tables and
+        figures show."""
+        alignment = self.alignment
+        return curve_record(
+            self.curve,
+            self.distance,
+            self.normalized_distance,
+            tolerance=self.tolerance,
+            notes=tuple(self.notes),
+            alignment=None
+            if alignment is None
+            else {k: num(v) if isinstance(v, float) else v for k, v in alignment.items()},
+            init=self.init_path,
+            final=self.final_path,
+            arch=self.arch,
+            arch_options=self.arch_options,
+            data=self.data,
+            bn=self.spec.bn.describe(),
+            device=self.device,
+            dtype=self.spec.dtype,
+            amp=self.spec.amp,
+            gauss_examples=self.spec.gauss_examples,
+            timing={k: round(v, 4) for k, v in self.timing.items()},
+            unrelated=self._unrelated() if self.unrelated else None,
+            sources=self.sources,
+            mliscan_version=__version__,
+        )
+
     def to_dict(self) -> dict[str, Any]:
-        """The ``--json`` object (stable keys; NaN written as null)."""
-        c = self.curve
-        return {
-            "mliscan_version": __version__,
-            "init": self.init_path,
-            "final": self.final_path,
-            "arch": self.arch,
-            "arch_options": self.arch_options,
-            "data": self.data,
-            "bn": self.spec.bn.describe(),
-            "alphas": [float(a) for a in c.alphas],
-            "loss": num_list(c.loss),
-            "nonfinite_alphas": [
-                float(a) for a, v in zip(c.alphas, c.loss, strict=True) if not np.isfinite(v)
-            ],
-            "accuracy": num_list(c.accuracy),
-            "gauss_integrand": num_list(c.gauss_integrand),
-            "min_delta": num(self.min_delta),
-            "monotonic": self.monotonic,
-            "tolerance": self.tolerance,
-            "distance": num(self.distance),
-            "normalized_distance": num(self.normalized_distance),
-            "gauss_length": num(self.gauss_length),
-            "barrier": num(self.barrier),
-            "loss_init": num(c.loss[0]),
-            "loss_final": num(c.loss[-1]),
-            "accuracy_final": None if c.accuracy is None else num(c.accuracy[-1]),
-            "device": self.device,
-            "dtype": self.spec.dtype,
-            "amp": self.spec.amp,
-            "gauss_examples": self.spec.gauss_examples,
-            "notes": self.notes,
-            "paths": c.paths,
-            "timing": {k: round(v, 4) for k, v in self.timing.items()},
-            "unrelated": self._unrelated() if self.unrelated else None,
-            "sources": self.sources,
-            "alignment": None
-            if self.alignment is None
-            else {k: num(v) if isinstance(v, float) else v for k, v in self.alignment.items()},
-        }
+        """The ``--json`` object (stable keys; NaN written as null): ``record().to_json()``."""
+        return self.record().to_json()
 
     def _unrelated(self) -> dict[str, Any]:
         """Figure 6: mean and standard deviation of the curves from fresh initialisations."""
@@ -229,7 +219,7 @@ class PathResult:
     def to_row(self, **labels: Any) -> dict[str, Any]:
         """The ``paths.parquet`` row of this path (``labels``: path_id, family, a, b,
         own_pair), computed from the same stored record a grid keeps."""
-        return path_row({**self.stored(), **labels}, self.tolerance)
+        return self._curve_record().replace(tolerance=self.tolerance, **labels).to_row()
 
     def to_polars(self) -> Any:
         """The curve as a polars frame: alpha, loss, accuracy, gauss_integrand."""
@@ -254,27 +244,20 @@ class PathResult:
         else returned as a matplotlib figure."""
         from mliscan.plots import curves_figure, save_figure_to
 
-        record = {**self.to_dict(), "label": label or self.final_path}
-        fig = curves_figure([record])
+        fig = curves_figure([self.record().replace(label=label or self.final_path)])
         if path is None:
             return fig
         save_figure_to(fig, path)
         return path
 
     def stored(self) -> dict[str, Any]:
-        """What a store keeps of a path (enough to rebuild every row and metric)."""
-        c = self.curve
-        out = {
-            "alphas": [float(a) for a in c.alphas],
-            "loss": num_list(c.loss),
-            "accuracy": num_list(c.accuracy),
-            "gauss_integrand": num_list(c.gauss_integrand),
-            "distance": num(self.distance),
-            "normalized_distance": num(self.normalized_distance),
-            "paths": c.paths,
-            "notes": c.notes,
-        }
-        return out
+        """What a store keeps of a path (enough to rebuild every row and metric): the curve's
+        record (``PathRecord.to_stored``)."""
+        return self._curve_record().to_stored()
+
+    def _curve_record(self) -> PathRecord:
+        """The record of the curve alone (its own notes; no description, no alignment)."""
+        return curve_record(self.curve, self.distance, self.normalized_distance)
 
 
 _REPR_KEYS = ("min_delta", "monotonic", "barrier", "distance", "gauss_length")
@@ -289,7 +272,7 @@ def _short_path(text: str, limit: int = 40) -> str:
     return text if len(text) <= limit else text[: limit // 2 - 2] + "..." + text[-limit // 2 + 1 :]
 
 
-# ---- stored records (grid, plane, report caches) ---------------------------------------------
+# ---- stored records (grid and trajectory stores, as dicts) ---------------------------------------------
 STORED_KEYS = ("alphas", "loss", "accuracy", "distance", "normalized_distance")
 
 
@@ -308,65 +291,32 @@ def is_complete(record: Any) -> bool:
     )
 
 
+# The metrics of a stored record, by name (trajectory tables read them this way).
+METRIC_NAMES = (
+    "min_delta",
+    "monotonic",
+    "barrier",
+    "distance",
+    "normalized_distance",
+    "gauss_length",
+    "loss_init",
+    "loss_final",
+    "accuracy_final",
+)
+
+
 def metrics_of(record: dict[str, Any], tolerance: float) -> dict[str, Any]:
-    """The paper's metrics of a stored path record, by the same functions as ``PathResult``."""
-    loss = [math.nan if v is None else v for v in record["loss"]]
-    md = metrics.min_delta(loss)
-    g = record.get("gauss_integrand")
-    gl = (
-        None
-        if g is None
-        else metrics.gauss_length(record["alphas"], [math.nan if v is None else v for v in g])
-    )
-    return {
-        "min_delta": num(md),
-        "monotonic": metrics.is_monotonic(md, tolerance),
-        "barrier": num(metrics.barrier(record["alphas"], loss)),
-        "distance": record["distance"],
-        "normalized_distance": record["normalized_distance"],
-        "gauss_length": num(gl),
-        "loss_init": num(loss[0]),
-        "loss_final": num(loss[-1]),
-        "accuracy_final": None if record["accuracy"] is None else record["accuracy"][-1],
-    }
+    """The paper's metrics of a stored path record, by the same functions as ``PathResult``
+    (``PathRecord``'s attributes, by name)."""
+    r = PathRecord.from_json(record, tolerance)
+    return {k: getattr(r, k) for k in METRIC_NAMES}
 
 
 def path_row(record: dict[str, Any], tolerance: float) -> dict[str, Any]:
     """The ``paths.parquet`` row of a stored path record (keys of ``PATH_SCHEMA``)."""
-    m = metrics_of(record, tolerance)
-    alignment = record.get("alignment") or {}
-    return {
-        "unaligned_distance": num(alignment.get("unaligned_distance")),
-        "unaligned_barrier": num(alignment.get("unaligned_barrier")),
-        "unaligned_min_delta": num(alignment.get("unaligned_min_delta")),
-        "path_id": record.get("path_id"),
-        "family": record.get("family"),
-        "a": record.get("a"),
-        "b": record.get("b"),
-        "own_pair": record.get("own_pair"),
-        "min_delta": m["min_delta"],
-        "monotonic": m["monotonic"],
-        "barrier": m["barrier"],
-        "distance": m["distance"],
-        "normalized_distance": m["normalized_distance"],
-        "gauss_length": m["gauss_length"],
-        "loss_a": m["loss_init"],
-        "loss_b": m["loss_final"],
-    }
+    return PathRecord.from_json(record, tolerance).to_row()
 
 
 def curve_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
     """The ``curves.parquet`` rows of a stored path record (keys of ``CURVE_SCHEMA``)."""
-    accs = record["accuracy"] or [None] * len(record["alphas"])
-    return [
-        {
-            "path_id": record.get("path_id"),
-            "family": record.get("family"),
-            "a": record.get("a"),
-            "b": record.get("b"),
-            "alpha": alpha,
-            "loss": loss,
-            "accuracy": acc,
-        }
-        for alpha, loss, acc in zip(record["alphas"], record["loss"], accs, strict=True)
-    ]
+    return PathRecord.from_json(record).curve_rows()

@@ -16,12 +16,14 @@ import os
 import socket
 import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from mliscan.errors import UsageError
 from mliscan.paths import atomic_path, atomic_write_json, env_value, pause_point, read_json
+from mliscan.record import PathRecord
+from mliscan.schemas import polars_schema
 
 PATHS_DIR = "paths"
 LOCK_FILE = ".lock"
@@ -59,8 +61,10 @@ class ResultStore:
     def has(self, key: str) -> bool:
         return self.load(key) is not None
 
-    def put(self, key: str, record: dict[str, Any]) -> None:
-        atomic_write_json(self._file(key), {**record, "key": key})
+    def put(self, key: str, record: Mapping[str, Any] | PathRecord) -> None:
+        """Store ``record`` under ``key`` (a path's record in its stored form)."""
+        data = record.to_stored() if isinstance(record, PathRecord) else record
+        atomic_write_json(self._file(key), {**data, "key": key})
         pause_point(self.root)
 
     def get(self, key: str) -> dict[str, Any]:
@@ -77,20 +81,26 @@ class ResultStore:
                 out.append(record)
         return out
 
+    def path_records(self, keys: Iterable[str], tolerance: float) -> list[PathRecord]:
+        """The stored paths of ``keys`` as records judged at ``tolerance`` (those present)."""
+        return [PathRecord.from_json(r, tolerance) for r in self.records(keys)]
+
     def lock(self, timeout: float | None = None) -> StoreLock:
         """The store's lock (an OS lock, released when its holder dies). A wait says who
         holds it; after ``timeout`` seconds (``$MLISCAN_LOCK_TIMEOUT``, default 300) it
         gives up with a StoreLockedError naming the holder."""
         return StoreLock(self.root / LOCK_FILE, timeout)
 
-    def write_parquet(self, name: str, rows: list[dict[str, Any]], schema: dict[str, Any]) -> Path:
-        """Write rows as a Parquet table atomically, with a fixed schema."""
+    def write_parquet(
+        self, name: str, rows: list[dict[str, Any]], schema: Mapping[str, str]
+    ) -> Path:
+        """Write rows as a Parquet table atomically, with a fixed schema (``mliscan.schemas``)."""
         import polars as pl
 
-        types = {"str": pl.Utf8, "f64": pl.Float64, "bool": pl.Boolean, "i64": pl.Int64}
-        pl_schema = {k: types[v] for k, v in schema.items()}
         frame = pl.DataFrame(
-            [{k: r.get(k) for k in schema} for r in rows], schema=pl_schema, orient="row"
+            [{k: r.get(k) for k in schema} for r in rows],
+            schema=polars_schema(schema),
+            orient="row",
         )
         target = self.root / name
         with atomic_path(target) as tmp:

@@ -88,7 +88,9 @@ def test_paper_warm_up_residual_and_warning(mlp_bn_pair, capsys):
     assert paper_residual(1797, BNSpec(mode="exact")) == 0.0
     # digits in batches of 256: 8 batches leave 0.9**8 = 43% on the reset statistics
     assert paper_residual(1797, BNSpec(mode="paper")) == pytest.approx(0.9**8)
-    assert "43%" in paper_note(1797, BNSpec(mode="paper"))
+    note = paper_note(1797, BNSpec(mode="paper"))
+    assert note is not None and note.kind == "batch-norm" and note.warning
+    assert "43%" in note.text
     assert paper_note(60_000, BNSpec(mode="paper")) is None  # MNIST: 235 batches
     init, final = mlp_bn_pair / "init.safetensors", mlp_bn_pair / "final.safetensors"
     code, _, err = run_cli(

@@ -88,13 +88,14 @@ def check(
             verdict=specs[S.VerdictSpec],
         )
         result = run_pair(study, progress, on_note=print_note)  # a swapped pair: said first
-    record = result.to_dict()
-    record["label"] = pair_label(init, final, run_label)
+    record = result.record().replace(label=pair_label(init, final, run_label))
     checks = evaluate(record, gate)
-    record["checks"] = [c.__dict__ for c in checks]
-    record["config"] = str(specs.config) if specs.config else None
+    extra = {
+        "checks": [c.__dict__ for c in checks],
+        "config": str(specs.config) if specs.config else None,
+    }
     elapsed = time.perf_counter() - t0
-    loss = [float("nan") if v is None else v for v in record["loss"]]
+    loss = [float("nan") if v is None else v for v in record.loss]
     spark = ui.sparkline(loss, 40)
     console = ui.err if out.json_out == "-" else ui.out
     for c in checks:
@@ -103,10 +104,10 @@ def check(
             f"{mark} {ui.escape(c.description)}: observed {ui.fmt(c.observed)}, allowed {c.allowed}"
         )
     console.print(
-        f"loss {spark}  ({ui.escape(str(record['arch']))}, {len(record['alphas'])} alphas, "
+        f"loss {spark}  ({ui.escape(str(record.arch))}, {len(record.alphas)} alphas, "
         f"{elapsed:.1f}s)"
     )
-    write_outputs(record, out)
+    write_outputs(record, out, extra)
     if junit is not None:
         write_junit(junit, checks, record, elapsed)
         ui.wrote(junit)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -15,6 +15,7 @@ from mliscan import spec as S
 from mliscan.cli import spine
 from mliscan.cli.errors import EXIT_GATE, EXIT_OK
 from mliscan.paths import atomic_write_json
+from mliscan.record import Note, PathRecord
 
 
 @spine.command(
@@ -90,7 +91,12 @@ def compare(
     if fail_on_nonmonotonic:
         gate = gate.replace(require_monotonic=True)
     label = pair_label(init, final, run_label)
-    said: list[str] = []
+    said: list[Note] = []
+
+    def heard(note: Note) -> None:
+        said.append(note)
+        print_note(note)
+
     with ui.alpha_progress(ev.alphas, label, out.quiet) as progress:
         study = PairStudy(
             init,
@@ -103,22 +109,19 @@ def compare(
             align=specs[S.AlignSpec],
             unrelated_seeds=tuple(unrelated_seed or range(unrelated)),
         )
-        result = run_pair(
-            study, progress, on_note=lambda note: (said.append(note), print_note(note))
-        )
-    record = result.to_dict()
-    record["label"] = label
+        result = run_pair(study, progress, on_note=heard)
+    record = result.record().replace(label=label)
     to_stdout = out.json_out == "-"
     console = ui.err if to_stdout else ui.out
     console.print(ui.result_table(record))
-    if record["nonfinite_alphas"]:
-        bad = record["nonfinite_alphas"]
+    bad = record.nonfinite_alphas
+    if bad:
         ui.err.print(
             f"[yellow]warning:[/] the loss is NaN/Inf at {len(bad)} alphas (first at α={bad[0]:.3g}): "
             "the path diverges there; min-Δ and barrier are undefined"
         )
-    if record["unrelated"]:
-        u = record["unrelated"]
+    if record.unrelated:
+        u = record.unrelated
         console.print(
             f"unrelated initialisations ({len(u['seeds'])}): monotonic share "
             f"{ui.fmt(u['monotonic_share'])}, mean curve {ui.sparkline(u['mean_loss'], 50)}"
@@ -127,9 +130,7 @@ def compare(
         if note not in said:  # those known before the evaluation were said then
             print_note(note)
     checks = gates.evaluate(record, gate)
-    if checks:
-        record["checks"] = [c.__dict__ for c in checks]
-    write_outputs(record, out)
+    write_outputs(record, out, {"checks": [c.__dict__ for c in checks]} if checks else {})
     failed = [c for c in checks if not c.passed]
     for c in failed:
         ui.err.print(
@@ -138,22 +139,27 @@ def compare(
     return EXIT_GATE if failed else EXIT_OK
 
 
-def print_note(note: str) -> None:
-    """A note of the result on stderr: a warning where the endpoints look wrong."""
+def print_note(note: Note) -> None:
+    """A note of the result on stderr: a warning where the endpoints or the statistics look
+    wrong (``note.warning``: its kind says so)."""
     from mliscan.cli import ui
 
-    kind = "warning" if "look swapped" in note or "partly made up" in note else "note"
-    ui.err.print(f"[yellow]{kind}:[/] {ui.escape(note)}")
+    kind = "warning" if note.warning else "note"
+    ui.err.print(f"[yellow]{kind}:[/] {ui.escape(note.text)}")
 
 
-def write_outputs(record: dict, out: spine.OutputSpec) -> None:
-    """The result record as JSON (a file, or '-' for stdout) and its curve as a figure."""
+def write_outputs(
+    record: PathRecord, out: spine.OutputSpec, extra: Mapping[str, Any] | None = None
+) -> None:
+    """The path's record as JSON (a file, or '-' for stdout; ``extra`` keys after the
+    record's, such as the gate's checks) and its curve as a figure."""
     from mliscan.cli import ui
 
+    data = {**record.to_json(), **(extra or {})}
     if out.json_out == "-":
-        sys.stdout.write(json.dumps(record, indent=2) + "\n")
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
     elif out.json_out:
-        atomic_write_json(out.json_out, record)
+        atomic_write_json(out.json_out, data)
         ui.wrote(out.json_out)
     if out.plot is not None:
         from mliscan.plots import plot_curves

@@ -5,14 +5,16 @@ from __future__ import annotations
 import math
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 from rich.console import Console
 from rich.markup import escape as escape  # re-exported for the commands
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+
+from mliscan.record import PathRecord, as_record
 
 
 def _width(stream: Any = None) -> int | None:
@@ -69,19 +71,19 @@ def fmt(x: Any, digits: int = 4) -> str:
     return str(x)
 
 
-def _gauss_text(r: dict[str, Any]) -> str:
-    return "skipped" if r["gauss_integrand"] is None else fmt(r["gauss_length"])
+def _gauss_text(r: PathRecord) -> str:
+    return "skipped" if r.gauss_integrand is None else fmt(r.gauss_length)
 
 
-def _mono_text(r: dict[str, Any]) -> str:
-    mono = r["monotonic"]
-    tol = r["tolerance"]
+def _mono_text(r: PathRecord) -> str:
+    mono = r.monotonic
+    tol = r.tolerance
     if mono is None:
         return "undefined"
     return f"[green]yes[/] (min-Δ ≤ {tol:g})" if mono else f"[red]NO[/] (min-Δ > {tol:g})"
 
 
-def _bn_text(bn: dict[str, Any]) -> str:
+def _bn_text(bn: Mapping[str, Any]) -> str:
     if bn["mode"] == "interpolate":
         return "interpolated running statistics"
     if bn["mode"] == "exact" and bn["batch_size"] == "all":
@@ -95,30 +97,30 @@ def _bn_text(bn: dict[str, Any]) -> str:
     return text
 
 
-def result_table(r: dict[str, Any]) -> Table:
+def result_table(record: PathRecord | Mapping[str, Any]) -> Table:
     """One path as a two-column table (metric, value)."""
-    title = f"MLI: {escape(str(r.get('label', r['final'])))}"
-    table = Table(title=title, title_style="bold", show_header=False)
+    r = as_record(record)
+    table = Table(title=f"MLI: {escape(r.name)}", title_style="bold", show_header=False)
     table.add_column("metric", style="bold")
     table.add_column("value")
-    loss = [float("nan") if v is None else v for v in r["loss"]]
+    loss = [float("nan") if v is None else v for v in r.loss]
     rows = [
-        ("loss at α=0 → α=1", f"{fmt(r['loss_init'])} → {fmt(r['loss_final'])}"),
+        ("loss at α=0 → α=1", f"{fmt(r.loss_init)} → {fmt(r.loss_final)}"),
         ("loss curve", sparkline(loss, 50)),
-        ("min-Δ (largest rise)", fmt(r["min_delta"])),
+        ("min-Δ (largest rise)", fmt(r.min_delta)),
         ("monotonic", _mono_text(r)),
-        ("barrier", fmt(r["barrier"])),
-        ("weight distance ‖θ_T − θ₀‖", fmt(r["distance"])),
-        ("normalized distance / ‖θ₀‖", fmt(r["normalized_distance"])),
+        ("barrier", fmt(r.barrier)),
+        ("weight distance ‖θ_T − θ₀‖", fmt(r.distance)),
+        ("normalized distance / ‖θ₀‖", fmt(r.normalized_distance)),
         ("average Gauss length", _gauss_text(r)),
-        ("final accuracy", fmt(r["accuracy_final"])),
+        ("final accuracy", fmt(r.accuracy_final)),
         (
             "arch · data",
-            escape(f"{r['arch']} · {r['data']['name']} ({r['data']['examples']} examples)"),
+            escape(f"{r.arch} · {r.data['name']} ({r.data['examples']} examples)"),
         ),
-        ("alphas · BN statistics", f"{len(r['alphas'])} · {_bn_text(r['bn'])}"),
+        ("alphas · BN statistics", f"{len(r.alphas)} · {_bn_text(r.bn)}"),
     ]
-    a = r.get("alignment")
+    a = r.alignment
     if a:
         rows.append(
             (
@@ -134,9 +136,10 @@ def result_table(r: dict[str, Any]) -> Table:
 
 
 def results_table(
-    rows: Sequence[dict[str, Any]], title: str = "Monotonic linear interpolation"
+    records: Sequence[PathRecord | Mapping[str, Any]],
+    title: str = "Monotonic linear interpolation",
 ) -> Table:
-    """One row per path, from result dicts (``PathResult.to_dict``)."""
+    """One row per path (``PathResult.record()``; a ``to_dict`` object is read as one)."""
     table = Table(title=escape(title), title_style="bold")
     cols = [
         ("path", "left"),
@@ -153,33 +156,55 @@ def results_table(
     ]
     for name, justify in cols:
         table.add_column(name, justify=justify, no_wrap=name == "loss curve")
-    for r in rows:
-        mono = r["monotonic"]
+    for r in map(as_record, records):
+        mono = r.monotonic
         mono_text = "undefined" if mono is None else ("[green]yes[/]" if mono else "[red]NO[/]")
-        loss = [float("nan") if v is None else v for v in r["loss"]]
+        loss = [float("nan") if v is None else v for v in r.loss]
         table.add_row(
-            escape(str(r.get("label", r["final"]))),
-            fmt(r["loss_init"]),
-            fmt(r["loss_final"]),
-            fmt(r["min_delta"]),
+            escape(r.name),
+            fmt(r.loss_init),
+            fmt(r.loss_final),
+            fmt(r.min_delta),
             mono_text,
-            fmt(r["distance"]),
-            fmt(r["normalized_distance"]),
-            "—"
-            if r["gauss_length"] is None and r["gauss_integrand"] is None
-            else fmt(r["gauss_length"]),
-            fmt(r["barrier"]),
-            fmt(r["accuracy_final"]),
+            fmt(r.distance),
+            fmt(r.normalized_distance),
+            "—" if r.gauss_integrand is None else fmt(r.gauss_length),
+            fmt(r.barrier),
+            fmt(r.accuracy_final),
             sparkline(loss, 20),
         )
     return table
 
 
-def heatmap(rows: Sequence[dict[str, Any]], family: str, tolerance: float) -> Table:
-    """min-Δ (and barrier) per (a, b) as a coloured matrix: green monotonic, red not."""
-    a_labels = list(dict.fromkeys(r["a"] for r in rows))
-    b_labels = list(dict.fromkeys(r["b"] for r in rows))
-    cell = {(r["a"], r["b"]): r for r in rows}
+class _Cell(NamedTuple):
+    """What a heatmap cell shows of a path."""
+
+    a: str | None
+    b: str | None
+    monotonic: bool | None
+    own_pair: bool | None
+    min_delta: float | None
+    barrier: float | None
+
+
+def _cell(r: PathRecord | Mapping[str, Any], tolerance: float) -> _Cell:
+    """A path's cell: from its record (judged at ``tolerance``), or from a ``paths.parquet``
+    row (a dict without the curve, as grid callers passed before they held records)."""
+    if isinstance(r, Mapping) and "alphas" not in r:
+        return _Cell(*(r.get(k) for k in _Cell._fields))
+    rec = as_record(r, tolerance)
+    return _Cell(rec.a, rec.b, rec.monotonic, rec.own_pair, rec.min_delta, rec.barrier)
+
+
+def heatmap(
+    records: Sequence[PathRecord | Mapping[str, Any]], family: str, tolerance: float
+) -> Table:
+    """min-Δ (and barrier) per (a, b) of a family's paths as a coloured matrix: green
+    monotonic at ``tolerance``, red not."""
+    cells = [_cell(r, tolerance) for r in records]
+    a_labels = list(dict.fromkeys(c.a for c in cells))
+    b_labels = list(dict.fromkeys(c.b for c in cells))
+    by_pair = {(c.a, c.b): c for c in cells}
     table = Table(
         title=f"{family}: min-Δ / barrier (green: monotonic at tol {tolerance:g})",
         title_style="bold",
@@ -190,15 +215,15 @@ def heatmap(rows: Sequence[dict[str, Any]], family: str, tolerance: float) -> Ta
     for a in a_labels:
         values = []
         for b in b_labels:
-            r = cell.get((a, b))
-            if r is None:
+            c = by_pair.get((a, b))
+            if c is None:
                 values.append("")
                 continue
-            colour = "green" if r["monotonic"] else ("red" if r["monotonic"] is False else "yellow")
-            own = "*" if r.get("own_pair") else ""
-            values.append(f"[{colour}]{fmt(r['min_delta'], 3)}[/] / {fmt(r['barrier'], 3)}{own}")
+            colour = "green" if c.monotonic else ("red" if c.monotonic is False else "yellow")
+            own = "*" if c.own_pair else ""
+            values.append(f"[{colour}]{fmt(c.min_delta, 3)}[/] / {fmt(c.barrier, 3)}{own}")
         table.add_row(escape(str(a)), *values)
-    if any(r.get("own_pair") for r in rows):
+    if any(c.own_pair for c in cells):
         table.caption = "* own pair (the optimum trained from this initialisation)"
     return table
 
