@@ -108,7 +108,7 @@ class Opt:
     code: bool = False
     """The value makes mliscan import or run code (a module to import, a pickle to trust):
     honoured from the command line, Python and the current project's settings file only,
-    never from a settings file above the project (``cli.spine.load_settings``)."""
+    never from a settings file above the project (``cli.settings.load_settings``)."""
 
 
 def opt(default: Any = dataclasses.MISSING, help: str = "", **kw: Any) -> Any:

@@ -6,6 +6,7 @@ import contextlib
 import os
 import sys
 import warnings
+from typing import Any
 
 import typer
 
@@ -16,11 +17,11 @@ from mliscan.cli import compare as compare_cmd
 from mliscan.cli import demo as demo_cmd
 from mliscan.cli import env as env_cmd
 from mliscan.cli import grid as grid_cmd
+from mliscan.cli import helptext
 from mliscan.cli import logits as logits_cmd
 from mliscan.cli import plane as plane_cmd
 from mliscan.cli import report as report_cmd
 from mliscan.cli import runs as runs_cmd
-from mliscan.cli import spine
 from mliscan.cli import train as train_cmd
 from mliscan.cli import trajectory as trajectory_cmd
 from mliscan.cli.errors import (
@@ -45,27 +46,32 @@ app = typer.Typer(
         "  mliscan train --arch mlp --data digits --optimizer adam --lr 0.01 --bn --out runs/adam"
     ),
     no_args_is_help=True,
-    cls=spine.group_class(),
+    cls=helptext.group_class(),
     pretty_exceptions_enable=False,
     add_completion=True,  # --install-completion / --show-completion: typer's own mechanism
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-app.command("compare", cls=spine.command_class())(spine.plain_help(compare_cmd.compare))
-app.command("check", cls=spine.command_class())(spine.plain_help(check_cmd.check))
-app.command("train", cls=spine.command_class())(spine.plain_help(train_cmd.train))
-app.command("adapters", cls=spine.command_class())(spine.plain_help(adapters_cmd.adapters))
-app.command("demo", cls=spine.command_class())(spine.plain_help(demo_cmd.demo))
-app.command("grid", cls=spine.command_class())(spine.plain_help(grid_cmd.grid))
-app.command("plane", cls=spine.command_class())(spine.plain_help(plane_cmd.plane))
-app.command("report", cls=spine.command_class())(spine.plain_help(report_cmd.report))
-app.command("logits", cls=spine.command_class())(spine.plain_help(logits_cmd.logits))
-app.command("runs", cls=spine.command_class())(spine.plain_help(runs_cmd.runs))
-app.command("trajectory", cls=spine.command_class())(spine.plain_help(trajectory_cmd.trajectory))
-app.command("env", cls=spine.command_class())(spine.plain_help(env_cmd.env))
+app.command("compare", cls=helptext.command_class())(helptext.plain_help(compare_cmd.compare))
+app.command("check", cls=helptext.command_class())(helptext.plain_help(check_cmd.check))
+app.command("train", cls=helptext.command_class())(helptext.plain_help(train_cmd.train))
+app.command("adapters", cls=helptext.command_class())(helptext.plain_help(adapters_cmd.adapters))
+app.command("demo", cls=helptext.command_class())(helptext.plain_help(demo_cmd.demo))
+app.command("grid", cls=helptext.command_class())(helptext.plain_help(grid_cmd.grid))
+app.command("plane", cls=helptext.command_class())(helptext.plain_help(plane_cmd.plane))
+app.command("report", cls=helptext.command_class())(helptext.plain_help(report_cmd.report))
+app.command("logits", cls=helptext.command_class())(helptext.plain_help(logits_cmd.logits))
+app.command("runs", cls=helptext.command_class())(helptext.plain_help(runs_cmd.runs))
+app.command("trajectory", cls=helptext.command_class())(
+    helptext.plain_help(trajectory_cmd.trajectory)
+)
+app.command("env", cls=helptext.command_class())(helptext.plain_help(env_cmd.env))
 
 
 # typer vendors click: its usage errors share the base class of the public typer.BadParameter.
-_CLICK_ERRORS = tuple(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+# (Typed as any class: the vendored module is private, its classes known only at run time.)
+_CLICK_ERRORS: tuple[type[Any], ...] = tuple(
+    c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException"
+)
 
 
 def _version(value: bool) -> None:
@@ -114,7 +120,8 @@ def _stdout_was_closed() -> bool:
     if type(sys.stderr).__name__ == "PacifyFlushWrapper":
         sys.stderr = getattr(sys.stderr, "wrapped", sys.__stderr__)
     with contextlib.suppress(OSError, ValueError):  # whatever is left goes nowhere
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        if sys.stdout is not None:  # None only where Python runs without a console
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     print(CLOSED_PIPE_MESSAGE, file=sys.stderr)
     return True
 

@@ -1,23 +1,20 @@
-"""Command-line options and config-file keys generated from the spec fields.
+"""Command-line options generated from the spec fields.
 
 A command is written as ``def body(own typer parameters..., specs: Specs) -> int`` and
 declared with ``@spine.command("compare", SourceSpec, ArchSpec, DataSpec, EvalSpec, ...)``.
 The decorator adds one typer option per spec field (flag, type, help, default and panel from
-the field; nothing is declared twice), reads ``[tool.mliscan.<command>]`` of the nearest
-pyproject.toml or the ``[<command>]`` table of mliscan.toml for the options not given on the
-command line, and constructs each spec, which validates itself. So every command spells,
-documents, defaults and checks a shared option identically, and a config key is exactly the
-option's name.
+the field; nothing is declared twice), reads the command's settings table for the options not
+given on the command line (``cli/settings.py``), and constructs each spec, which validates
+itself. So every command spells, documents, defaults and checks a shared option identically,
+and a config key is exactly the option's name.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import functools
 import inspect
-import sys
 import typing
 from collections.abc import Callable
 from pathlib import Path
@@ -28,13 +25,14 @@ from rich.markup import escape
 
 from mliscan import spec as S
 from mliscan.cli.errors import real_interrupt, user_code_error
-from mliscan.errors import UsageError, short_list
-from mliscan.paths import deeper_than
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from mliscan.cli.helptext import HELP_ALL_OPTION, RARE, help_all_parameter
+from mliscan.cli.settings import (
+    CONFIG_OPTION,
+    announce,
+    config_parameter,
+    given_by_user,
+    load_settings,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,7 +188,6 @@ def params_for(cls: type, overrides: dict[str, Any]) -> list[tuple[inspect.Param
     return out
 
 
-CONFIG_OPTION = "config"
 CONTEXT = "mliscan_context"
 
 
@@ -250,7 +247,7 @@ def command(
             used: list[str] = []
             for pname, (_p, m) in by_name.items():
                 value = kwargs.pop(pname)
-                given = ctx is None or _given(ctx, pname)
+                given = ctx is None or given_by_user(ctx, pname)
                 if not given and pname in settings:
                     value = settings[pname]
                     where[m.spec][m.field] = f"{source}: {pname.replace('_', '-')}"
@@ -305,89 +302,12 @@ def command(
     return deco
 
 
-def config_parameter(command: str) -> inspect.Parameter:
-    """The ``--config PATH`` option of ``command``."""
-    info = typer.Option(
-        help=escape(
-            f"Settings file (default: [tool.mliscan.{command}] of the nearest pyproject.toml, "
-            f"or [{command}] of mliscan.toml): option names as keys; the command line wins; "
-            "keys that run code only from the project's own files."
-        ),
-        show_default=False,
-        metavar="PATH",
-        rich_help_panel=S.OUT,
-    )
-    info._escaped = True  # type: ignore[attr-defined]
-    return inspect.Parameter(
-        CONFIG_OPTION,
-        inspect.Parameter.KEYWORD_ONLY,
-        default=None,
-        annotation=Annotated[Path | None, info],
-    )
-
-
 def _opt_of(m: Param) -> S.Opt:
     f = next(x for x in dataclasses.fields(m.spec) if x.name == m.field)
     o = S.option_of(f)
     if o is None:  # pragma: no cover - only declared fields are generated
         raise TypeError(f"{m.spec.__name__}.{m.field} has no declaration")
     return o
-
-
-# The attribute of a command's function naming its rarely used options (parameter names).
-RARE = "mliscan_rare"
-
-
-def own_settings(
-    command: str, rare: tuple[str, ...] = ()
-) -> Callable[[Callable[..., int]], Callable[..., int]]:
-    """For a command whose options are its own parameters (``train``'s sweep lists): a
-    ``--config`` option, and the options not given on the command line read from the
-    command's settings table (``[tool.mliscan.<command>]`` of pyproject.toml, ``[<command>]``
-    of mliscan.toml), converted by the option's own type as if typed; ``rare`` as in
-    :func:`command`. A list value is a comma-separated list (``lr = [0.01, 0.1]``)."""
-
-    def deco(body: Callable[..., int]) -> Callable[..., int]:
-        sig = inspect.signature(body, eval_str=True)
-        params = [*sig.parameters.values(), config_parameter(command)]
-        if rare:
-            params.append(help_all_parameter())
-        context = next((p.name for p in params if p.annotation is typer.Context), None)
-
-        @functools.wraps(body)
-        def wrapper(**kwargs: Any) -> int:
-            config_path = kwargs.pop(CONFIG_OPTION, None)
-            kwargs.pop(HELP_ALL_OPTION, None)
-            ctx = kwargs.get(context) if context is not None else None
-            known = {k for k in kwargs if k != context}
-            settings, source = load_settings(command, config_path, known)
-            used = []
-            clicked = {p.name: p for p in ctx.command.params} if ctx is not None else {}
-            for key, value in settings.items():
-                if ctx is not None and _given(ctx, key):
-                    continue
-                param = clicked.get(key)
-                if isinstance(value, list) and param is not None and not param.multiple:
-                    value = ",".join(map(str, value))
-                if param is not None:
-                    try:
-                        value = param.process_value(ctx, value)
-                    except Exception as exc:  # click's BadParameter, in the file's words
-                        raise UsageError(
-                            f"{source}: {key.replace('_', '-')} = {_short(value)}: "
-                            f"{getattr(exc, 'message', exc)}"
-                        ) from None
-                kwargs[key] = value
-                used.append(key)
-            if source is not None:
-                announce(source, command, used, frozenset())
-            return body(**kwargs)
-
-        wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
-        setattr(wrapper, RARE, frozenset(rare))
-        return wrapper
-
-    return deco
 
 
 def _user_code_named(specs: Specs) -> str | None:
@@ -400,298 +320,11 @@ def _user_code_named(specs: Specs) -> str | None:
     return None
 
 
-def _given(ctx: Any, pname: str) -> bool:
-    """Whether the user set ``pname`` (command line or environment), not its default."""
-    source = ctx.get_parameter_source(pname)
-    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
-
-
 def _names_code(m: Param) -> bool:
     """Whether the field ``m`` sets makes mliscan import or run code (``Opt.code``)."""
     f = next(x for x in dataclasses.fields(m.spec) if x.name == m.field)
     o = S.option_of(f)
     return o is not None and o.code
-
-
-SETTINGS_FILES = ("mliscan.toml", "pyproject.toml")
-
-
-def table_name(path: Path, command: str) -> str:
-    return f"[tool.mliscan.{command}]" if path.name == "pyproject.toml" else f"[{command}]"
-
-
-# A settings file is small: larger ones, or deeper ones, are refused before they are parsed
-# further (a hostile file in a parent folder must not end the process).
-MAX_SETTINGS_BYTES = 4 << 20
-MAX_SETTINGS_DEPTH = 16
-
-
-def _toml(path: Path) -> dict[str, Any]:
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_SETTINGS_BYTES + 1)
-        if len(raw) > MAX_SETTINGS_BYTES:
-            raise UsageError(
-                f"{path}: larger than {MAX_SETTINGS_BYTES >> 20} MiB; not a settings file"
-            )
-        return tomllib.loads(raw.decode("utf-8"))
-    except RecursionError:
-        raise UsageError(f"{path}: nested too deeply to read as a settings file") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as exc:
-        raise UsageError(
-            f"{path}: not a readable TOML file ({' '.join(str(exc).split())[:200]})"
-        ) from exc
-
-
-def _table(data: dict[str, Any], keys: tuple[str, ...], path: Path) -> Any:
-    """``data[k0][k1]...``, None where a key is absent; a non-table on the way is an error."""
-    node: Any = data
-    for i, key in enumerate(keys):
-        if not isinstance(node, dict):
-            name = ".".join(keys[:i])
-            raise UsageError(
-                f"{path}: {name} must be a table, got {type(node).__name__} {_short(node)}"
-            )
-        node = node.get(key)
-        if node is None:
-            return None
-    return node
-
-
-def _short(value: Any) -> str:
-    text = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def read_settings(path: Path, command: str) -> dict[str, Any] | None:
-    """The settings table for ``command`` in one TOML file (None when it has none)."""
-    data = _toml(path)
-    table = table_name(path, command)
-    if path.name == "pyproject.toml":
-        node = _table(data, ("tool", "mliscan", command), path)
-    else:
-        node = data.get(command)
-        if (
-            node is None
-            and command == "check"
-            and not any(isinstance(v, dict) for v in data.values())
-        ):
-            node, table = data, "top level"  # the first form of mliscan.toml: flat check keys
-    if node is None:
-        return None
-    if not isinstance(node, dict):
-        raise UsageError(f"{path}: {table} must be a table of settings, got {_short(node)}")
-    if deeper_than(node, MAX_SETTINGS_DEPTH):
-        raise UsageError(f"{path}: {table} nests more than {MAX_SETTINGS_DEPTH} levels deep")
-    return node
-
-
-def project_root(start: Path) -> Path:
-    """The folder of the project the user is in: the nearest folder at or above ``start``
-    that holds ``.git`` (a repository's root); ``start`` itself outside any repository."""
-    for folder in [start, *start.parents]:
-        if (folder / ".git").exists():
-            return folder
-    return start
-
-
-def _inside(folder: Path, root: Path) -> bool:
-    return folder == root or root in folder.parents
-
-
-def find_settings(command: str, start: Path) -> tuple[dict[str, Any], Path | None, bool]:
-    """(the table, its file, whether that file belongs to the project): the first
-    mliscan.toml or pyproject.toml holding a table for ``command``, from ``start`` up
-    through its parents. A file in ``start``, or between it and the repository root, is the
-    project's own; one above the root (a shared scratch or home folder) is not."""
-    root = project_root(start)
-    for folder in [start, *start.parents]:
-        for fname in SETTINGS_FILES:
-            path = folder / fname
-            if path.is_file():
-                found = read_settings(path, command)
-                if found is not None:
-                    return found, path, _inside(folder, root)
-    return {}, None, True
-
-
-def load_settings(
-    command: str, explicit: Path | None, known: set[str], code_keys: frozenset[str] = frozenset()
-) -> tuple[dict[str, Any], Path | None]:
-    """(settings by parameter name, the file they came from).
-
-    Keys in ``code_keys`` make mliscan import or run code (``--model``, ``--trust-pickle``):
-    a settings file above the project (see :func:`find_settings`) that sets one is refused,
-    naming the file and the key, so a file in a shared parent folder cannot run code in
-    every project below it. ``--config PATH`` is the user's own choice on the command line."""
-    if explicit is not None:
-        if not explicit.is_file():
-            raise UsageError(f"--config {explicit}: no such settings file")
-        node, source, own = read_settings(explicit, command) or {}, explicit, True
-    else:
-        node, source, own = find_settings(command, Path.cwd())
-    settings = {str(k).replace("-", "_"): v for k, v in node.items()}
-    code = sorted(k.replace("_", "-") for k in settings if k in code_keys)
-    if code and not own:
-        raise UsageError(
-            f"{source}: {', '.join(code)} would import or run code, and this settings file is "
-            f"above the project ({project_root(Path.cwd())}); settings files outside the "
-            f"project cannot run code: give --{code[0]} on the command line, or set it in the "
-            "project's own mliscan.toml or pyproject.toml"
-        )
-    unknown = sorted(str(k)[:40] for k in node if str(k).replace("-", "_") not in known)
-    if unknown:
-        names = sorted(k.replace("_", "-") for k in known)
-        guesses = [
-            f"{k} -> {close[0]}"
-            for k in unknown
-            if (close := difflib.get_close_matches(k.replace("_", "-"), names, n=1, cutoff=0.6))
-        ]
-        hint = f" (did you mean {', '.join(guesses)}?)" if guesses else ""
-        raise UsageError(
-            f"{source}: unknown {command} setting(s) {short_list(unknown)}{hint}; known: "
-            f"{', '.join(names)}"
-        )
-    return settings, source
-
-
-def announce(source: Path, command: str, used: list[str], code_keys: frozenset[str]) -> None:
-    """Name the settings file a command reads, and the keys it took from it, on stderr."""
-    keys = [k.replace("_", "-") + (" (runs code)" if k in code_keys else "") for k in used]
-    shown = ", ".join(keys) if keys else "no setting the command line did not give"
-    print(f"settings from {source} {table_name(source, command)}: {shown}", file=sys.stderr)
-
-
-def _flags_without_metavar(params: list[Any]) -> list[Any]:
-    for param in params:
-        if getattr(param, "is_flag", False) and param.metavar is None:
-            param.metavar = ""  # a flag takes no value
-    return params
-
-
-HELP_ALL = "mliscan_help_all"
-HELP_ALL_OPTION = "help_all"
-
-
-def _show_all(ctx: Any, param: Any, value: Any) -> None:
-    """``--help-all``: the help with every option (as ``--help`` prints it, then exit)."""
-    if not value or ctx.resilient_parsing:
-        return
-    ctx.meta[HELP_ALL] = True
-    typer.echo(ctx.get_help(), color=ctx.color)
-    ctx.exit()
-
-
-def help_all_parameter() -> inspect.Parameter:
-    """``--help-all`` of a command with rarely used options (its value is never used)."""
-    info = typer.Option(
-        "--help-all",
-        is_eager=True,
-        callback=_show_all,
-        help="Show every option, the rarely used ones too, and exit.",
-        show_default=False,
-    )
-    info._escaped = True  # type: ignore[attr-defined]
-    return inspect.Parameter(
-        HELP_ALL_OPTION,
-        inspect.Parameter.KEYWORD_ONLY,
-        default=False,
-        annotation=Annotated[bool, info],
-    )
-
-
-def command_class() -> type:
-    """The typer command class of every mliscan command: its flags (-h/--help included)
-    show no value metavar in the help table; its rarely used options (``RARE`` of the
-    command's function) are left out of ``--help`` and shown by ``--help-all``, so the
-    help fits in about two screens."""
-    from typer.core import TyperCommand
-
-    class MliscanCommand(TyperCommand):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.rare: frozenset[str] = getattr(self.callback, RARE, frozenset())
-            self.hiding: frozenset[str] = frozenset()
-
-        def get_params(self, ctx: Any) -> list[Any]:
-            params = _flags_without_metavar(super().get_params(ctx))
-            return [p for p in params if p.name not in self.hiding]
-
-        def format_help(self, ctx: Any, formatter: Any) -> None:
-            shown = {p.name for p in self.params if not getattr(p, "hidden", False)}
-            left_out = self.rare & shown if not ctx.meta.get(HELP_ALL) else frozenset()
-            epilog = self.epilog
-            if left_out:
-                self.hiding = frozenset(left_out)
-                self.epilog = escape(
-                    f"{len(left_out)} rarely used options are left out here: "
-                    f"mliscan {self.name} --help-all shows every option."
-                )
-            try:
-                super().format_help(ctx, formatter)
-            finally:
-                self.hiding, self.epilog = frozenset(), epilog
-
-    return MliscanCommand
-
-
-def group_class() -> type:
-    """The same for the root command (--version, --install-completion, --help)."""
-    from typer.core import TyperGroup
-
-    class MliscanGroup(TyperGroup):
-        def get_params(self, ctx: Any) -> list[Any]:
-            return _flags_without_metavar(super().get_params(ctx))
-
-    return MliscanGroup
-
-
-_OWN_METAVARS: dict[Any, str] = {
-    bool: "",  # a flag takes no value
-    bool | None: "",
-    int: "N",
-    int | None: "N",
-    list[int] | None: "N",
-    float: "X",
-    float | None: "X",
-    Path: "PATH",
-    Path | None: "PATH",
-}
-
-
-def plain_help(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Help text shown as written: brackets such as ``[@REV]`` are not rich markup.
-
-    Escapes the docstring and every own option's help once (generated options are escaped
-    when made)."""
-    if getattr(fn, "_plain_help", False):
-        return fn
-    if fn.__doc__:
-        fn.__doc__ = escape(_reflowed(inspect.cleandoc(fn.__doc__)))
-    sig = inspect.signature(fn, eval_str=True)  # a new evaluation makes new infos: keep it
-    fn.__signature__ = sig
-    for p in sig.parameters.values():
-        args = typing.get_args(p.annotation)
-        for info in args[1:]:
-            if getattr(info, "metavar", 1) is None and type(info).__name__ == "OptionInfo":
-                # the same value names as the generated options: N, X, PATH, TEXT
-                info.metavar = _OWN_METAVARS.get(args[0], "TEXT")
-            text = getattr(info, "help", None)
-            if isinstance(text, str) and not getattr(info, "_escaped", False):
-                info.help = escape(text)
-                info._escaped = True
-    fn._plain_help = True
-    return fn
-
-
-def _reflowed(doc: str) -> str:
-    """A docstring's prose paragraphs as one line each (the terminal wraps them at its own
-    width, not at the source's); indented paragraphs (examples) keep their lines."""
-    paragraphs = doc.split("\n\n")
-    return "\n\n".join(
-        p if any(line.startswith((" ", "\t")) for line in p.splitlines()) else " ".join(p.split())
-        for p in paragraphs
-    )
 
 
 def annotated(cls: type, field_name: str, **changes: Any) -> Any:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from mliscan.cli import options as o
-from mliscan.cli import spine
+from mliscan.cli import settings
 from mliscan.cli.errors import EXIT_GATE
 from mliscan.errors import UsageError
 
@@ -37,7 +37,7 @@ def normalise_bn_argv(argv: list[str]) -> list[str]:
     return out
 
 
-@spine.own_settings(
+@settings.own_settings(
     "train",
     rare=(
         "activation",

@@ -1,0 +1,153 @@
+"""How mliscan's help reads: ``--help-all`` for rarely used options, flags without a value
+metavar, help text shown as written (escaped once, prose reflowed).
+
+Commands are typer commands of :func:`command_class` (the root: :func:`group_class`); a
+command's function names its rarely used options in its ``RARE`` attribute (set by
+``spine.command`` and ``settings.own_settings``), which ``--help`` leaves to ``--help-all``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+
+# The attribute of a command's function naming its rarely used options (parameter names).
+RARE = "mliscan_rare"
+
+
+def _flags_without_metavar(params: list[Any]) -> list[Any]:
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""  # a flag takes no value
+    return params
+
+
+HELP_ALL = "mliscan_help_all"
+HELP_ALL_OPTION = "help_all"
+
+
+def _show_all(ctx: Any, param: Any, value: Any) -> None:
+    """``--help-all``: the help with every option (as ``--help`` prints it, then exit)."""
+    if not value or ctx.resilient_parsing:
+        return
+    ctx.meta[HELP_ALL] = True
+    typer.echo(ctx.get_help(), color=ctx.color)
+    ctx.exit()
+
+
+def help_all_parameter() -> inspect.Parameter:
+    """``--help-all`` of a command with rarely used options (its value is never used)."""
+    info = typer.Option(
+        "--help-all",
+        is_eager=True,
+        callback=_show_all,
+        help="Show every option, the rarely used ones too, and exit.",
+        show_default=False,
+    )
+    info._escaped = True  # type: ignore[attr-defined]
+    return inspect.Parameter(
+        HELP_ALL_OPTION,
+        inspect.Parameter.KEYWORD_ONLY,
+        default=False,
+        annotation=Annotated[bool, info],
+    )
+
+
+def command_class() -> type:
+    """The typer command class of every mliscan command: its flags (-h/--help included)
+    show no value metavar in the help table; its rarely used options (``RARE`` of the
+    command's function) are left out of ``--help`` and shown by ``--help-all``, so the
+    help fits in about two screens."""
+    from typer.core import TyperCommand
+
+    class MliscanCommand(TyperCommand):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.rare: frozenset[str] = getattr(self.callback, RARE, frozenset())
+            self.hiding: frozenset[str] = frozenset()
+
+        def get_params(self, ctx: Any) -> list[Any]:
+            params = _flags_without_metavar(super().get_params(ctx))
+            return [p for p in params if p.name not in self.hiding]
+
+        def format_help(self, ctx: Any, formatter: Any) -> None:
+            shown = {p.name for p in self.params if not getattr(p, "hidden", False)}
+            left_out = self.rare & shown if not ctx.meta.get(HELP_ALL) else frozenset()
+            epilog = self.epilog
+            if left_out:
+                self.hiding = frozenset(left_out)
+                self.epilog = escape(
+                    f"{len(left_out)} rarely used options are left out here: "
+                    f"mliscan {self.name} --help-all shows every option."
+                )
+            try:
+                super().format_help(ctx, formatter)
+            finally:
+                self.hiding, self.epilog = frozenset(), epilog
+
+    return MliscanCommand
+
+
+def group_class() -> type:
+    """The same for the root command (--version, --install-completion, --help)."""
+    from typer.core import TyperGroup
+
+    class MliscanGroup(TyperGroup):
+        def get_params(self, ctx: Any) -> list[Any]:
+            return _flags_without_metavar(super().get_params(ctx))
+
+    return MliscanGroup
+
+
+_OWN_METAVARS: dict[Any, str] = {
+    bool: "",  # a flag takes no value
+    bool | None: "",
+    int: "N",
+    int | None: "N",
+    list[int] | None: "N",
+    float: "X",
+    float | None: "X",
+    Path: "PATH",
+    Path | None: "PATH",
+}
+
+
+def plain_help(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Help text shown as written: brackets such as ``[@REV]`` are not rich markup.
+
+    Escapes the docstring and every own option's help once (generated options are escaped
+    when made)."""
+    if getattr(fn, "_plain_help", False):
+        return fn
+    if fn.__doc__:
+        fn.__doc__ = escape(_reflowed(inspect.cleandoc(fn.__doc__)))
+    sig = inspect.signature(fn, eval_str=True)  # a new evaluation makes new infos: keep it
+    fn.__signature__ = sig
+    for p in sig.parameters.values():
+        args = typing.get_args(p.annotation)
+        for info in args[1:]:
+            if getattr(info, "metavar", 1) is None and type(info).__name__ == "OptionInfo":
+                # the same value names as the generated options: N, X, PATH, TEXT
+                info.metavar = _OWN_METAVARS.get(args[0], "TEXT")
+            text = getattr(info, "help", None)
+            if isinstance(text, str) and not getattr(info, "_escaped", False):
+                info.help = escape(text)
+                info._escaped = True
+    fn._plain_help = True
+    return fn
+
+
+def _reflowed(doc: str) -> str:
+    """A docstring's prose paragraphs as one line each (the terminal wraps them at its own
+    width, not at the source's); indented paragraphs (examples) keep their lines."""
+    paragraphs = doc.split("\n\n")
+    return "\n\n".join(
+        p if any(line.startswith((" ", "\t")) for line in p.splitlines()) else " ".join(p.split())
+        for p in paragraphs
+    )
