@@ -32,6 +32,7 @@ class SimpleCNNAdapter(Adapter):
     name = "simplecnn"
     description = "two 3x3 stride-2 convolutions (32, 64) with ReLU and a linear head"
     default_data = "digits"
+    example_data = DataInfo((1, 8, 8), 10)  # the digits' 8x8 images
     Options = CNNOptions
     train_defaults = TrainDefaults(optimizer="sgd", lr=0.05, epochs=50, batch_size=128)
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from mliscan.adapters.flags import ACTIVATION, BN, HIDDEN
 from torch import nn
 
 from mliscan.adapter import (
@@ -43,6 +44,8 @@ class MLPAdapter(Adapter):
     description = "fully-connected classifier (Sequential of Linear, [BatchNorm1d], activation)"
     default_data = "digits"
     Options = MLPOptions
+    flags = (HIDDEN, ACTIVATION, BN)
+    example_data = DataInfo((1, 8, 8), 10)  # the digits' 8x8 images
     train_defaults = TrainDefaults(optimizer="sgd", lr=0.1, epochs=100, batch_size=128)
 
     def build(self, options: MLPOptions, data: DataInfo) -> nn.Module:

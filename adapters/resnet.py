@@ -14,15 +14,25 @@ channel padding). Options follow Table 2 of Lucas et al.:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from mliscan.adapters.flags import BN, INIT_SCHEME
 from torch import nn
 from torch.nn import functional as F
 
-from mliscan.adapter import Adapter, DataInfo, TrainDefaults, option, parse_bool, parse_choice
+from mliscan.adapter import (
+    Adapter,
+    DataInfo,
+    TrainDefaults,
+    batch_norm_label,
+    option,
+    parse_bool,
+    parse_choice,
+)
 from mliscan.errors import AdapterOptionError, UsageError
 from mliscan.permutation import PermutationSpec, add_conv, add_norm, whole
 
@@ -177,6 +187,7 @@ class ResNetAdapter(Adapter):
     )
     default_data = "cifar10"
     Options = ResNetOptions
+    flags = (BN, INIT_SCHEME)
     train_defaults = TrainDefaults(optimizer="sgd", lr=0.1, epochs=200, batch_size=128)
     # --align: the residual stream shared across blocks, widened by zero-padding shortcuts
     permutation = staticmethod(cifar_resnet_spec)  # --align: the residual stream
@@ -194,6 +205,11 @@ class ResNetAdapter(Adapter):
                 f"--arch {self.name}: Fixup initialisation is for networks without batch norm; "
                 "add --no-bn"
             )
+
+    def report_label(self, options: Mapping[str, Any]) -> str:
+        """Table 2's names: BN or NBN, then -I for block-identity or -F for Fixup."""
+        suffix = {"block-identity": "-I", "fixup": "-F"}.get(options.get("init", "default"), "")
+        return batch_norm_label(options) + suffix
 
     def build(self, options: ResNetOptions, data: DataInfo) -> nn.Module:
         if len(data.input_shape) != 3:

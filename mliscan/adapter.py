@@ -21,7 +21,7 @@ from torch import nn
 
 from mliscan.errors import AdapterOptionError, CheckpointMismatchError, DataError, short_list
 from mliscan.permutation import PermutationSpec
-from mliscan.spec import EVAL_BATCH_CANDIDATES
+from mliscan.spec import EVAL_BATCH_CANDIDATES, AdapterFlag
 
 
 @dataclass(frozen=True)
@@ -68,16 +68,22 @@ class Adapter(ABC):
     eval_batch_candidates: ClassVar[tuple[int, ...]] = EVAL_BATCH_CANDIDATES
     """Evaluation batch sizes tried by the speed probe (large models: small ones)."""
     trainable: ClassVar[bool] = True
+    """Whether ``mliscan train`` can train it (hub adapters evaluate only)."""
     # Capabilities, declared (the engine never compares method identities):
     custom_logits: ClassVar[bool] = False
     """``logits`` is not the module output (the second-order pass then does not apply)."""
     targets_from_inputs: ClassVar[bool] = False
+    """``prepare_targets`` derives the targets from the inputs (such data cannot be streamed)."""
     permutation: ClassVar[Callable[[nn.Module], PermutationSpec] | None] = None
     """How ``--align`` permutes hidden units: a function from the built module to its
     :class:`~mliscan.permutation.PermutationSpec` (``permutation.sequential_spec`` for a
     plain Sequential), or None when the architecture declares none."""
-    """``prepare_targets`` derives the targets from the inputs (such data cannot be streamed)."""
-    """Whether ``mliscan train`` can train it (hub adapters evaluate only)."""
+    flags: ClassVar[tuple[AdapterFlag, ...]] = ()
+    """Command-line flags that set its options (``--hidden``); declared without torch, so
+    that ``--help`` can show them (built-ins: ``adapters/flags.py``). Other options are
+    given as ``--arch-opt KEY=VALUE``."""
+    example_data: ClassVar[DataInfo] = DataInfo((3, 16, 16), 7)
+    """The data shape of :meth:`example` (small colour images unless declared)."""
 
     def named_as(self) -> str:
         """How the user chose this architecture, in messages (``--arch NAME``)."""
@@ -90,9 +96,7 @@ class Adapter(ABC):
     # ---- a small instance of itself (the contract test builds one of every adapter) --------
     def example(self) -> tuple[dict[str, Any], DataInfo]:
         """Options and data shape of a small, quickly built instance."""
-        if self.default_data == "digits":
-            return {}, DataInfo((1, 8, 8), 10)
-        return {}, DataInfo((3, 16, 16), 7)
+        return {}, self.example_data
 
     def example_batch(self, info: DataInfo, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw inputs and labels of ``n`` examples of that shape (before prepare_*)."""
@@ -142,6 +146,11 @@ class Adapter(ABC):
 
     def options_to_dict(self, options: Any) -> dict[str, Any]:
         return json_ready(dataclasses.asdict(options))
+
+    def report_label(self, options: Mapping[str, Any]) -> str:
+        """How the paper's tables name a run with these options (its ``scheme`` column,
+        ``options`` as stored in run.json): BN or NBN, with or without batch norm."""
+        return batch_norm_label(options)
 
     def infer_options(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, Any]:
         """Options that can be read off a checkpoint's shapes (used when not given)."""
@@ -211,6 +220,11 @@ def option(default: Any, help: str, parse: Any = None) -> Any:
     if isinstance(default, (list, dict, set)):
         raise TypeError("use tuples for sequence defaults")
     return dataclasses.field(default=default, metadata=meta)
+
+
+def batch_norm_label(options: Mapping[str, Any]) -> str:
+    """BN when the options build the batch-norm variant, else NBN (Tables 1-2)."""
+    return "BN" if bool(options.get("bn", False)) else "NBN"
 
 
 def parse_bool(value: Any) -> bool:

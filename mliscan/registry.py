@@ -3,16 +3,24 @@
 Built-in adapters are declared in ``pyproject.toml`` exactly as a plugin would declare its
 own. Entry points are loaded lazily, by name; one that fails to load is reported as a
 warning and the rest keep working. ``register`` adds adapters at run time (tests, notebooks).
+
+The adapters' command-line flags (``arch_flags``, ``arch_spec``) are read without loading
+any adapter: importing this module and asking for them imports no torch (``--help``).
 """
 
 from __future__ import annotations
 
+import functools
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from importlib.metadata import EntryPoint, entry_points
+from typing import TYPE_CHECKING, Any
 
-from mliscan.adapter import Adapter
 from mliscan.errors import CheckpointFormatError, UnknownAdapterError, UsageError
+from mliscan.spec import AdapterFlag, ArchSpec
+
+if TYPE_CHECKING:  # the module imports torch; it is loaded with the first adapter
+    from mliscan.adapter import Adapter
 
 GROUP = "mliscan.adapters"
 _runtime: dict[str, Callable[[], Adapter]] = {}
@@ -47,6 +55,8 @@ def names() -> list[str]:
 
 def get_adapter(name: str) -> Adapter:
     """The adapter registered as ``name``."""
+    from mliscan.adapter import Adapter
+
     if name in _cache:
         return _cache[name]
     if name in _runtime:
@@ -99,3 +109,32 @@ def adapter_for_config(config: dict, where: str) -> Adapter:
             f"{', '.join(names())})"
         )
     return claimed[0]
+
+
+def arch_flags() -> tuple[AdapterFlag, ...]:
+    """The command-line flags of the built-in adapters (``--hidden``, ``--bn``, ...: each
+    adapter names its own in ``Adapter.flags``), declared without torch in
+    ``adapters/flags.py``; a plugin's options are given as ``--arch-opt KEY=VALUE``."""
+    from mliscan.adapters.flags import FLAGS
+
+    return FLAGS
+
+
+@functools.cache
+def arch_spec() -> type[ArchSpec]:
+    """:class:`~mliscan.spec.ArchSpec` with a field per adapter flag: the command line's
+    architecture options and config keys (one class, made once)."""
+    return ArchSpec.with_flags(arch_flags())
+
+
+def report_label(arch: str | None, options: Mapping[str, Any]) -> str:
+    """How the paper's tables name a run of ``arch`` with ``options`` (its ``scheme``):
+    the adapter's :meth:`~mliscan.adapter.Adapter.report_label`, or BN/NBN when no adapter
+    of that name loads (a report of a plugin's runs read from their cached metrics)."""
+    from mliscan.adapter import batch_norm_label
+
+    try:
+        adapter = get_adapter(str(arch))
+    except UnknownAdapterError:
+        return batch_norm_label(options)
+    return adapter.report_label(options)

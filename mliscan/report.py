@@ -21,6 +21,7 @@ from mliscan.identity import key as identity_key
 from mliscan.metrics import converged, is_monotonic
 from mliscan.paths import FINAL_FILE, INIT_FILE, RUN_FILE, atomic_write_json, read_json
 from mliscan.pipeline import compare_pair
+from mliscan.registry import report_label
 from mliscan.spec import EvalSpec, SourceSpec
 
 # Table 1 / Section 4.1: runs count only when their final training loss is below this.
@@ -124,9 +125,7 @@ def row_of(folder: Path, metrics: dict[str, Any]) -> dict[str, Any]:
     options = run.get("arch_options") or cfg.get("arch_options") or {}
     row["bn"] = bool(options.get("bn", False))
     row["init"] = options.get("init", "default")
-    row["scheme"] = ("BN" if row["bn"] else "NBN") + {"block-identity": "-I", "fixup": "-F"}.get(
-        row["init"], ""
-    )
+    row["scheme"] = report_label(row["arch"], options)  # the adapter names it (Table 2: BN-I)
     row["final_train_loss"] = run.get("final_train_loss")
     row["final_train_accuracy"] = run.get("final_train_accuracy")
     for k in ("min_delta", "distance", "normalized_distance", "gauss_length", "barrier"):

@@ -158,6 +158,11 @@ class Spec:
                 raise
         self.check()
 
+    @classmethod
+    def cli_fields(cls) -> tuple[dataclasses.Field, ...]:
+        """The fields in the order a command lists their options (the declaration order)."""
+        return dataclasses.fields(cls)
+
     def check(self) -> None:
         """Rules that relate several fields (override)."""
 
@@ -321,44 +326,59 @@ class SourceSpec(Spec):
     )
 
 
+# The metadata key of an ArchSpec field made from an adapter's flag: the option it sets.
+ADAPTER_KEY = "mliscan_adapter_key"
+
+
+@dataclass(frozen=True)
+class AdapterFlag:
+    """A command-line option an adapter declares for one of its options (``--hidden`` sets
+    the mlp adapter's ``hidden``; ``Adapter.flags``). The name is the flag (``--init-scheme``
+    for ``init_scheme``), the config key and the Python name; the value goes to the option
+    ``key`` of whichever adapter is chosen (one without that option refuses it by name)."""
+
+    name: str
+    help: str
+    key: str | None = None
+    """The adapter option it sets (default: ``name``)."""
+    choices: tuple[str, ...] | None = None
+    boolean: bool = False
+    """A flag without a value (True when given)."""
+    negative: str | None = None
+    """Boolean flags: the flag that sets False (e.g. --no-bn)."""
+    rare: bool = False
+    """Left out of ``--help`` (shown by ``--help-all``)."""
+    show: str = "from metadata"
+    """How the unset default reads in help (the adapter then reads the value elsewhere)."""
+
+    def as_field(self) -> tuple[str, Any, Any]:
+        """The ArchSpec field of this flag: (name, type, dataclasses.Field)."""
+        o = Opt(
+            help=self.help,
+            panel=ARCH,
+            choices=self.choices,
+            negative=self.negative,
+            rare=self.rare,
+            show=self.show,
+        )
+        meta = {"mliscan": o, ADAPTER_KEY: self.key or self.name}
+        tp = bool | None if self.boolean else str | None
+        return self.name, tp, field(default=None, metadata=meta)
+
+
 @dataclass(frozen=True)
 class ArchSpec(Spec):
-    """The architecture: an adapter name and the options given (the rest from metadata)."""
+    """The architecture: an adapter name and the options given (the rest from metadata).
+
+    The adapters' own flags (``--hidden``, ``--bn``, ...) are fields of
+    :meth:`with_flags`'s subclass, which the command line builds from the flags the
+    adapters declare (``registry.arch_spec``)."""
 
     concern: ClassVar[str] = "architecture"
     arch: str | None = opt(
         None,
         "Architecture adapter (see `mliscan adapters`).",
         panel=ARCH,
-        show="from metadata",
-    )
-    hidden: str | None = opt(
-        None,
-        "MLP hidden widths, e.g. 128,128.",
-        panel=ARCH,
-        show="from the checkpoint",
-    )
-    activation: str | None = opt(
-        None,
-        "MLP activation.",
-        panel=ARCH,
-        rare=True,
-        choices=("relu", "tanh", "gelu"),
-        show="from metadata",
-    )
-    bn: bool | None = opt(
-        None,
-        "Build the batch-norm variant (mlp, resnet*).",
-        panel=ARCH,
-        negative="--no-bn",
-        show="from metadata",
-    )
-    init_scheme: str | None = opt(
-        None,
-        "ResNet initialisation.",
-        panel=ARCH,
-        rare=True,
-        choices=("default", "block-identity", "fixup"),
         show="from metadata",
     )
     arch_opt: tuple[str, ...] = opt(
@@ -386,6 +406,35 @@ class ArchSpec(Spec):
         code=True,
     )
 
+    @classmethod
+    def with_flags(cls, flags: tuple[AdapterFlag, ...]) -> type[ArchSpec]:
+        """This spec with one field per adapter flag (validated, shown and read from config
+        files like every field). A flag declared by several adapters is declared alike."""
+        declared: dict[str, AdapterFlag] = {}
+        for flag in flags:
+            if flag.name in declared and declared[flag.name] != flag:
+                raise ValueError(f"adapter flag --{flag.name} is declared twice, differently")
+            declared[flag.name] = flag
+        clash = set(declared) & {f.name for f in dataclasses.fields(cls)}
+        if clash:
+            raise ValueError(f"adapter flags {sorted(clash)} clash with ArchSpec's own fields")
+        fields = [flag.as_field() for flag in declared.values()]
+        return dataclasses.make_dataclass(
+            cls.__name__,
+            fields,
+            bases=(cls,),
+            frozen=True,
+            namespace={"__module__": cls.__module__, "__doc__": cls.__doc__},
+        )
+
+    @classmethod
+    def cli_fields(cls) -> tuple[dataclasses.Field, ...]:
+        """--arch, then the adapters' flags (the options they set), then the rest."""
+        fields = dataclasses.fields(cls)
+        flags = tuple(f for f in fields if ADAPTER_KEY in f.metadata)
+        first = tuple(f for f in fields if f.name == "arch")
+        return first + flags + tuple(f for f in fields if f not in first + flags)
+
     def check(self) -> None:
         for name in ("arch_opt", "model_arg"):
             for item in getattr(self, name):
@@ -402,16 +451,13 @@ class ArchSpec(Spec):
             raise self.fail("model_arg", "needs --model module.path:factory")
 
     def given_options(self) -> dict[str, Any]:
-        """The architecture options the user actually gave (nothing for those left unset)."""
+        """The architecture options the user actually gave (nothing for those left unset):
+        each adapter flag's value under the option it sets, then ``--arch-opt``'s."""
         given: dict[str, Any] = {}
-        for name, key in (
-            ("hidden", "hidden"),
-            ("activation", "activation"),
-            ("bn", "bn"),
-            ("init_scheme", "init"),
-        ):
-            if getattr(self, name) is not None:
-                given[key] = getattr(self, name)
+        for f in dataclasses.fields(self):
+            key = f.metadata.get(ADAPTER_KEY)
+            if key is not None and getattr(self, f.name) is not None:
+                given[key] = getattr(self, f.name)
         for item in self.arch_opt:
             key, _, value = item.partition("=")
             given[key.strip()] = value.strip()

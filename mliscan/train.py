@@ -347,7 +347,7 @@ def _keep_checkpoint(
 
 
 def _test_split(spec: TrainSpec) -> Any:
-    """The test split, when the dataset declares one (digits has none)."""
+    """The test split, when the dataset declares one (``DatasetInfo.test_split``)."""
     if not has_test_split(spec.data.name):
         return None
     return load_dataset(dataclasses.replace(spec.data, split="test", limit=None))
@@ -380,7 +380,7 @@ def _diverged(
 def _test_accuracy(
     test: Any, adapter: Any, module: torch.nn.Module, device: torch.device, dtype: torch.dtype
 ) -> float | None:
-    """Accuracy on the test split, when the dataset has one (digits has none)."""
+    """Accuracy on the test split, when the dataset declares one (else None)."""
     if test is None:
         return None
     data = prepare_data(adapter, test.inputs, test.targets, device, dtype)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import pytest
@@ -49,6 +50,32 @@ def test_adapter_contract(name: str) -> None:
     torch.manual_seed(0)
     again = adapter.build(opts, info).state_dict()
     assert all(torch.equal(again[k], state[k]) for k in state)
+
+
+@pytest.mark.parametrize("name", registry.names())
+def test_declared_flags_set_options_the_adapter_has(name: str) -> None:
+    """Each flag an adapter declares is a command-line option (registry.arch_flags) and
+    sets an option of its own, with the same choices; its report label is text."""
+    adapter = registry.get_adapter(name)
+    fields = {f.name: f for f in dataclasses.fields(adapter.Options)}
+    for flag in adapter.flags:
+        assert flag in registry.arch_flags(), f"{name}: --{flag.name} is not an option"
+        key = flag.key or flag.name
+        assert key in fields, f"{name}: --{flag.name} sets {key}, not an option of {name}"
+        parse = fields[key].metadata.get("parse")
+        if flag.boolean:
+            assert isinstance(fields[key].default, bool)
+        if flag.choices is not None:
+            assert [parse(c) for c in flag.choices] == list(flag.choices)
+            with pytest.raises(ValueError):
+                parse("no-such-choice")
+    options = adapter.options_to_dict(adapter.parse_options(adapter.example()[0]))
+    assert isinstance(adapter.report_label(options), str)
+
+
+def test_every_flag_is_declared_by_an_adapter() -> None:
+    declared = {f for name in registry.names() for f in registry.get_adapter(name).flags}
+    assert declared == set(registry.arch_flags())
 
 
 def test_mlp_keys_are_those_of_a_plain_sequential() -> None:

@@ -45,3 +45,24 @@ def test_runtime_registration(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.warns(UserWarning, match="twice"):
         registry.register("mlp", Tiny)
     registry._cache.pop("mlp", None)
+
+
+def test_adapter_flags_are_read_without_torch() -> None:
+    """--help builds the adapters' flags as options: reading them imports no torch."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, dataclasses; from mliscan import registry; cls = registry.arch_spec(); "
+        "print('torch' in sys.modules, [f.name for f in cls.cli_fields()])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split(" ", 1)[0] == "False", out.stdout
+    assert "'hidden', 'activation', 'bn', 'init_scheme'" in out.stdout
+    assert registry.arch_spec() is registry.arch_spec()  # one class: specs[ArchSpec] finds it
+
+
+def test_report_label_of_a_run_whose_adapter_is_gone() -> None:
+    assert registry.report_label("resnet20", {"bn": True, "init": "fixup"}) == "BN-F"
+    assert registry.report_label("no-such-plugin", {"bn": True, "init": "fixup"}) == "BN"
+    assert registry.report_label(None, {}) == "NBN"

@@ -39,7 +39,6 @@ def test_defaults_construct():
         (S.DataSpec, {"limit": 0}, "--data-limit: must be at least 1"),
         (S.DataSpec, {"split": "valid"}, "--split: expected"),
         (S.ArchSpec, {"arch_opt": ("novalue",)}, "--arch-opt: expects KEY=VALUE"),
-        (S.ArchSpec, {"activation": "swish"}, "--activation: must be one of relu, tanh, gelu"),
         (S.PlaneSpec, {"resolution": 1}, "--resolution: must be at least 2"),
         (S.PlaneSpec, {"range": (1.0, 0.0, 0.0, 1.0)}, "--range: expects finite"),
         (S.PlaneSpec, {"range": (0.0, 1.0, 0.0)}, "--range: expects finite"),
@@ -77,9 +76,47 @@ def test_numeric_settings_leave_out_speed_and_verdict_options():
     assert S.EvalSpec(bn=S.BNSpec(batch_size=64)).numeric_settings() != a.numeric_settings()
 
 
+FLAGS = (
+    S.AdapterFlag("hidden", "Widths."),
+    S.AdapterFlag("bn", "Batch norm.", boolean=True, negative="--no-bn"),
+    S.AdapterFlag("init_scheme", "Init.", key="init", choices=("default", "fixup"), rare=True),
+)
+
+
 def test_arch_spec_given_options():
-    spec = S.ArchSpec(hidden="8,8", bn=False, init_scheme="fixup", arch_opt=("width = 3",))
+    """Each adapter flag given goes to the adapter option it sets, whatever its name; the
+    flags left unset give nothing; --arch-opt adds any other option."""
+    spec = S.ArchSpec.with_flags(FLAGS)(
+        hidden="8,8", bn=False, init_scheme="fixup", arch_opt=("width = 3",)
+    )
     assert spec.given_options() == {"hidden": "8,8", "bn": False, "init": "fixup", "width": "3"}
+    assert S.ArchSpec.with_flags(FLAGS)(arch="mlp").given_options() == {}
+    assert S.ArchSpec(arch_opt=("depth=2",)).given_options() == {"depth": "2"}
+
+
+def test_adapter_flags_are_fields_checked_like_every_field():
+    cls = S.ArchSpec.with_flags(FLAGS)
+    assert issubclass(cls, S.ArchSpec) and cls.__name__ == "ArchSpec"
+    with pytest.raises(S.SpecError, match=r"^--init-scheme: must be one of default, fixup"):
+        cls(init_scheme="bad")
+    with pytest.raises(S.SpecError, match=r"^--bn: expected true/false or none"):
+        cls(bn="yes")
+    with pytest.raises(S.SpecError, match=r"^--hidden: expected text or none, got 5"):
+        cls(hidden=5)
+    # listed right after --arch, the option they refine, as the command line shows them
+    names = [f.name for f in cls.cli_fields()]
+    assert names == ["arch", "hidden", "bn", "init_scheme", "arch_opt", "model", "model_arg"]
+    o = S.option_of(next(f for f in cls.cli_fields() if f.name == "init_scheme"))
+    assert o is not None and o.panel == S.ARCH and o.rare and o.show == "from metadata"
+
+
+def test_a_flag_declared_twice_is_declared_alike():
+    bn = FLAGS[1]
+    assert S.ArchSpec.with_flags((bn, bn)) is not None  # mlp and resnet share --bn
+    with pytest.raises(ValueError, match="--bn is declared twice"):
+        S.ArchSpec.with_flags((bn, S.AdapterFlag("bn", "Other help.", boolean=True)))
+    with pytest.raises(ValueError, match="clash"):
+        S.ArchSpec.with_flags((S.AdapterFlag("model", "A model."),))
 
 
 def test_build_names_where_the_value_came_from_without_module_state() -> None:

@@ -1,5 +1,5 @@
-"""The command-line spine: options generated from the spec fields, and the help they make
-(``cli/helptext.py``)."""
+"""The command-line spine: options generated from the spec fields (the adapters' flags
+included), and the help they make (``cli/helptext.py``)."""
 
 from __future__ import annotations
 
@@ -89,10 +89,11 @@ def test_shared_options_have_one_name_help_and_default_everywhere():
 
     from mliscan import spec as S
     from mliscan.cli import spine
+    from mliscan.registry import arch_spec
 
     generated = {
         m.name
-        for cls in (S.SourceSpec, S.ArchSpec, S.DataSpec, S.BNSpec, S.EvalSpec, spine.OutputSpec)
+        for cls in (S.SourceSpec, arch_spec(), S.DataSpec, S.BNSpec, S.EvalSpec, spine.OutputSpec)
         for _, m in spine.params_for(cls, {})
     }
     group = typer.main.get_command(app)
@@ -109,7 +110,7 @@ def test_shared_options_have_one_name_help_and_default_everywhere():
             if param.name in seen and name != "check":
                 assert seen[param.name] == key, (name, param.name)
             seen.setdefault(param.name, key)
-    assert {"bn_mode", "data_dir", "dtype", "seq_len", "offline"} <= set(seen)
+    assert {"bn_mode", "data_dir", "dtype", "seq_len", "offline", "hidden", "bn"} <= set(seen)
 
 
 def test_defaults_are_shown():
@@ -220,6 +221,24 @@ def test_help_fits_in_about_two_screens_and_help_all_shows_the_rest(command):
         assert flag not in brief and flag in full
     for flag in ("--arch", "--data", "--bn-mode", "--alphas", "--device", "--config", "--model"):
         assert flag in brief
+
+
+def test_adapter_flags_are_options_of_every_evaluation_command():
+    """The flags the adapters declare (adapters/flags.py) are options of each command that
+    takes an architecture, with their own help, in the Architecture panel after --arch."""
+    import typer.main
+
+    from mliscan.registry import arch_flags
+
+    group = typer.main.get_command(app)
+    for name in ("compare", "check", "grid", "plane", "logits", "trajectory"):
+        params = [p for p in group.commands[name].params if p.name != "help"]
+        names = [p.name for p in params]
+        after = names[names.index("arch") + 1 :][: len(arch_flags())]
+        assert after == [f.name for f in arch_flags()], name
+        for flag in arch_flags():
+            param = params[names.index(flag.name)]
+            assert param.help.startswith(flag.help) and param.rich_help_panel == "Architecture"
 
 
 def test_train_help_shows_training_defaults():

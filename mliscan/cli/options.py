@@ -9,12 +9,13 @@ import typer
 
 from mliscan import spec as S
 from mliscan.cli import spine
+from mliscan.registry import arch_spec
 from mliscan.shard import ShardSpec
 
 # training builds the architecture: its defaults, not what inspection reads off a checkpoint
-Hidden = spine.annotated(S.ArchSpec, "hidden", show_default="the architecture's: 128,128 for mlp")
+Hidden = spine.annotated(arch_spec(), "hidden", show_default="the architecture's: 128,128 for mlp")
 BN = spine.annotated(
-    S.ArchSpec,
+    arch_spec(),
     "bn",
     help="Build the batch-norm variant (mlp, resnet*); --bn on,off sweeps both.",
     show_default="off",

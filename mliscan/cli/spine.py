@@ -6,7 +6,8 @@ The decorator adds one typer option per spec field (flag, type, help, default an
 the field; nothing is declared twice), reads the command's settings table for the options not
 given on the command line (``cli/settings.py``), and constructs each spec, which validates
 itself. So every command spells, documents, defaults and checks a shared option identically,
-and a config key is exactly the option's name.
+and a config key is exactly the option's name. ``ArchSpec`` stands for its subclass with the
+adapters' flags (``registry.arch_spec``: ``--hidden``, ``--bn``, ...).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from mliscan.cli.settings import (
     given_by_user,
     load_settings,
 )
+from mliscan.registry import arch_spec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,7 +139,7 @@ def params_for(cls: type, overrides: dict[str, Any]) -> list[tuple[inspect.Param
     """One typer option per CLI field of ``cls``."""
     hints = typing.get_type_hints(cls)
     out = []
-    for f in dataclasses.fields(cls):
+    for f in cls.cli_fields():
         o = S.option_of(f)
         if o is None or not o.cli:
             continue
@@ -205,7 +207,8 @@ def command(
     names the command's own options that ``--help`` leaves to ``--help-all`` (generated
     options are rare when their field says so, ``opt(..., rare=True)``)."""
     defaults = defaults or {}
-    classes = list(concerns)
+    # ArchSpec is built with the adapters' flags; the command finds it as specs[ArchSpec]
+    classes = [arch_spec() if c is S.ArchSpec else c for c in concerns]
     if S.EvalSpec in classes and S.BNSpec not in classes:
         classes.insert(classes.index(S.EvalSpec), S.BNSpec)
 
@@ -278,7 +281,8 @@ def command(
             for cls in classes:
                 if cls is S.EvalSpec and S.BNSpec in specs:
                     values[cls]["bn"] = specs[S.BNSpec]
-                specs[cls] = S.build(cls, values[cls], where[cls])
+                declared = S.ArchSpec if issubclass(cls, S.ArchSpec) else cls
+                specs[declared] = S.build(cls, values[cls], where[cls])
             try:
                 return body(**kwargs, specs=specs)
             except BaseException as exc:

@@ -187,9 +187,9 @@ def train(
       mliscan train --out runs/ --optimizer sgd,adam --lr 0.01,0.1 --seeds 0-2 --launcher slurm --slurm-partition gpu --slurm-gpus-per-task 1 --device cuda
     """
     from mliscan.cli import ui
-    from mliscan.registry import get_adapter
+    from mliscan.registry import arch_spec, get_adapter
     from mliscan.shard import ShardLog, ShardSpec
-    from mliscan.spec import ArchSpec, DataSpec
+    from mliscan.spec import DataSpec
     from mliscan.sweep import (
         expand,
         finished_with,
@@ -214,7 +214,7 @@ def train(
         detach=detach,
         retry_failed=retry_failed,
     )
-    given = ArchSpec(hidden=hidden, bn=bn, arch_opt=tuple(arch_opt or ())).given_options()
+    given = arch_spec()(hidden=hidden, bn=bn, arch_opt=tuple(arch_opt or ())).given_options()
     data = data or get_adapter(arch).default_data
     base = TrainSpec(
         arch=arch,
