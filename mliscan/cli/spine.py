@@ -135,7 +135,9 @@ def _choices_metavar(flag: str, values: Any) -> str:
     return joined if len(joined) <= MAX_CHOICES_METAVAR else flag.rsplit("-", 1)[-1].upper()
 
 
-def params_for(cls: type, overrides: dict[str, Any]) -> list[tuple[inspect.Parameter, Param]]:
+def params_for(
+    cls: type[S.Spec], overrides: dict[str, Any]
+) -> list[tuple[inspect.Parameter, Param]]:
     """One typer option per CLI field of ``cls``."""
     hints = typing.get_type_hints(cls)
     out = []
@@ -195,7 +197,7 @@ CONTEXT = "mliscan_context"
 
 def command(
     name: str,
-    *concerns: type,
+    *concerns: type[S.Spec],
     defaults: dict[str, Any] | None = None,
     exclude: tuple[str, ...] = (),
     rare: tuple[str, ...] = (),
@@ -331,7 +333,7 @@ def _names_code(m: Param) -> bool:
     return o is not None and o.code
 
 
-def annotated(cls: type, field_name: str, **changes: Any) -> Any:
+def annotated(cls: type[S.Spec], field_name: str, **changes: Any) -> Any:
     """The typer annotation of one spec field, for commands whose options are otherwise
     their own (``train``'s sweep lists): the same flag, help, panel and metavar.
     ``changes`` sets the option's ``help`` or ``show_default`` where the command means
