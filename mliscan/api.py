@@ -30,9 +30,16 @@ from mliscan.custom import LossFn, ModuleAdapter, OutputFn
 from mliscan.data import DATASETS, Dataset
 from mliscan.errors import LIBRARY_NOISE, DataError, MliscanError, UsageError
 from mliscan.pipeline import compare_checkpoints, open_source
-from mliscan.results import CURVE_SCHEMA, PATH_SCHEMA, PathResult
+from mliscan.results import PathResult
 from mliscan.runners.events import Events
 from mliscan.runners.pair import PairStudy, run_pair
+from mliscan.schemas import (
+    CURVE_SCHEMA,
+    PATH_SCHEMA,
+    PLANE_SCHEMA,
+    TRAJECTORY_SCHEMA,
+    polars_schema,
+)
 
 Endpoint = str | Path | nn.Module | dict
 Data = str | tuple | torch.utils.data.Dataset | torch.utils.data.DataLoader | None
@@ -441,7 +448,7 @@ def compare(
 
     Returns a :class:`mliscan.PathResult` (``.min_delta``, ``.monotonic``, ``.distance``,
     ``.normalized_distance``, ``.gauss_length``, ``.barrier``, ``.to_dict()``,
-    ``.to_polars()``, ``.plot()``).
+    ``.topolars_schema()``, ``.plot()``).
 
     Example::
 
@@ -720,16 +727,9 @@ def grid(
             if tmp is not None:
                 tmp.cleanup()
     return (
-        pl.DataFrame(outcome.paths, schema=_polars(PATH_SCHEMA), orient="row"),
-        pl.DataFrame(outcome.curves, schema=_polars(CURVE_SCHEMA), orient="row"),
+        pl.DataFrame(outcome.paths, schema=polars_schema(PATH_SCHEMA), orient="row"),
+        pl.DataFrame(outcome.curves, schema=polars_schema(CURVE_SCHEMA), orient="row"),
     )
-
-
-def _polars(schema: dict[str, str]) -> dict[str, Any]:
-    import polars as pl
-
-    types = {"str": pl.Utf8, "f64": pl.Float64, "bool": pl.Boolean, "i64": pl.Int64}
-    return {k: types[v] for k, v in schema.items()}
 
 
 def plane(
@@ -754,7 +754,6 @@ def plane(
     """
     import polars as pl
 
-    from mliscan.planes import PLANE_SCHEMA
     from mliscan.runners import PLANE_DEFAULTS
     from mliscan.runners.plane import PlaneStudy, run_plane
 
@@ -782,7 +781,9 @@ def plane(
         finally:
             if tmp is not None:
                 tmp.cleanup()
-    return pl.DataFrame(outcome.rows, schema=_polars(PLANE_SCHEMA), orient="row"), outcome.record
+    return pl.DataFrame(
+        outcome.rows, schema=polars_schema(PLANE_SCHEMA), orient="row"
+    ), outcome.record
 
 
 def _no_gauss(kwargs: dict[str, Any], study: str) -> None:
@@ -812,7 +813,6 @@ def trajectory(
 
     from mliscan.runners import TRAJECTORY_DEFAULTS
     from mliscan.runners.trajectory import TrajectoryStudy, run_trajectory
-    from mliscan.trajectories import TRAJECTORY_SCHEMA
 
     if not isinstance(source, (str, Path)):
         raise UsageError(f"trajectory: source takes a folder or an hf: source, got {source!r}")
@@ -845,7 +845,69 @@ def trajectory(
         finally:
             if tmp is not None:
                 tmp.cleanup()
-    return pl.DataFrame(outcome.rows, schema=_polars(TRAJECTORY_SCHEMA), orient="row")
+    return pl.DataFrame(outcome.rows, schema=polars_schema(TRAJECTORY_SCHEMA), orient="row")
+
+
+def report(
+    runs: str | Path | Sequence[str | Path],
+    *,
+    out: str | Path | None = None,
+    loss_threshold: float | None = None,
+    tol: float | None = None,
+    group_by: str | Sequence[str] | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+    **kwargs: Any,
+) -> tuple[Any, dict[str, Any]]:
+    """The paper's tables over trained runs (Table 1 / Table 2 forms and the Gauss-length
+    power law of Figure 7): ``mliscan report``'s runner and its numbers. ``runs``: folders of
+    ``mliscan train`` runs (searched recursively); each run's metrics are cached in its
+    folder, so a second call reads them. ``loss_threshold``/``tol``: which runs count as
+    converged and as non-monotonic (per dataset by default, as the paper's tables);
+    ``group_by``: columns of an extra table. ``out``: where runs.parquet and the tables'
+    .md/.csv are written (temporary without it). The evaluation arguments are
+    :func:`compare`'s (``alphas=``, ``gauss=``, ``bn_mode=``, ...).
+
+    Returns a polars frame (one row per run: settings, min-Δ, monotonic, barrier, Gauss
+    length, ...) and the tables by name (``"table1"``, ``"table2"``, ``"grouped"``,
+    ``"powerlaw"``), each a list of rows.
+    """
+    import polars as pl
+
+    from mliscan.runners.report import ReportStudy, run_report, runs_schema
+
+    folders = [runs] if isinstance(runs, (str, Path)) else list(runs)
+    if not folders or not all(isinstance(f, (str, Path)) for f in folders):
+        raise UsageError("report: runs takes a folder or a list of folders of trained runs")
+    if group_by is not None and not isinstance(group_by, str):
+        group_by = ",".join(group_by)
+    kwargs = _renamed(kwargs, "report")
+    for name in ("model", "data", "loss", "output", "input_shape", "unrelated", "align"):
+        if name in kwargs:
+            raise UsageError(f"report: {name}= is not an argument of a report (the runs say)")
+    with _in_python_words():
+        prep = _prepared(kwargs, {})
+        given = {"loss_threshold": loss_threshold, "tol": tol, "group_by": group_by}
+        report_spec = S.build(S.ReportSpec, given, {k: f"{k}=" for k in given})
+        root, tmp = _store(out)
+        study = ReportStudy(
+            tuple(Path(f) for f in folders),
+            root,
+            source=prep.specs[S.SourceSpec],
+            eval=prep.specs[S.EvalSpec],
+            report=report_spec,
+        )
+        try:
+            outcome = run_report(study, _Progress(progress))
+        finally:
+            if tmp is not None:
+                tmp.cleanup()
+    schema = runs_schema(outcome.rows[0])
+    frame = pl.DataFrame(
+        [{k: r[k] for k in schema} for r in outcome.rows],
+        schema=polars_schema(schema),
+        orient="row",
+    )
+    return frame, {t.name: t.rows for t in outcome.tables}
 
 
 @dataclass
@@ -889,4 +951,14 @@ def track(module: nn.Module, data: Data, **options: Any) -> Iterator[Tracker]:
     module.train(was_training)
 
 
-__all__ = ["CLI_ONLY", "PathResult", "Tracker", "compare", "grid", "plane", "track", "trajectory"]
+__all__ = [
+    "CLI_ONLY",
+    "PathResult",
+    "Tracker",
+    "compare",
+    "grid",
+    "plane",
+    "report",
+    "track",
+    "trajectory",
+]

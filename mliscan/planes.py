@@ -19,7 +19,6 @@ from mliscan.errors import UsageError
 from mliscan.evaluate import PathEvaluator
 from mliscan.shard import WHOLE, Shard
 
-PLANE_SCHEMA = {"x": "f64", "y": "f64", "loss": "f64", "accuracy": "f64"}
 # The default range covers the three points with this fraction of their extent as margin.
 DEFAULT_MARGIN = 0.2
 

@@ -33,23 +33,14 @@ from mliscan.identity import key as identity_key
 from mliscan.paths import CHECKPOINTS_DIR, FINAL_FILE, INIT_FILE, RUN_FILE, read_json
 from mliscan.pipeline import Session
 from mliscan.results import curve_rows, metrics_of
+from mliscan.schemas import TRAJECTORY_DIRECTIONS, TRAJECTORY_METRICS
 from mliscan.shard import WHOLE, Shard
 from mliscan.sources import expand_revisions, parse_hf, step_of, trainer_checkpoints
 from mliscan.store import ResultStore
 
-DIRECTIONS = ("from_init", "to_final")
+DIRECTIONS = TRAJECTORY_DIRECTIONS
 FAMILY = {"from_init": "from-init", "to_final": "to-final"}
-METRICS = ("min_delta", "monotonic", "barrier", "distance", "normalized_distance", "gauss_length")
-TRAJECTORY_SCHEMA: dict[str, str] = {
-    "step": "i64",
-    "label": "str",
-    "source": "str",
-    "loss": "f64",
-    "accuracy": "f64",
-    **{f"{m}_{d}": ("bool" if m == "monotonic" else "f64") for d in DIRECTIONS for m in METRICS},
-    "path_id_from_init": "str",
-    "path_id_to_final": "str",
-}
+METRICS = TRAJECTORY_METRICS
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 MAX_STEP = 2**63 - 1  # the step column is a 64-bit integer
 _EPOCH_FILE = re.compile(r"^epoch-(\d+)\.safetensors$")

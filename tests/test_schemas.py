@@ -23,17 +23,6 @@ def test_polars_schema_maps_every_type():
         assert set(schema.values()) <= set(schemas.TYPES)
 
 
-def test_the_studies_declare_the_same_tables():
-    """Until planes.py and trajectories.py import theirs from mliscan.schemas, the two
-    declarations must not drift."""
-    from mliscan.planes import PLANE_SCHEMA
-    from mliscan.trajectories import TRAJECTORY_SCHEMA
-
-    assert schemas.PLANE_SCHEMA == PLANE_SCHEMA
-    assert schemas.TRAJECTORY_SCHEMA == TRAJECTORY_SCHEMA
-    assert list(schemas.TRAJECTORY_SCHEMA) == list(TRAJECTORY_SCHEMA)
-
-
 def test_runs_schema_types_by_name_and_value():
     row = {
         "run": "a",

@@ -12,8 +12,9 @@ import pytest
 
 from mliscan.checkpoints import load_checkpoint
 from mliscan.errors import UsageError
+from mliscan.schemas import TRAJECTORY_SCHEMA
 from mliscan.sources import expand_revisions, step_of
-from mliscan.trajectories import TRAJECTORY_SCHEMA, find_steps
+from mliscan.trajectories import find_steps
 from tests import hubcache
 from tests.conftest import run_cli
 

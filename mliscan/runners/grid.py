@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from mliscan import families as g
-from mliscan import results
 from mliscan.adapter import Adapter
 from mliscan.checkpoints import Checkpoint
 from mliscan.data import Dataset
@@ -19,6 +18,7 @@ from mliscan.paths import INIT_FILE, env_value, find_runs
 from mliscan.pipeline import open_endpoint, setup
 from mliscan.runners import GRID_DEFAULTS
 from mliscan.runners.events import SILENT, Events, resume_hint
+from mliscan.schemas import CURVE_SCHEMA, PATH_SCHEMA
 from mliscan.shard import WHOLE, Shard, ShardLog
 from mliscan.spec import AlignSpec, ArchSpec, DataSpec, EvalSpec, SourceSpec, VerdictSpec
 
@@ -190,8 +190,8 @@ def run_grid(
         curves: list[dict[str, Any]] = []
         if complete:
             paths, curves = g.tables(records, study.verdict.tol)
-            store.write_parquet("paths.parquet", paths, results.PATH_SCHEMA)
-            store.write_parquet("curves.parquet", curves, results.CURVE_SCHEMA)
+            store.write_parquet("paths.parquet", paths, PATH_SCHEMA)
+            store.write_parquet("curves.parquet", curves, CURVE_SCHEMA)
     if not complete:
         events.say(
             f"grid: shard {part.label} is done; {len(records)} of the {len(tasks)} paths are in "

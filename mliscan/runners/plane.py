@@ -18,6 +18,7 @@ from mliscan.paths import atomic_write_json
 from mliscan.pipeline import open_endpoint, setup
 from mliscan.runners import PLANE_DEFAULTS
 from mliscan.runners.events import SILENT, Events, resume_hint
+from mliscan.schemas import PLANE_SCHEMA
 from mliscan.shard import WHOLE, Shard, ShardLog
 from mliscan.spec import AlignSpec, ArchSpec, DataSpec, EvalSpec, PlaneSpec, SourceSpec
 from mliscan.store import ResultStore
@@ -161,7 +162,7 @@ def run_plane(study: PlaneStudy, events: Events = SILENT) -> PlaneOutcome:
             return PlaneOutcome(False, len(done), units, resolution=resolution)
         rows = [done[(i, j)] for j in range(resolution) for i in range(resolution)]
         anchors = pl.anchor_losses(evaluator, the_plane)
-        store.write_parquet("plane.parquet", rows, pl.PLANE_SCHEMA)
+        store.write_parquet("plane.parquet", rows, PLANE_SCHEMA)
         record = {
             "points": {"A": _name(study.a), "B": _name(study.b), "C": _name(study.c)},
             "coords": the_plane.coords,

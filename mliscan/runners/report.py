@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from mliscan import report as rp
+from mliscan import schemas
 from mliscan.errors import UsageError
 from mliscan.metrics import is_monotonic
 from mliscan.paths import atomic_path, atomic_write_text, find_runs
@@ -29,18 +30,6 @@ TABLES = {
         "Table 2 form: non-monotonic proportion and mean min-Δ",
     ),
 }
-FLOAT_COLUMNS = (
-    "lr",
-    "momentum",
-    "weight_decay",
-    "final_train_loss",
-    "final_train_accuracy",
-    "min_delta",
-    "distance",
-    "normalized_distance",
-    "gauss_length",
-    "barrier",
-)
 
 
 @dataclass(frozen=True)
@@ -80,20 +69,8 @@ class ReportOutcome:
 
 
 def runs_schema(row: dict[str, Any]) -> dict[str, str]:
-    """The runs.parquet columns of a row and their types."""
-    return {
-        k: (
-            "bool"
-            if k in ("bn", "monotonic")
-            else "f64"
-            if isinstance(v, float) or k in FLOAT_COLUMNS
-            else "i64"
-            if k in ("epochs", "batch_size", "seed")
-            else "str"
-        )
-        for k, v in row.items()
-        if k in rp.table_columns(row)
-    }
+    """The runs.parquet columns of a row (the report's table columns) and their types."""
+    return schemas.runs_schema(row, rp.table_columns(row))
 
 
 def run_report(study: ReportStudy, events: Events = SILENT) -> ReportOutcome:

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from mliscan import families as g
-from mliscan import results
 from mliscan import trajectories as tr
 from mliscan.adapter import Adapter
 from mliscan.data import Dataset
@@ -17,6 +16,7 @@ from mliscan.errors import short_list
 from mliscan.pipeline import open_endpoint, setup
 from mliscan.runners import TRAJECTORY_DEFAULTS
 from mliscan.runners.events import SILENT, Events, resume_hint
+from mliscan.schemas import CURVE_SCHEMA, TRAJECTORY_SCHEMA
 from mliscan.shard import WHOLE, Shard, ShardLog
 from mliscan.spec import ArchSpec, DataSpec, EvalSpec, SourceSpec, VerdictSpec
 
@@ -118,8 +118,8 @@ def run_trajectory(study: TrajectoryStudy, events: Events = SILENT) -> Trajector
             )
             return TrajectoryOutcome(False, n, n - len(result.missing), result.computed, settings)
         curves = result.curves()
-        store.write_parquet("trajectory.parquet", result.rows, tr.TRAJECTORY_SCHEMA)
-        store.write_parquet("curves.parquet", curves, results.CURVE_SCHEMA)
+        store.write_parquet("trajectory.parquet", result.rows, TRAJECTORY_SCHEMA)
+        store.write_parquet("curves.parquet", curves, CURVE_SCHEMA)
     return TrajectoryOutcome(
         True, n, n, result.computed, settings, result.rows, curves, result.records
     )
