@@ -368,14 +368,19 @@ def _exact_chunked(layers, inputs, chunk: int, run) -> None:
         todo.remove(layer)
 
 
-def _measure_first(todo, inputs, slices, run):
+def _measure_first(
+    todo: list[BNLayer],
+    inputs: torch.Tensor,
+    slices: list[slice],
+    run: Callable[[torch.Tensor], object],
+) -> tuple[BNLayer, list[torch.Tensor], list[torch.Tensor], list[int]] | None:
     """Per-chunk input moments of the first layer of ``todo`` that the forward reaches."""
-    target: list[nn.Module] = []
+    target: list[BNLayer] = []
     means: list[torch.Tensor] = []
     variances: list[torch.Tensor] = []
     counts: list[int] = []
 
-    def pre(mod: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+    def pre(mod: BNLayer, args: tuple[torch.Tensor, ...]) -> None:
         if target and mod is not target[0]:
             raise _Reached  # a later unmeasured layer: its input is not final yet
         target[:1] = [mod]

@@ -20,13 +20,11 @@ from __future__ import annotations
 import contextlib
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch import nn
-
 from mliscan import batchnorm, taylor
 from mliscan.adapter import Adapter, gauss_positions
 from mliscan.bnpolicy import BNPolicy
@@ -36,6 +34,7 @@ from mliscan.record import Note
 from mliscan.resources import ResourcePolicy
 from mliscan.spec import EvalSpec
 from mliscan.strategies import FusedSecondOrder, Parts, PerAlpha, VmappedChunks, select
+from torch import nn
 
 ProgressFn = Callable[[int, float, float], None]
 
@@ -114,7 +113,7 @@ class StreamedInputs:
     def __len__(self) -> int:
         return int(self.base.shape[0])
 
-    def __getitem__(self, index: object) -> torch.Tensor:
+    def __getitem__(self, index: int | slice | torch.Tensor) -> torch.Tensor:
         return self._prepare(self.base[index])
 
 
@@ -397,7 +396,7 @@ class PathEvaluator:
                 fused = self.check_fast_paths(float(alpha), fused, g is not None)
             t_check = time.perf_counter()
             self.per_alpha.new_alpha()
-            if fused:
+            if fused and g is not None:  # fused implies the Gauss integrand is measured
                 # one second-order pass gives the loss, accuracy and Gauss integrand
                 losses[i], acc, g[i] = retry(self.fused.evaluate)
                 paths["loss"].append("second-order")
@@ -504,11 +503,12 @@ def _batch_rows(out: object) -> int:
     """The number of examples in a module's output (its first tensor's leading size)."""
     if isinstance(out, torch.Tensor):
         return int(out.shape[0])
-    values = out.values() if isinstance(out, dict) else out
-    if isinstance(values, (tuple, list)) or isinstance(out, dict):
-        for v in values:
-            if isinstance(v, torch.Tensor):
-                return int(v.shape[0])
+    values: Iterable[object] = (
+        out.values() if isinstance(out, dict) else out if isinstance(out, (tuple, list)) else ()
+    )
+    for v in values:
+        if isinstance(v, torch.Tensor):
+            return int(v.shape[0])
     return 0
 
 
@@ -538,7 +538,8 @@ def prepare_data(
                 "streamed; use --data-limit to fit the data in memory"
             )
         lazy = StreamedInputs(inputs, adapter, device, dtype)
-        return PreparedData(lazy, targets.to(device))
+        # StreamedInputs stands in for the tensor: sliced, it gives prepared batches
+        return PreparedData(lazy, targets.to(device))  # type: ignore[arg-type]
     x = adapter.prepare_inputs(inputs).to(device=device)
     if x.is_floating_point():  # token ids stay integers
         x = x.to(dtype)

@@ -196,7 +196,8 @@ def nested_jvp(
         return jvp(fn, (weights,), (dict(tangents),))[1]
 
     with ExactForwardAD():
-        return jvp(velocity, (dict(primals),), (dict(tangents),))
+        out = jvp(velocity, (dict(primals),), (dict(tangents),))
+        return out[0], out[1]
 
 
 # Autograd nodes standing for a derivative that does not exist: a backward marked

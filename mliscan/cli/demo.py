@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, TypedDict
 
 import typer
 
+if TYPE_CHECKING:
+    from mliscan.train import TrainSpec
+
+
+class DemoRun(TypedDict):
+    """The settings in which the two demo runs differ (the others are shared)."""
+
+    optimizer: Literal["sgd", "adam"]
+    lr: float
+    batch_size: int
+    arch_options: dict[str, Any]
+
+
 # SGD without batch norm stays monotonic; Adam with batch norm at a large learning rate
 # travels far from its initialisation and is not monotonic (Sections 4.1-4.2 of the paper).
-DEMO_RUNS = (
+DEMO_RUNS: tuple[tuple[str, DemoRun], ...] = (
     ("sgd", {"optimizer": "sgd", "lr": 0.1, "batch_size": 32, "arch_options": {"bn": False}}),
     ("adam-bn", {"optimizer": "adam", "lr": 0.05, "batch_size": 256, "arch_options": {"bn": True}}),
 )
@@ -24,7 +37,7 @@ DEMO_RUNS = (
 # 2- and 4-thread tables are identical, also with torch's kernels for another CPU
 # (ATEN_CPU_CAPABILITY=default or avx2, MKL_ENABLE_INSTRUCTIONS=AVX2), where the weights
 # end within 1e-11 of each other.
-DEMO_DTYPE = "float64"
+DEMO_DTYPE: Final = "float64"
 
 
 def demo(
@@ -75,7 +88,7 @@ def demo(
     return 0
 
 
-def finished_with(folder: Path, spec: object) -> bool:
+def finished_with(folder: Path, spec: TrainSpec) -> bool:
     """Whether ``folder`` holds a finished run of exactly ``spec`` (then it is reused)."""
     import json
 

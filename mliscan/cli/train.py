@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-
 from mliscan.cli import options as o
 from mliscan.cli import settings
 from mliscan.cli.errors import EXIT_GATE
@@ -229,14 +229,14 @@ def train(
         batch_size=batch_size,
         seed=seed,
         until_loss=until_loss,
-        switch_optimizer=switch_optimizer,
+        switch_optimizer=switch_optimizer,  # type: ignore[arg-type]  # the spec checks the name
         switch_at=switch_at,
         augment=augment,
         amp=amp,
         device=device,
         save_every=save_every,
     )
-    axes: dict[str, list] = {
+    axes: dict[str, Sequence[Any]] = {
         "optimizer": parse_list(optimizer, str, "--optimizer"),
         "lr": parse_list(lr, float, "--lr"),
         "momentum": parse_list(momentum, float, "--momentum"),
@@ -317,11 +317,11 @@ def train(
             shard=part,
             on_done=lambda folder, trained: log.unit(trained),
         )
-    diverged = sum(is_diverged(f) for i, f in enumerate(folders) if part.owns(i))
+    n_diverged = sum(is_diverged(f) for i, f in enumerate(folders) if part.owns(i))
     what = "sweep complete" if part.whole else f"shard {part.label} of the sweep complete"
     ui.err.print(
         f"{what}: {mine} runs in {ui.escape(str(out))} ({skipped} were "
-        "already done" + (f"; {diverged} diverged" if diverged else "") + ")"
+        "already done" + (f"; {n_diverged} diverged" if n_diverged else "") + ")"
     )
     if not part.whole:
         left = sum(not finished_with(f, s) for f, s in zip(folders, specs, strict=True))

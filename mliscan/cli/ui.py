@@ -9,12 +9,11 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, NamedTuple
 
-from rich.console import Console
+from mliscan.record import PathRecord, as_record
+from rich.console import Console, JustifyMethod
 from rich.markup import escape as escape  # re-exported for the commands
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
-
-from mliscan.record import PathRecord, as_record
 
 
 def _width(stream: Any = None) -> int | None:
@@ -141,7 +140,7 @@ def results_table(
 ) -> Table:
     """One row per path (``PathResult.record()``; a ``to_dict`` object is read as one)."""
     table = Table(title=escape(title), title_style="bold")
-    cols = [
+    cols: list[tuple[str, JustifyMethod]] = [
         ("path", "left"),
         ("L(0)", "right"),
         ("L(1)", "right"),
