@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from torch import nn
+
 from mliscan import batchnorm, taylor
 from mliscan.adapter import Adapter, gauss_positions
 from mliscan.bnpolicy import BNPolicy
@@ -34,7 +36,6 @@ from mliscan.record import Note
 from mliscan.resources import ResourcePolicy
 from mliscan.spec import EvalSpec
 from mliscan.strategies import FusedSecondOrder, Parts, PerAlpha, VmappedChunks, select
-from torch import nn
 
 ProgressFn = Callable[[int, float, float], None]
 

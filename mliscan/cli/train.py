@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
 from mliscan.cli import options as o
 from mliscan.cli import settings
 from mliscan.cli.errors import EXIT_GATE

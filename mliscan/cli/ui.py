@@ -9,11 +9,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, NamedTuple
 
-from mliscan.record import PathRecord, as_record
 from rich.console import Console, JustifyMethod
 from rich.markup import escape as escape  # re-exported for the commands
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+
+from mliscan.record import PathRecord, as_record
 
 
 def _width(stream: Any = None) -> int | None:
