@@ -215,7 +215,8 @@ def train(
         detach=detach,
         retry_failed=retry_failed,
     )
-    given = arch_spec()(hidden=hidden, bn=bn, arch_opt=tuple(arch_opt or ())).given_options()
+    flags: dict[str, Any] = {"hidden": hidden, "bn": bn}  # fields arch_spec() adds per flag
+    given = arch_spec()(**flags, arch_opt=tuple(arch_opt or ())).given_options()
     data = data or get_adapter(arch).default_data
     base = TrainSpec(
         arch=arch,
