@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 def make_runs(root: Path, n: int) -> None:
     import numpy as np
 
-    from mliscan import report as rp
+    from mliscan import reporting as rp
     from mliscan.spec import EvalSpec
 
     rng = np.random.default_rng(0)

@@ -6,8 +6,8 @@ The package root stays cheap to import: the Python API is loaded on first use.
     r = mliscan.compare("runs/a/init.safetensors", "runs/a/final.safetensors")
     r.min_delta, r.monotonic, r.barrier, r.gauss_length
 
-``mliscan.compare``, ``mliscan.grid``, ``mliscan.plane``, ``mliscan.trajectory`` and
-``mliscan.track`` are documented in
+``mliscan.compare``, ``mliscan.grid``, ``mliscan.plane``, ``mliscan.trajectory``,
+``mliscan.report`` and ``mliscan.track`` are documented in
 ``mliscan.api``; ``mliscan.PathResult`` is the result of a path.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["PathResult", "__version__", "compare", "grid", "plane", "track", "trajectory"]
+__all__ = ["PathResult", "__version__", "compare", "grid", "plane", "report", "track", "trajectory"]
 
 _API = {
     "compare": "mliscan.api",
@@ -23,6 +23,7 @@ _API = {
     "track": "mliscan.api",
     "plane": "mliscan.api",
     "trajectory": "mliscan.api",
+    "report": "mliscan.api",
     "PathResult": "mliscan.results",
 }
 

@@ -78,9 +78,8 @@ def demo(
                 eval=EvalSpec(dtype=DEMO_DTYPE),
             )
             result = run_pair(study, cb)
-        record = result.to_dict()
-        record["label"] = f"{name} (lr {settings['lr']})"
-        atomic_write_json(run_dir / "mli.json", record)
+        record = result.record().replace(label=f"{name} (lr {settings['lr']})")
+        atomic_write_json(run_dir / "mli.json", record.to_json())
         records.append(record)
     ui.out.print(ui.results_table(records, title="mliscan demo: digits MLPs, 50 alphas"))
     plot_curves(records, out / "curves.png")

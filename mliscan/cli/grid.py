@@ -113,9 +113,8 @@ def grid(
         return interrupted(exc, "paths")
     if not outcome.complete:
         return 0
-    for family in dict.fromkeys(p["family"] for p in outcome.paths):  # in the tables' order
-        rows = [p for p in outcome.paths if p["family"] == family]
-        ui.out.print(ui.heatmap(rows, family, tol))
+    for family in dict.fromkeys(str(r.family) for r in outcome.records):
+        ui.out.print(ui.heatmap([r for r in outcome.records if r.family == family], family, tol))
     for s in outcome.summary():
         ui.out.print(
             f"{s['family']}: {s['paths']} paths, {100 * s['monotonic_share']:.1f}% monotonic, "

@@ -120,7 +120,7 @@ def report(
             figures.append(plots.plot_power_law(rows, fit, out / "power_law")[0])
     if html is not None:
         from mliscan.paths import atomic_write_text
-        from mliscan.report import html_page
+        from mliscan.reporting import html_page
 
         page = html_page(
             f"mliscan report: {len(rows)} runs",

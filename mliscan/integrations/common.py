@@ -254,13 +254,34 @@ def contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def failure(result: PathResult, settings: MLISettings) -> str | None:
-    """The message of MLIGateError when a threshold fails, else None."""
-    failed = []
-    if settings.fail_on_nonmonotonic and result.monotonic is not True:
-        failed.append(f"the path is not monotonic (min-Δ {result.min_delta:.4g} > {settings.tol})")
-    if settings.max_delta is not None and not result.min_delta <= settings.max_delta:
-        failed.append(f"min-Δ {result.min_delta:.4g} exceeds max_delta {settings.max_delta}")
-    return "MLI check failed: " + "; ".join(failed) if failed else None
+    """The message of MLIGateError when a threshold fails, else None: the thresholds are
+    ``mliscan check``'s (``gates.evaluate`` over the path's record), given as a GateSpec."""
+    from mliscan.gates import evaluate
+    from mliscan.spec import GateSpec
+
+    thresholds = GateSpec(
+        require_monotonic=settings.fail_on_nonmonotonic, max_delta=settings.max_delta
+    )
+    failed = [c for c in evaluate(result.record(), thresholds) if not c.passed]
+    words = {
+        "require_monotonic": "the path is not monotonic (min-Δ {observed} > {tol})",
+        "max_delta": "min-Δ {observed} exceeds max_delta {limit}",
+    }
+    said = [
+        words.get(c.name, "{description}: {observed}, allowed {allowed}").format(
+            observed=_short(c.observed),
+            tol=settings.tol,
+            limit=settings.max_delta,
+            description=c.description,
+            allowed=c.allowed,
+        )
+        for c in failed
+    ]
+    return "MLI check failed: " + "; ".join(said) if said else None
+
+
+def _short(value: Any) -> str:
+    return "undefined" if value is None else f"{value:.4g}"
 
 
 def gate(result: PathResult, settings: MLISettings) -> None:

@@ -16,6 +16,7 @@ from mliscan.data import Dataset
 from mliscan.errors import UsageError
 from mliscan.paths import INIT_FILE, env_value, find_runs
 from mliscan.pipeline import open_endpoint, setup
+from mliscan.record import PathRecord, as_record
 from mliscan.runners import GRID_DEFAULTS
 from mliscan.runners.events import SILENT, Events, resume_hint
 from mliscan.schemas import CURVE_SCHEMA, PATH_SCHEMA
@@ -61,7 +62,8 @@ class GridOutcome:
     stored: int
     computed: int
     complete: bool
-    records: list[dict[str, Any]]
+    records: list[PathRecord]
+    """Each stored path, judged at the study's tolerance."""
     paths: list[dict[str, Any]]
     curves: list[dict[str, Any]]
     rank: int = 0
@@ -184,12 +186,17 @@ def run_grid(
             labels_i, labels_o, len(tasks), 0, computed, False, [], [], [], rank, world
         )
     with store.lock():  # the shard that finds every path stored writes the tables
-        records = store.records(t.pid for t in tasks)
+        tol = study.verdict.tol
+        order = {f: i for i, f in enumerate(g.FAMILIES)}  # the tables' order
+        records = sorted(
+            (as_record(r, tol) for r in store.records(t.pid for t in tasks)),
+            key=lambda r: (order[str(r.family)], str(r.a), str(r.b)),
+        )
         complete = len(records) == len(tasks)
         paths: list[dict[str, Any]] = []
         curves: list[dict[str, Any]] = []
         if complete:
-            paths, curves = g.tables(records, study.verdict.tol)
+            paths, curves = g.tables(records, tol)
             store.write_parquet("paths.parquet", paths, PATH_SCHEMA)
             store.write_parquet("curves.parquet", curves, CURVE_SCHEMA)
     if not complete:

@@ -11,6 +11,7 @@ from typing import Any
 from mliscan.adapter import Adapter
 from mliscan.evaluate import ProgressFn
 from mliscan.pipeline import compare_pair
+from mliscan.record import Note
 from mliscan.results import PathResult
 from mliscan.spec import AlignSpec, ArchSpec, DataSpec, EvalSpec, SourceSpec, VerdictSpec
 
@@ -35,7 +36,7 @@ class PairStudy:
 def run_pair(
     study: PairStudy,
     progress: ProgressFn | None = None,
-    on_note: Callable[[str], None] | None = None,
+    on_note: Callable[[Note], None] | None = None,
 ) -> PathResult:
     """The path's result; ``progress(i, alpha, loss)`` per alpha, ``on_note`` hears the notes
     known before the evaluation (a swapped pair) as soon as they are."""

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mliscan import report as rp
+from mliscan import reporting as rp
 from mliscan import schemas
 from mliscan.errors import UsageError
 from mliscan.metrics import is_monotonic

@@ -14,6 +14,7 @@ from mliscan.adapter import Adapter
 from mliscan.data import Dataset
 from mliscan.errors import short_list
 from mliscan.pipeline import open_endpoint, setup
+from mliscan.record import PathRecord, as_record
 from mliscan.runners import TRAJECTORY_DEFAULTS
 from mliscan.runners.events import SILENT, Events, resume_hint
 from mliscan.schemas import CURVE_SCHEMA, TRAJECTORY_SCHEMA
@@ -49,7 +50,8 @@ class TrajectoryOutcome:
     settings: dict[str, Any]
     rows: list[dict[str, Any]] = field(default_factory=list)
     curves: list[dict[str, Any]] = field(default_factory=list)
-    records: dict[str, dict[str, Any]] = field(default_factory=dict)
+    records: dict[str, PathRecord] = field(default_factory=dict)
+    """Each stored path by its id, judged at the study's tolerance."""
 
     @property
     def reused(self) -> int:
@@ -120,6 +122,6 @@ def run_trajectory(study: TrajectoryStudy, events: Events = SILENT) -> Trajector
         curves = result.curves()
         store.write_parquet("trajectory.parquet", result.rows, TRAJECTORY_SCHEMA)
         store.write_parquet("curves.parquet", curves, CURVE_SCHEMA)
-    return TrajectoryOutcome(
-        True, n, n, result.computed, settings, result.rows, curves, result.records
-    )
+    tol = study.verdict.tol
+    records = {pid: as_record(r, tol) for pid, r in result.records.items()}
+    return TrajectoryOutcome(True, n, n, result.computed, settings, result.rows, curves, records)
