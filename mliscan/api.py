@@ -30,6 +30,7 @@ from mliscan.custom import LossFn, ModuleAdapter, OutputFn
 from mliscan.data import DATASETS, Dataset
 from mliscan.errors import LIBRARY_NOISE, DataError, MliscanError, UsageError
 from mliscan.pipeline import compare_checkpoints, open_source
+from mliscan.registry import arch_flags
 from mliscan.results import PathResult
 from mliscan.runners.events import Events
 from mliscan.runners.pair import PairStudy, run_pair
@@ -55,12 +56,29 @@ CONCERNS: tuple[type, ...] = (
     S.VerdictSpec,
     S.AlignSpec,
 )
+
+
 # The command line's options that Python says another way (the option: its Python form).
-CLI_ONLY = {
-    "hidden": "arch_options={'hidden': '128,128'}",
-    "activation": "arch_options={'activation': 'tanh'}",
-    "bn": "arch_options={'bn': True} (the batch-norm variant of the architecture)",
-    "init_scheme": "arch_options={'init': 'fixup'}",
+def _flag_form(flag: S.AdapterFlag) -> str:
+    """An adapter flag's Python form: ``--init-scheme fixup`` is ``arch_options={'init':
+    'fixup'}``."""
+    key = flag.key or flag.name
+    example = re.search(r"e\.g\. (\S+?)\.?$", flag.help)  # "... widths, e.g. 128,128."
+    value = (
+        "True"
+        if flag.boolean
+        else repr(flag.choices[-1])
+        if flag.choices
+        else repr(example.group(1))
+        if example
+        else "VALUE"
+    )
+    return f"arch_options={{{key!r}: {value}}}"
+
+
+# The adapters' own flags (``--hidden``, ``--bn``, ...: ``Adapter.flags``) are arch_options.
+CLI_ONLY = {flag.name: _flag_form(flag) for flag in arch_flags()}
+CLI_ONLY |= {
     "arch_opt": "arch_options={KEY: VALUE}",
     "model": "model= (the nn.Module itself, instead of MODULE:FACTORY)",
     "model_arg": "model= (build the module yourself)",
@@ -126,17 +144,11 @@ _FLAG_WORDS = {
     for name, f in _fields(cls).items()
     if name not in CLI_ONLY
 }
-_FLAG_WORDS.update(
-    {
-        "--bn": "arch_options['bn']",
-        "--no-bn": "arch_options['bn']=False",
-        "--hidden": "arch_options['hidden']",
-        "--activation": "arch_options['activation']",
-        "--init-scheme": "arch_options['init']",
-        "--arch-opt": "arch_options",
-        "--unrelated": "unrelated=",
-    }
-)
+for _f in arch_flags():
+    _FLAG_WORDS["--" + _f.name.replace("_", "-")] = f"arch_options[{(_f.key or _f.name)!r}]"
+    if _f.negative:
+        _FLAG_WORDS[_f.negative] = f"arch_options[{(_f.key or _f.name)!r}]=False"
+_FLAG_WORDS.update({"--arch-opt": "arch_options", "--unrelated": "unrelated="})
 _FLAG = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*[a-z0-9])(?: ([\w.:@/,+-]*[\w/]))?")
 # Words after a flag that are the sentence going on, not the flag's value.
 _NOT_VALUES = frozenset(
