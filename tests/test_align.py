@@ -14,7 +14,7 @@ from mliscan.adapter import DataInfo
 from mliscan.align import apply, weight_matching
 from mliscan.permutation import sequential_spec
 from mliscan.registry import get_adapter
-from tests.conftest import run_cli
+from tests.conftest import TrainedRun, run_cli
 
 
 def _net(name: str, options: dict, info: DataInfo, seed: int):
@@ -118,7 +118,7 @@ def test_compare_align_flat_path_and_record(tmp_path: Path, capsys) -> None:
     assert r["alignment"]["unaligned_barrier"] == pytest.approx(plain["barrier"], abs=1e-9)
 
 
-def test_an_architecture_without_a_permutation_structure(mlp_pair: Path, capsys) -> None:
+def test_an_architecture_without_a_permutation_structure() -> None:
     from mliscan.align import align
 
     with pytest.raises(Exception, match="declares no permutation structure") as info:
@@ -149,23 +149,23 @@ def test_the_resnet_stream_keeps_the_zero_padded_channels_apart() -> None:
     }
 
 
-def test_grid_with_alignment_keeps_both_paths(tmp_path: Path, capsys) -> None:
+def test_grid_with_alignment_keeps_both_paths(
+    trained_run: TrainedRun, tmp_path: Path, capsys
+) -> None:
     import polars as pl
 
     from mliscan.spec import DataSpec
-    from mliscan.train import TrainSpec, train
 
     for seed in (0, 1):
-        train(
-            TrainSpec(
-                arch_options={"hidden": "16"},
-                data=DataSpec("digits", limit=200),
-                epochs=3,
-                batch_size=50,
-                lr=0.1,
-                seed=seed,
-            ),
-            tmp_path / f"s{seed}",
+        trained_run(
+            "align",
+            copy_to=tmp_path / f"s{seed}",
+            arch_options={"hidden": "16"},
+            data=DataSpec("digits", limit=200),
+            epochs=3,
+            batch_size=50,
+            lr=0.1,
+            seed=seed,
         )
     out = tmp_path / "g"
     code, _, err = run_cli(

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from mliscan import identity, report
-from mliscan.spec import BNSpec, EvalSpec
+from mliscan.spec import BNSpec, DataSpec, EvalSpec
 from mliscan.store import ResultStore
 from mliscan.train import TrainSpec, train
+from tests.conftest import TrainedRun
 
 
 def test_key_depends_on_content_settings_and_version(monkeypatch):
@@ -46,12 +47,12 @@ def test_store_heals_corrupt_and_partial_entries(tmp_path: Path):
     assert [r["loss"] for r in store.records(["k1", "k2"])] == [[1.0]]
 
 
-def test_report_recomputes_a_run_retrained_in_place(tmp_path: Path):
+def test_report_recomputes_a_run_retrained_in_place(trained_run: TrainedRun, tmp_path: Path):
     """The stale-cache defect: after retraining a run in place, report must not reuse the old
     metrics (their key holds the files' contents)."""
     run = tmp_path / "r"
     spec = EvalSpec(alphas=4, gauss=False)
-    train(TrainSpec(arch_options={"hidden": "8"}, epochs=1, batch_size=50, lr=0.05), run)
+    trained_run(copy_to=run, arch_options={"hidden": "8"}, epochs=1, batch_size=50, lr=0.05)
     first = report.run_metrics(run, spec)
     shutil.rmtree(run / "checkpoints", ignore_errors=True)
     (run / "run.json").unlink()
@@ -70,10 +71,18 @@ def test_report_recomputes_a_run_retrained_in_place(tmp_path: Path):
     assert report.run_metrics(run, spec) == second
 
 
-def test_report_recomputes_a_corrupt_cache(tmp_path: Path):
+def test_report_recomputes_a_corrupt_cache(trained_run: TrainedRun, tmp_path: Path):
     run = tmp_path / "r"
     spec = EvalSpec(alphas=3, gauss=False)
-    train(TrainSpec(arch_options={"hidden": "8"}, epochs=1, batch_size=50), run)
+    # the run of test_report's cache test (one training for both)
+    trained_run(
+        "report",
+        copy_to=run,
+        arch_options={"hidden": "8"},
+        data=DataSpec("digits", limit=100),
+        epochs=1,
+        batch_size=50,
+    )
     good = report.run_metrics(run, spec)
     cache = run / f"mli-{report.cache_key(run, spec)}.json"
     cache.write_text("{not json")

@@ -11,8 +11,7 @@ import pytest
 
 from mliscan import report as rp
 from mliscan.spec import DataSpec, EvalSpec
-from mliscan.train import TrainSpec, train
-from tests.conftest import run_cli
+from tests.conftest import TrainedRun, run_cli
 
 
 def test_power_law_fit_recovers_the_exponent() -> None:
@@ -105,15 +104,14 @@ def test_tables_match_hand_counts(tmp_path: Path, capsys) -> None:
     assert code == 2 and "nope" in err
 
 
-def test_metrics_are_computed_once_and_cached(tmp_path: Path) -> None:
-    train(
-        TrainSpec(
-            arch_options={"hidden": "8"},
-            data=DataSpec("digits", limit=100),
-            epochs=1,
-            batch_size=50,
-        ),
-        tmp_path / "r",
+def test_metrics_are_computed_once_and_cached(trained_run: TrainedRun, tmp_path: Path) -> None:
+    trained_run(
+        "report",
+        copy_to=tmp_path / "r",
+        arch_options={"hidden": "8"},
+        data=DataSpec("digits", limit=100),
+        epochs=1,
+        batch_size=50,
     )
     spec = EvalSpec(alphas=5)
     first = rp.run_metrics(tmp_path / "r", spec)

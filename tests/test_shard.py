@@ -29,7 +29,7 @@ from mliscan.shard import (
 from mliscan.spec import DataSpec, SpecError
 from mliscan.sweep import expand, is_complete, run_name
 from mliscan.train import TrainSpec
-from tests.conftest import run_cli
+from tests.conftest import TrainedRun, run_cli
 
 # A 6-run sweep of tiny digits MLPs: two runs per shard of three.
 SWEEP = [
@@ -270,29 +270,28 @@ def test_local_launcher_contains_a_failure_resubmits_it_and_a_preempted_job_resu
     assert code == 0 and jobs == "" and "nothing to resubmit" in err
 
 
-def test_grid_plane_trajectory_and_report_shards_write_one_study(tmp_path: Path, capsys) -> None:
+def test_grid_plane_trajectory_and_report_shards_write_one_study(
+    trained_run: TrainedRun, tmp_path: Path, capsys
+) -> None:
     """The shards of each study, one after another in this process: the last one writes the
     tables, byte for byte those of one process; the others leave them unwritten."""
-    with one_thread():
-        _studies(tmp_path, capsys)
-
-
-def _studies(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from mliscan.train import train
-
     runs = tmp_path / "runs"
-    for seed in (0, 1):
-        train(
-            TrainSpec(
-                arch_options={"hidden": "8"},
-                data=DataSpec("digits", limit=200),
-                epochs=2,
-                batch_size=50,
-                seed=seed,
-                save_every=1,
-            ),
-            runs / f"s{seed}",
+    for seed in (0, 1):  # copies: report caches its metrics beside the runs
+        trained_run(
+            "shard",
+            copy_to=runs / f"s{seed}",
+            arch_options={"hidden": "8"},
+            data=DataSpec("digits", limit=200),
+            epochs=2,
+            batch_size=50,
+            seed=seed,
+            save_every=1,
         )
+    with one_thread():
+        _studies(runs, tmp_path, capsys)
+
+
+def _studies(runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     a, b = runs / "s0", runs / "s1"
     studies = {
         "grid": (

@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from mliscan.cli.app import main
-from mliscan.trajectory import find_steps
+from mliscan.trajectories import find_steps
+from tests.conftest import TrainedRun
+from tests.hardening.conftest import tiny_settings
 
 QUICK = ["--alphas", "3", "--data-limit", "20", "--no-gauss"]
 
@@ -24,26 +26,9 @@ def _run(argv: list[str], capsys) -> tuple[int, str, str]:
     return code, got.out, got.err
 
 
-def _train(out: Path, hidden: str) -> Path:
-    from mliscan.spec import DataSpec
-    from mliscan.train import TrainSpec, train
-
-    train(
-        TrainSpec(
-            arch_options={"hidden": hidden},
-            data=DataSpec("digits", limit=40),
-            epochs=1,
-            batch_size=20,
-        ),
-        out,
-    )
-    return out
-
-
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    base = tmp_path_factory.mktemp("traj")
-    return _train(base / "a", "4"), _train(base / "b", "8")
+def runs(trained_run: TrainedRun) -> tuple[Path, Path]:
+    return trained_run("traj", **tiny_settings("4")), trained_run("traj", **tiny_settings("8"))
 
 
 def _folder(tmp_path: Path, run: Path, names: dict[str, str]) -> Path:
