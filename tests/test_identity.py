@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mliscan import identity, report
+from mliscan import identity, reporting
 from mliscan.spec import BNSpec, DataSpec, EvalSpec
 from mliscan.store import ResultStore
 from mliscan.train import TrainSpec, train
@@ -53,22 +53,24 @@ def test_report_recomputes_a_run_retrained_in_place(trained_run: TrainedRun, tmp
     run = tmp_path / "r"
     spec = EvalSpec(alphas=4, gauss=False)
     trained_run(copy_to=run, arch_options={"hidden": "8"}, epochs=1, batch_size=50, lr=0.05)
-    first = report.run_metrics(run, spec)
+    first = reporting.run_metrics(run, spec)
     shutil.rmtree(run / "checkpoints", ignore_errors=True)
     (run / "run.json").unlink()
     train(TrainSpec(arch_options={"hidden": "8"}, epochs=3, batch_size=50, lr=0.5), run)
-    second = report.run_metrics(run, spec)
+    second = reporting.run_metrics(run, spec)
     assert second["distance"] != first["distance"]
-    fresh = report.compare_pair(
+    fresh = reporting.compare_pair(
         str(run / "init.safetensors"), str(run / "final.safetensors"), spec=spec
     )
     assert second["distance"] == pytest.approx(fresh.distance, rel=1e-12)
     # other settings, another entry; the same settings, the cached one
-    assert report.cache_key(run, spec) != report.cache_key(run, EvalSpec(alphas=5, gauss=False))
-    assert report.cache_key(run, spec) != report.cache_key(
+    assert reporting.cache_key(run, spec) != reporting.cache_key(
+        run, EvalSpec(alphas=5, gauss=False)
+    )
+    assert reporting.cache_key(run, spec) != reporting.cache_key(
         run, EvalSpec(alphas=4, gauss=False, bn=BNSpec(batch_size=64))
     )
-    assert report.run_metrics(run, spec) == second
+    assert reporting.run_metrics(run, spec) == second
 
 
 def test_report_recomputes_a_corrupt_cache(trained_run: TrainedRun, tmp_path: Path):
@@ -83,8 +85,8 @@ def test_report_recomputes_a_corrupt_cache(trained_run: TrainedRun, tmp_path: Pa
         epochs=1,
         batch_size=50,
     )
-    good = report.run_metrics(run, spec)
-    cache = run / f"mli-{report.cache_key(run, spec)}.json"
+    good = reporting.run_metrics(run, spec)
+    cache = run / f"mli-{reporting.cache_key(run, spec)}.json"
     cache.write_text("{not json")
     with pytest.warns(UserWarning, match="recomputed"):
-        assert report.run_metrics(run, spec) == good
+        assert reporting.run_metrics(run, spec) == good

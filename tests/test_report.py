@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from mliscan import report as rp
+from mliscan import reporting as rp
 from mliscan.spec import DataSpec, EvalSpec
 from tests.conftest import TrainedRun, run_cli
 
