@@ -578,7 +578,7 @@ def test_every_study_opens_a_timm_model_the_same_way(
     assert rec["loss"][-1] in curves["loss"].to_list()  # the same trained weights, same loss
 
 
-@pytest.mark.parametrize("kind", ["bert", "bert-cls", "neox", "llama"])
+@pytest.mark.parametrize("kind", ["gpt2", "bert", "bert-cls", "neox", "llama"])
 def test_hub_losses_are_transformers_own(
     offline: Path, kind: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -608,7 +608,7 @@ def test_hub_losses_are_transformers_own(
         capsys,
     )
     src = rec["sources"]
-    if kind in ("neox", "llama"):
+    if kind in ("gpt2", "neox", "llama"):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(src["init"]["path"])
