@@ -15,25 +15,24 @@ import polars as pl
 import pytest
 
 from mliscan.spec import DataSpec
-from mliscan.train import TrainSpec, train
-from tests.conftest import run_cli
+from tests.conftest import TrainedRun, run_cli
 
 
 @pytest.fixture(scope="module")
-def three_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def three_runs(trained_run: TrainedRun, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of three runs (copies: the grid reads every run the folder holds)."""
     root = tmp_path_factory.mktemp("runs")
     for seed in range(3):
-        train(
-            TrainSpec(
-                arch_options={"hidden": "16", "bn": True},
-                data=DataSpec("digits", limit=300),
-                optimizer="adam",
-                lr=0.01,
-                epochs=3,
-                batch_size=50,
-                seed=seed,
-            ),
-            root / f"run{seed}",
+        trained_run(
+            "grid-run",
+            copy_to=root / f"run{seed}",
+            arch_options={"hidden": "16", "bn": True},
+            data=DataSpec("digits", limit=300),
+            optimizer="adam",
+            lr=0.01,
+            epochs=3,
+            batch_size=50,
+            seed=seed,
         )
     return root
 

@@ -12,8 +12,7 @@ import torch
 
 from mliscan.planes import make_plane
 from mliscan.spec import DataSpec
-from mliscan.train import TrainSpec, train
-from tests.conftest import run_cli
+from tests.conftest import TrainedRun, run_cli
 
 
 def test_gram_schmidt_coordinates() -> None:
@@ -26,25 +25,20 @@ def test_gram_schmidt_coordinates() -> None:
 
 
 @pytest.fixture(scope="module")
-def three_points(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+def three_points(trained_run: TrainedRun) -> tuple[Path, Path, Path]:
     """A (run 0's init), B (its final), C (run 1's init): two short digits BN MLP runs."""
-    root = tmp_path_factory.mktemp("plane-runs")
-    for seed in range(2):
-        train(
-            TrainSpec(
-                arch_options={"hidden": "16", "bn": True},
-                data=DataSpec("digits", limit=200),
-                epochs=2,
-                batch_size=50,
-                seed=seed,
-            ),
-            root / f"r{seed}",
+    r0, r1 = (
+        trained_run(
+            "plane-run",
+            arch_options={"hidden": "16", "bn": True},
+            data=DataSpec("digits", limit=200),
+            epochs=2,
+            batch_size=50,
+            seed=seed,
         )
-    return (
-        root / "r0" / "init.safetensors",
-        root / "r0" / "final.safetensors",
-        root / "r1" / "init.safetensors",
+        for seed in range(2)
     )
+    return r0 / "init.safetensors", r0 / "final.safetensors", r1 / "init.safetensors"
 
 
 def test_five_by_five_plane_matches_direct_evaluation(

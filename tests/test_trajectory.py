@@ -16,31 +16,26 @@ from mliscan.schemas import TRAJECTORY_SCHEMA
 from mliscan.sources import expand_revisions, step_of
 from mliscan.trajectories import find_steps
 from tests import hubcache
-from tests.conftest import run_cli
+from tests.conftest import TrainedRun, run_cli
 
 QUICK = ["--alphas", 7, "--data-limit", 200, "-q"]
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def run(trained_run: TrainedRun) -> Path:
     """A digits MLP trained 5 epochs, its weights kept every 2 epochs."""
     from mliscan.spec import DataSpec
-    from mliscan.train import TrainSpec, train
 
-    out = tmp_path_factory.mktemp("traj_run")
-    train(
-        TrainSpec(
-            arch_options={"hidden": "16"},
-            data=DataSpec("digits", limit=200),
-            optimizer="adam",
-            lr=0.01,
-            epochs=5,
-            batch_size=32,
-            save_every=2,
-        ),
-        out,
+    return trained_run(
+        "traj_run",
+        arch_options={"hidden": "16"},
+        data=DataSpec("digits", limit=200),
+        optimizer="adam",
+        lr=0.01,
+        epochs=5,
+        batch_size=32,
+        save_every=2,
     )
-    return out
 
 
 def test_save_every_keeps_the_epochs_between_init_and_final(run: Path) -> None:
