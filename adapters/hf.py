@@ -100,16 +100,17 @@ class HFWrapper(nn.Module):
         """During forward-mode AD: eager attention (fused SDPA kernels lack forward AD), and
         logits only at the positions the Gauss length uses (the output head over every
         position would dominate the memory of the derivative pass)."""
-        before = self.model.config._attn_implementation
+        model: Any = self.model  # a transformers PreTrainedModel
+        before = model.config._attn_implementation
         if before != "eager":
-            self.model.set_attn_implementation("eager")
+            model.set_attn_implementation("eager")
         self.gauss_only = self._can_keep
         try:
             yield
         finally:
             self.gauss_only = False
             if before != "eager":
-                self.model.set_attn_implementation(before)
+                model.set_attn_implementation(before)
 
     @property
     def taylor_positions(self) -> bool:
@@ -148,7 +149,7 @@ class _HFAdapter(Adapter):
     suffixes: ClassVar[tuple[str, ...]] = ()
     auto_class: ClassVar[str] = ""
     # the output budget (resources.OUTPUT_BYTES_BUDGET) caps these for large vocabularies
-    eval_batch_candidates = (1, 4, 16, 64)
+    eval_batch_candidates: ClassVar[tuple[int, ...]] = (1, 4, 16, 64)
 
     example_config: ClassVar[dict[str, Any]] = {}
 
@@ -360,7 +361,7 @@ def _renamings(config_json: str) -> tuple[tuple[re.Pattern[str], str], ...]:
     hf_config = adapter.hf_config(HFOptions(config=config_json))
     with torch.device("meta"):
         model = getattr(transformers, adapter.auto_class_for(hf_config)).from_config(hf_config)
-    out = []
+    out: list[tuple[re.Pattern[str], str]] = []
     for t in get_model_conversion_mapping(model):
         if isinstance(t, WeightRenaming) and len(t.target_patterns) == 1:
             dst = t.target_patterns[0].replace("\\", "\\\\")

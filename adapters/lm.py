@@ -186,6 +186,7 @@ class Block(nn.Module):
 
 class TransformerLM(nn.Module):
     taylor_positions = True  # taylor_forward honours t.positions (the Gauss logits only)
+    positions: torch.Tensor  # a buffer (registered in __init__)
 
     def __init__(
         self, vocab: int, dim: int, heads: int, ff: int, layers: int, dropout: float, context: int

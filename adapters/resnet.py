@@ -14,9 +14,9 @@ channel padding). Options follow Table 2 of Lucas et al.:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -152,13 +152,15 @@ def cifar_resnet_spec(module: nn.Module) -> PermutationSpec:
         blocks, nn.Sequential
     ):
         raise UsageError("--align: the network is not a CIFAR ResNet of mliscan's resnet adapter")
+    # the parts checked above, as the CIFAR ResNet declares them
+    conv1 = cast(nn.Conv2d, module.conv1)
     spec = PermutationSpec()
-    width = module.conv1.weight.shape[0]
+    width = conv1.weight.shape[0]
     spec.sizes["S"] = width
     stream = whole("S", width)
-    add_conv(spec, "conv1", module.conv1, stream, None)
-    add_norm(spec, "bn1", module.bn1, stream)
-    for i, block in enumerate(blocks):
+    add_conv(spec, "conv1", conv1, stream, None)
+    add_norm(spec, "bn1", cast(nn.Module, module.bn1), stream)
+    for i, block in enumerate(cast(Iterable[BasicBlock], blocks)):
         p = f"layers.{i}"
         cout = block.conv1.weight.shape[0]
         inner = whole(f"B{i}", cout)
@@ -234,9 +236,9 @@ def _initialise(net: CifarResNet, options: ResNetOptions, n_blocks: int) -> None
     blocks = [b for b in net.layers if isinstance(b, BasicBlock)]
     if options.init == "block-identity":
         for b in blocks:
-            last = b.bn2 if options.bn else b.conv2
+            last = cast(nn.BatchNorm2d, b.bn2) if options.bn else b.conv2
             nn.init.zeros_(last.weight)
-            if getattr(last, "bias", None) is not None:
+            if last.bias is not None:
                 nn.init.zeros_(last.bias)
     elif options.init == "fixup":
         for b in blocks:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -60,8 +60,9 @@ class TrainDefaults:
 class Adapter(ABC):
     """Base class of architecture adapters. Subclasses set ``Options`` to a frozen dataclass."""
 
-    name: ClassVar[str] = ""
-    description: ClassVar[str] = ""
+    # set on the class, or per instance by adapters of a family (vgg16, resnet20)
+    name: str = ""
+    description: str = ""
     default_data: ClassVar[str] = "digits"
     Options: ClassVar[type] = type("NoOptions", (), {})
     train_defaults: ClassVar[TrainDefaults] = TrainDefaults()
@@ -74,7 +75,7 @@ class Adapter(ABC):
     """``logits`` is not the module output (the second-order pass then does not apply)."""
     targets_from_inputs: ClassVar[bool] = False
     """``prepare_targets`` derives the targets from the inputs (such data cannot be streamed)."""
-    permutation: ClassVar[Callable[[nn.Module], PermutationSpec] | None] = None
+    permutation: ClassVar[staticmethod[[nn.Module], PermutationSpec] | None] = None
     """How ``--align`` permutes hidden units: a function from the built module to its
     :class:`~mliscan.permutation.PermutationSpec` (``permutation.sequential_spec`` for a
     plain Sequential), or None when the architecture declares none."""
@@ -181,8 +182,9 @@ class Adapter(ABC):
         """Per-example loss, shape [N] (cross-entropy by default)."""
         return nn.functional.cross_entropy(output, target, reduction="none")
 
-    def logits(self, output: torch.Tensor) -> torch.Tensor:
-        """The vector whose curve the Gauss length measures, shape [N, D]."""
+    def logits(self, output: Any) -> torch.Tensor:
+        """The vector whose curve the Gauss length measures, shape [N, D] (``output`` is the
+        module's output: a tensor, or what a hub model returns)."""
         return output
 
     def correct(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:

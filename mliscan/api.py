@@ -778,7 +778,9 @@ def plane(
         source = prep.specs[S.SourceSpec]
         root, tmp = _store(out)
         study = PlaneStudy(
-            *(_study_endpoint(x, name, source) for x, name in ((a, "A"), (b, "B"), (c, "C"))),
+            a=_study_endpoint(a, "A", source),
+            b=_study_endpoint(b, "B", source),
+            c=_study_endpoint(c, "C", source),
             out=root,
             source=source,
             arch=prep.arch,

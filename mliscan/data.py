@@ -38,7 +38,7 @@ import torch
 
 from mliscan.errors import DataError, DataNotFoundError, UsageError
 from mliscan.paths import atomic_path, env_value, mliscan_cache_dir
-from mliscan.spec import DataSpec
+from mliscan.spec import DataSpec, Split
 from mliscan.text import BUNDLED_TINYTEXT, load_text, load_wikitext
 
 
@@ -91,7 +91,7 @@ class Dataset:
     """A labelled dataset held in memory."""
 
     name: str
-    split: str
+    split: Split
     inputs: torch.Tensor
     """float32, [N, C, H, W]."""
     targets: torch.Tensor
@@ -132,7 +132,7 @@ def load_dataset(spec: DataSpec, hooks: Any = None) -> Dataset:
     return ds
 
 
-def _digits(split: str) -> Dataset:
+def _digits(split: Split) -> Dataset:
     if split != "train":
         raise UsageError("digits has no test split: it is the training set (use --split train)")
     table = _digits_table()
@@ -227,7 +227,7 @@ def _read_idx(path: Path, ndim: int, limit: int = MAX_IDX_BYTES) -> np.ndarray:
     return body.reshape(dims)
 
 
-def _idx_dataset(name: str, root: Path, split: str) -> Dataset:
+def _idx_dataset(name: str, root: Path, split: Split) -> Dataset:
     raw = root / _IDX_FOLDERS[name] / "raw"
     prefix = _IDX_PREFIX[split]
     img_name, lbl_name = f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"
@@ -310,7 +310,7 @@ def _labels(obj: object, path: Path) -> np.ndarray:
 MAX_CIFAR_LABELS = 1_000_000
 
 
-def _cifar(name: str, root: Path, split: str) -> Dataset:
+def _cifar(name: str, root: Path, split: Split) -> Dataset:
     if name == "cifar10":
         folder = root / "cifar-10-batches-py"
         files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]

@@ -373,7 +373,7 @@ class PathEvaluator:
     # ---- the loop ------------------------------------------------------------------------
     def run(
         self,
-        alphas: Sequence[float],
+        alphas: Sequence[float] | np.ndarray,
         gauss: bool | None = None,
         progress: ProgressFn | None = None,
         chunked: bool = True,
@@ -452,7 +452,9 @@ class PathEvaluator:
             )
         return notes
 
-    def _run_chunked(self, alphas: Sequence[float], progress: ProgressFn | None) -> Curve:
+    def _run_chunked(
+        self, alphas: Sequence[float] | np.ndarray, progress: ProgressFn | None
+    ) -> Curve:
         losses: list[float] = []
         accs: list[float] | None = []
         t0 = time.perf_counter()

@@ -116,8 +116,8 @@ def gather_endpoints(
     inits: list[Endpoint] = []
     optima: list[Endpoint] = []
     for (path, kind), text, label in zip(files, texts, labels, strict=True):
-        run = None if isinstance(path, Checkpoint) else run_of(text)
-        end = load_endpoint(path, kind, label, run, session)
+        of_run = None if isinstance(path, Checkpoint) else run_of(text)
+        end = load_endpoint(path, kind, label, of_run, session)
         (inits if kind == "init" else optima).append(end)
     if len(optima) < n_optima:
         raise UsageError(
@@ -165,7 +165,7 @@ def named_by_settings(paths: Sequence[str], labels: Sequence[str]) -> list[str]:
     keys = list(dict.fromkeys(k for c in configs.values() for k in c))
     first = next(iter(configs.values()))
     varying = [k for k in keys if any(c.get(k) != first.get(k) for c in configs.values())]
-    shown = [k for k in ("optimizer", "lr") if k in keys]
+    shown: list[str] = [k for k in ("optimizer", "lr") if k in keys]
     shown += [k for k in varying if k not in _ALWAYS] + [k for k in ("seed",) if k in keys]
     names = {f: _describe(c, shown) for f, c in configs.items()}
     clashing = {n for n in names.values() if list(names.values()).count(n) > 1}

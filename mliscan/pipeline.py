@@ -240,7 +240,8 @@ def setup(
         choice = ModelChoice(arch, arch.parse_options(arch_options or {}), "python")
     else:
         if isinstance(arch, ArchSpec):
-            arch, arch_options = arch.arch, arch.given_options()
+            arch_spec = arch
+            arch, arch_options = arch_spec.arch, arch_spec.given_options()
         choice = choose_model(first, arch, arch_options or {})
     if isinstance(data, Dataset):  # tensors given from Python
         dataset, data_spec = data, DataSpec(name=data.name, split=data.split)
@@ -332,8 +333,9 @@ def compare_checkpoints(
     notes = [Note("endpoint", f"init: {n}") for n in init.notes]
     notes += [Note("endpoint", f"final: {n}") for n in final.notes]
     notes += integrity_notes(init, final)
-    for note in notes if on_note is not None else ():
-        on_note(note)  # before the evaluation: a swapped pair is said before minutes of work
+    if on_note is not None:  # before the evaluation: a swapped pair is said before minutes
+        for note in notes:
+            on_note(note)
     sources = {"init": _source_record(init), "final": _source_record(final)}
     ctx = setup(init, arch, arch_options, data, spec)
     choice = ctx.choice
@@ -431,9 +433,12 @@ def _module_reader(
     if ckpt.reader is None:
         return None
     by_id = {id(t): name for name, t in ckpt.tensors.items()}
-    names = {k: by_id.get(id(t)) for k, t in mapped.items()}
-    if any(v is None for v in names.values()):
-        return None
+    names: dict[str, str] = {}
+    for k, t in mapped.items():
+        name = by_id.get(id(t))
+        if name is None:
+            return None
+        names[k] = name
     read = ckpt.reader
     return lambda k: read(names[k])
 
@@ -466,7 +471,7 @@ def swapped_note(init: Checkpoint, final: Checkpoint) -> str | None:
             "swapped (give INIT first, then FINAL)"
         )
     steps = (_step(init), _step(final))
-    if None not in steps and steps[0] > steps[1]:
+    if steps[0] is not None and steps[1] is not None and steps[0] > steps[1]:
         return (
             f"INIT is from step {steps[0]} and FINAL from step {steps[1]}: the endpoints look "
             "swapped (give the earlier revision first)"

@@ -84,10 +84,10 @@ def evaluate_plane(
     resolution: int,
     bounds: tuple[float, float, float, float],
     progress: Callable[[int, int], None] | None = None,
-    done: dict[tuple[int, int], dict[str, float]] | None = None,
-    on_point: Callable[[tuple[int, int], dict[str, float]], None] | None = None,
+    done: dict[tuple[int, int], dict[str, float | None]] | None = None,
+    on_point: Callable[[tuple[int, int], dict[str, float | None]], None] | None = None,
     shard: Shard = WHOLE,
-) -> list[dict[str, float]]:
+) -> list[dict[str, float | None]]:
     """Loss and accuracy on a resolution x resolution grid (row-major, y outer); a loss that
     is NaN or infinite (a range reaching weights where the model overflows) is None, so
     that the stored points and plane.json stay valid JSON (null). Points neither in

@@ -51,6 +51,7 @@ MLM_PROBABILITY = 0.15
 MLM_SEED = 0
 
 BNMode = Literal["exact", "paper", "interpolate"]
+Split = Literal["train", "test"]
 
 # Help panels of the generated command-line options.
 SOURCE = "Sources"
@@ -139,6 +140,11 @@ class Spec:
 
     # the name of the concern, used in config-file messages
     concern: ClassVar[str] = "settings"
+
+    if typing.TYPE_CHECKING:
+        # Every concrete spec is a frozen dataclass: say so to the type checker (the protocol
+        # of ``dataclasses.fields`` and ``replace``) without a runtime class attribute.
+        __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
 
     def __post_init__(self) -> None:
         hints = _hints(type(self))
@@ -483,9 +489,7 @@ class DataSpec(Spec):
         panel=DATA,
         metavar="DIR",
     )
-    split: Literal["train", "test"] = opt(
-        "train", "Which split (the paper reports training loss).", panel=DATA
-    )
+    split: Split = opt("train", "Which split (the paper reports training loss).", panel=DATA)
     limit: int | None = opt(
         None,
         "Use only the first N examples.",

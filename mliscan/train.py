@@ -134,7 +134,7 @@ def train(
     t_start = time.perf_counter()
     previous = finished_run(out)
     replaced = previous is not None and bool(run_differences(previous, spec))
-    if replaced and not overwrite:
+    if replaced and previous is not None and not overwrite:
         raise OutputExistsError(
             f"{out} holds a finished run ({previous.get('status')}) with other settings: "
             f"{'; '.join(run_differences(previous, spec))}. Training would replace it: "
@@ -280,7 +280,8 @@ def run_differences(record: dict[str, Any], spec: TrainSpec) -> list[str]:
     """Each setting of ``spec`` that differs from the finished run ``record``, as ``lr
     0.1 there, 0.01 here`` (nested settings dotted: ``data.limit``); settings that change
     no number (the device, --save-every) are not differences."""
-    old = _flat(record.get("config") if isinstance(record.get("config"), dict) else {})
+    config = record.get("config")
+    old = _flat(config if isinstance(config, dict) else {})
     new = _flat(json.loads(json.dumps(spec.to_dict())))
     keys = [k for k in dict.fromkeys([*new, *old]) if k.split(".")[0] not in _INERT]
     return [
@@ -311,7 +312,8 @@ def _shown(d: dict[str, Any], key: str) -> str:
 def _remove_run(out: Path, record: dict[str, Any]) -> None:
     """The files of a finished run being replaced (--overwrite): its record first (the
     folder is then an unfinished run), its final weights and the checkpoints it kept."""
-    kept = record.get("checkpoints") if isinstance(record.get("checkpoints"), list) else []
+    checkpoints = record.get("checkpoints")
+    kept = checkpoints if isinstance(checkpoints, list) else []
     names = [RUN_FILE, FINAL_FILE]
     names += [c["file"] for c in kept if isinstance(c, dict) and isinstance(c.get("file"), str)]
     for name in names:
@@ -348,7 +350,7 @@ def _keep_checkpoint(
 
 def _test_split(spec: TrainSpec) -> Any:
     """The test split, when the dataset declares one (``DatasetInfo.test_split``)."""
-    if not has_test_split(spec.data.name):
+    if spec.data.name is None or not has_test_split(spec.data.name):
         return None
     return load_dataset(dataclasses.replace(spec.data, split="test", limit=None))
 
@@ -385,7 +387,7 @@ def _test_accuracy(
         return None
     data = prepare_data(adapter, test.inputs, test.targets, device, dtype)
     module.eval()
-    correct = 0
+    correct = 0.0
     with torch.inference_mode():
         for s in batchnorm.batch_slices(len(data), 1024):
             ok = adapter.correct(module(data.inputs[s]), data.targets[s])

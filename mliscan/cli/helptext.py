@@ -19,6 +19,8 @@ from rich.markup import escape
 
 # The attribute of a command's function naming its rarely used options (parameter names).
 RARE = "mliscan_rare"
+# Marks a command whose help plain_help has escaped already.
+_PLAIN = "_plain_help"
 
 
 def _flags_without_metavar(params: list[Any]) -> list[Any]:
@@ -123,12 +125,12 @@ def plain_help(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     Escapes the docstring and every own option's help once (generated options are escaped
     when made)."""
-    if getattr(fn, "_plain_help", False):
+    if getattr(fn, _PLAIN, False):
         return fn
     if fn.__doc__:
         fn.__doc__ = escape(_reflowed(inspect.cleandoc(fn.__doc__)))
     sig = inspect.signature(fn, eval_str=True)  # a new evaluation makes new infos: keep it
-    fn.__signature__ = sig
+    fn.__signature__ = sig  # type: ignore[attr-defined]  # read by inspect.signature
     for p in sig.parameters.values():
         args = typing.get_args(p.annotation)
         for info in args[1:]:
@@ -139,7 +141,7 @@ def plain_help(fn: Callable[..., Any]) -> Callable[..., Any]:
             if isinstance(text, str) and not getattr(info, "_escaped", False):
                 info.help = escape(text)
                 info._escaped = True
-    fn._plain_help = True
+    setattr(fn, _PLAIN, True)
     return fn
 
 

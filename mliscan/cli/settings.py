@@ -224,6 +224,7 @@ def load_settings(
     a settings file above the project (see :func:`find_settings`) that sets one is refused,
     naming the file and the key, so a file in a shared parent folder cannot run code in
     every project below it. ``--config PATH`` is the user's own choice on the command line."""
+    source: Path | None
     if explicit is not None:
         if not explicit.is_file():
             raise UsageError(f"--config {explicit}: no such settings file")

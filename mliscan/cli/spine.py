@@ -184,7 +184,7 @@ def params_for(
             metavar=metavar,
         )
         info._escaped = True  # type: ignore[attr-defined]  # by _help; plain_help leaves it
-        annotation = Annotated[_cli_type(tp, o), info]
+        annotation: Any = Annotated[_cli_type(tp, o), info]  # built at run time: not an alias
         if o.parse is not None and default is not None:
             default = str(default)
         p = inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default)
@@ -300,7 +300,8 @@ def command(
         rare_names = {n for n, (_p, m) in by_name.items() if _opt_of(m).rare} | set(rare)
         if rare_names:
             params.append(help_all_parameter())
-        wrapper.__signature__ = sig.replace(parameters=params)
+        # read by inspect.signature (typeshed declares no __signature__ on callables)
+        wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
         wrapper.__annotations__ = {}
         setattr(wrapper, RARE, frozenset(rare_names))
         return wrapper

@@ -174,12 +174,13 @@ def write_pretrained(
     gets its own state dict's keys."""
     if not hasattr(model, "save_pretrained"):
         return write_pair(folder, init, model)
+    hub_model: Any = model  # a transformers PreTrainedModel (save_pretrained checked above)
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     with tempfile.TemporaryDirectory(dir=folder, prefix=".mli-") as tmp:
         for role, state in (("init", dict(init)), ("final", None)):
             out = Path(tmp) / role
-            model.save_pretrained(out, state_dict=state)
+            hub_model.save_pretrained(out, state_dict=state)
             weights = out / "model.safetensors"
             if not weights.is_file():
                 raise RuntimeError(

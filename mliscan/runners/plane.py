@@ -100,8 +100,9 @@ def run_plane(study: PlaneStudy, events: Events = SILENT) -> PlaneOutcome:
                 adapter, session.module, states[0], states[i]
             )
     evaluator = PathEvaluator(adapter, session.module, states[0], states[1], session.prepared, spec)
-    the_plane = pl.make_plane(*states, evaluator.roles.interpolated)
-    bounds = pl.default_range(the_plane) if study.plane.range is None else study.plane.range
+    the_plane = pl.make_plane(states[0], states[1], states[2], evaluator.roles.interpolated)
+    r = study.plane.range  # four numbers (PlaneSpec checks)
+    bounds = pl.default_range(the_plane) if r is None else (r[0], r[1], r[2], r[3])
     hashes = [content_hash(s) for s in states]
     settings: dict[str, Any] = {
         "bounds": list(bounds),
