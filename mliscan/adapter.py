@@ -67,7 +67,7 @@ class Adapter(ABC):
     Options: ClassVar[type] = type("NoOptions", (), {})
     train_defaults: ClassVar[TrainDefaults] = TrainDefaults()
     eval_batch_candidates: ClassVar[tuple[int, ...]] = EVAL_BATCH_CANDIDATES
-    """Evaluation batch sizes tried by the speed probe (large models: small ones)."""
+    """Evaluation batch sizes the automatic choice picks from (large models: small ones)."""
     trainable: ClassVar[bool] = True
     """Whether ``mliscan train`` can train it (hub adapters evaluate only)."""
     # Capabilities, declared (the engine never compares method identities):

@@ -241,7 +241,7 @@ class PathEvaluator:
 
     @property
     def batch_size(self) -> int:
-        """The evaluation batch size: given, or the fastest of a few candidates (probed once)."""
+        """The evaluation batch size: given, or chosen once from memory (no timing)."""
         return self.resources.batch_size
 
     @property

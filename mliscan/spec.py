@@ -36,7 +36,8 @@ DEFAULT_BN_BATCH_SIZE: int | None = None
 # The paper code's warm-up epoch runs in training batches; ours are of this size.
 PAPER_BN_BATCH_SIZE = 256
 # Batch size of the evaluation passes (no effect on results, only on speed and memory):
-# None means "auto", a short timing probe of a few candidates on the first use.
+# None means "auto": the largest of a few candidates that fits (mliscan.resources: chosen
+# from memory on the first use, never timed, so the same on a busy machine).
 DEFAULT_EVAL_BATCH_SIZE: int | None = None
 EVAL_BATCH_CANDIDATES = (64, 256, 1024, 4096)
 # Momentum of the paper code's batch-norm warm-up epoch (torch's default).

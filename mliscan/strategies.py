@@ -117,7 +117,8 @@ class PerAlpha:
         # after this alpha) for large ones
         delta = p.delta() if self.second_order else p.interp.delta_for_jvp()
         total, rows = 0.0, 0
-        for s in batch_slices(len(inputs), p.resources.batch_size):
+        size = p.resources.second_order_batch_size if self.second_order else None
+        for s in batch_slices(len(inputs), size or p.resources.batch_size):
             vel, acc = self.derivatives(inputs[s], delta)
             total += float(metrics.gauss_integrand(vel, acc).sum())
             rows += vel.shape[0]
@@ -196,7 +197,7 @@ class FusedSecondOrder:
         g_total = torch.zeros((), dtype=torch.float64, device=p.device)
         delta = p.delta()
         rows = 0
-        for s in p.batches():
+        for s in p.batches(p.resources.second_order_batch_size):
             x = p.inputs[s]
             positions = None
             if p.adapter.custom_logits:  # a sequence model: derivatives at its Gauss positions

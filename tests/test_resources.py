@@ -57,3 +57,32 @@ def test_full_batch_estimate_follows_the_budget(monkeypatch):
     assert policy.full_batch_fits(policy.module)
     monkeypatch.setattr(resources, "activation_budget", lambda device: 1000)
     assert not policy.full_batch_fits(policy.module)
+
+
+def test_the_batch_size_is_chosen_from_memory_not_a_clock(monkeypatch):
+    """The same model and data give the same batch size however fast the machine is."""
+
+    def no_clock() -> float:
+        raise AssertionError("the batch size must not be timed")
+
+    monkeypatch.setattr("time.perf_counter", no_clock)
+    monkeypatch.setattr("time.monotonic", no_clock)
+    x = torch.randn(3000, 8)
+    sizes = {ResourcePolicy(_net(), x, (64, 256, 1024)).batch_size for _ in range(3)}
+    assert sizes == {1024}  # 16 floats a layer: every candidate fits, the largest is taken
+
+
+def test_wide_layers_get_smaller_batches_and_the_second_order_pass_smaller_still(monkeypatch):
+    monkeypatch.setattr(resources, "CPU_LAYER_BYTES", 64 * 4 * 256)  # a 256-row, 64-wide layer
+    wide = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 3))
+    policy = ResourcePolicy(wide, torch.randn(3000, 8), (64, 128, 256, 1024))
+    assert policy.batch_size == 256
+    assert policy.second_order_batch_size == 128  # twice the layer bytes per example
+    given = ResourcePolicy(wide, torch.randn(3000, 8), (64, 1024), given=1000)
+    assert given.second_order_batch_size == 1000  # a given batch size is kept everywhere
+
+
+def test_a_batch_over_half_the_data_is_the_whole_data():
+    # 256 of 300 examples would leave a batch of 44 beside it: one batch of 300 instead
+    assert ResourcePolicy(_net(), torch.randn(300, 8), (64, 256)).batch_size == 300
+    assert ResourcePolicy(_net(), torch.randn(600, 8), (64, 256)).batch_size == 256
