@@ -12,6 +12,10 @@ from typing import Any
 import torch
 from torch import nn
 
+# A transformers model or one of its parts: the rules read its submodules and config by their
+# transformers names, which torch's typing of Module attributes (Tensor | Module) cannot see.
+HubModule = Any
+
 # ---- second-order rules (mliscan.taylor) for the common causal LMs --------------------------
 # GPT-2, GPT-NeoX (Pythia) and Llama are written out in jet rules below, from their
 # transformers modules (the same weights, the same arithmetic, logits only at the Gauss
@@ -59,7 +63,7 @@ def _rotary(module: nn.Module, q: Any, k: Any, cos: torch.Tensor, sin: torch.Ten
     return tuple(p[0] for p in parts), tuple(p[1] for p in parts)
 
 
-def _gpt2(t: Any, model: nn.Module, ids: torch.Tensor) -> Any:
+def _gpt2(t: Any, model: HubModule, ids: torch.Tensor) -> Any:
     J = t.rules
     core = model.transformer
     positions = torch.arange(ids.shape[1], device=ids.device)
@@ -67,7 +71,7 @@ def _gpt2(t: Any, model: nn.Module, ids: torch.Tensor) -> Any:
     act = model.config.activation_function
 
     def conv1d(m: nn.Module, h: Any) -> Any:  # transformers' Conv1D: h @ W + b
-        return J.add(J.mul(h, t.param(m, "weight"), torch.matmul), t.param(m, "bias"))
+        return t.dense(m, h, transposed=True)
 
     for block in core.h:
         attn = block.attn
@@ -94,7 +98,7 @@ def _embed_rotary(t: Any, embed: nn.Module, rotary: nn.Module, ids: torch.Tensor
     return x, cos, sin
 
 
-def _neox(t: Any, model: nn.Module, ids: torch.Tensor) -> Any:
+def _neox(t: Any, model: HubModule, ids: torch.Tensor) -> Any:
     J = t.rules
     core = model.gpt_neox
     x, cos, sin = _embed_rotary(t, core.embed_in, core.rotary_emb, ids)
@@ -108,7 +112,7 @@ def _neox(t: Any, model: nn.Module, ids: torch.Tensor) -> Any:
         q, k = _rotary(attn, q, k, cos, sin)
         out = t.dense(attn.dense, _merge_heads(J, _attend(J, q, k, v, attn.scaling)))
 
-        def mlp(h: Any, layer: nn.Module = layer) -> Any:
+        def mlp(h: Any, layer: HubModule = layer) -> Any:
             inner = t.dense(
                 layer.mlp.dense_h_to_4h, t.layer_norm(layer.post_attention_layernorm, h)
             )
@@ -123,13 +127,13 @@ def _neox(t: Any, model: nn.Module, ids: torch.Tensor) -> Any:
     return t.head(lambda h: t.dense(head, t.layer_norm(core.final_layer_norm, h)), x)
 
 
-def _llama(t: Any, model: nn.Module, ids: torch.Tensor) -> Any:
+def _llama(t: Any, model: HubModule, ids: torch.Tensor) -> Any:
     J = t.rules
     core = model.model
     x, cos, sin = _embed_rotary(t, core.embed_tokens, core.rotary_emb, ids)
     act = model.config.hidden_act
 
-    def rms(m: nn.Module, h: Any) -> Any:
+    def rms(m: HubModule, h: Any) -> Any:
         shape = (m.weight.shape[-1],)
         return J.layer_norm(h, shape, t.param(m, "weight"), None, m.variance_epsilon, rms=True)
 
@@ -152,7 +156,7 @@ def _llama(t: Any, model: nn.Module, ids: torch.Tensor) -> Any:
     return t.head(lambda h: t.dense(model.lm_head, rms(core.norm, h)), x)
 
 
-def _bert_encoder(t: Any, bert: nn.Module, ids: torch.Tensor, mask: torch.Tensor | None) -> Any:
+def _bert_encoder(t: Any, bert: HubModule, ids: torch.Tensor, mask: torch.Tensor | None) -> Any:
     """BertModel up to the last hidden states (absolute positions, token type 0)."""
     J = t.rules
     emb = bert.embeddings
@@ -181,7 +185,7 @@ def _bert_encoder(t: Any, bert: nn.Module, ids: torch.Tensor, mask: torch.Tensor
     return x
 
 
-def _bert_mlm(t: Any, model: nn.Module, ids: torch.Tensor) -> Any:
+def _bert_mlm(t: Any, model: HubModule, ids: torch.Tensor) -> Any:
     J = t.rules
     head = model.cls.predictions
     tr = head.transform
@@ -194,7 +198,7 @@ def _bert_mlm(t: Any, model: nn.Module, ids: torch.Tensor) -> Any:
     return t.head(predict, _bert_encoder(t, model.bert, ids, None))
 
 
-def _bert_classifier(t: Any, model: nn.Module, pair: torch.Tensor) -> Any:
+def _bert_classifier(t: Any, model: HubModule, pair: torch.Tensor) -> Any:
     J = t.rules
     x = _bert_encoder(t, model.bert, pair[:, 0], pair[:, 1])
     pooled = J.tanh(t.dense(model.bert.pooler.dense, J.map(lambda u: u[:, 0], x)))

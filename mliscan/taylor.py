@@ -31,13 +31,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from typing import ClassVar, cast
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from mliscan import contract
-from mliscan.jets import Jet, JetRules, jet_layer_norm, jet_map, plus
+from mliscan.jets import Jet, JetRules, jet_layer_norm, jet_map
 
 _LEAVES = (
     nn.Linear,
@@ -66,6 +67,9 @@ class Tracer:
 
     ``st`` is a stack: (tensor of k blocks [x; x'; x''] of n rows, k). Every call leaves its
     input stack untouched (a block's input also feeds its shortcut)."""
+
+    rules: ClassVar[type[JetRules]]
+    """The rules over jets (:class:`mliscan.jets.JetRules`), for a model's own rule."""
 
     def __init__(
         self,
@@ -109,24 +113,21 @@ class Tracer:
         p = getattr(module, name)
         return p, self.moving.get(id(p)), None
 
-    def dense(self, module: nn.Module, x: Jet, weight: str = "weight", bias: str = "bias") -> Jet:
-        """F.linear(x, W, b) with W and b moving along the path: y = W x + b,
-        y' = W x' + W' x + b', y'' = W x'' + 2 W' x' (W applied to every block in one product,
-        W' to [x; x'] in another)."""
+    def dense(
+        self,
+        module: nn.Module,
+        x: Jet,
+        weight: str = "weight",
+        bias: str = "bias",
+        transposed: bool = False,
+    ) -> Jet:
+        """F.linear(x, W, b) with W and b moving along the path (``transposed``: x @ W + b,
+        the weight stored [in, out] as in transformers' Conv1D): see :func:`dense_jet`."""
         w, dw, _ = self.param(module, weight)
-        z, z1, z2 = x
-        y = F.linear(z, w)
-        y1 = None if z1 is None else F.linear(z1, w)
-        y2 = None if z2 is None else F.linear(z2, w)
-        if dw is not None:
-            y1 = plus(y1, F.linear(z, dw))
-            if z1 is not None:
-                y2 = plus(y2, F.linear(z1, 2 * dw))
+        b = db = None
         if getattr(module, bias, None) is not None:
             b, db, _ = self.param(module, bias)
-            y = y + b
-            y1 = plus(y1, db)
-        return y, y1, y2
+        return dense_jet(x, w, dw, b, db, transposed)
 
     def embedding(self, module: nn.Module, ids: torch.Tensor) -> Jet:
         """Rows of a moving table: z = E[ids], z' = E'[ids], z'' = 0."""
@@ -137,7 +138,7 @@ class Tracer:
             None,
         )
 
-    def layer_norm(self, module: nn.Module, x: Jet) -> Jet:
+    def layer_norm(self, module: nn.LayerNorm, x: Jet) -> Jet:
         weight = self.param(module, "weight") if module.weight is not None else None
         bias = self.param(module, "bias") if getattr(module, "bias", None) is not None else None
         return jet_layer_norm(x, tuple(module.normalized_shape), weight, bias, module.eps)
@@ -283,8 +284,8 @@ def _run(
     """``owner_ptr`` is the input data's storage pointer: that tensor is never written to."""
     n = tracer.n
     d = tracer.moving.get
-    if hasattr(m, "taylor_forward"):
-        return m.taylor_forward(tracer, (s, k))
+    if hasattr(m, "taylor_forward"):  # the module's own rule
+        return cast(Callable[[Tracer, Stack], Stack], m.taylor_forward)(tracer, (s, k))
     if isinstance(m, nn.Sequential):
         for child in m._modules.values():  # as Sequential.forward: no de-duplication
             s, k = _run(child, tracer, s, k, owner_ptr)  # type: ignore[arg-type]
@@ -432,12 +433,88 @@ def to_jet(st: Stack, n: int) -> Jet:
 
 
 def to_stack(jet: Jet) -> Stack:
+    """The stack of a jet: a view when its parts are consecutive blocks of one tensor (the
+    output of :func:`dense_jet`, a stack's own blocks), else a copy."""
     z, d1, d2 = jet
     if d2 is not None:
-        return torch.cat([z, torch.zeros_like(z) if d1 is None else d1, d2]), 3
-    if d1 is not None:
-        return torch.cat([z, d1]), 2
-    return z, 1
+        parts = [z, torch.zeros_like(z) if d1 is None else d1, d2]
+    elif d1 is not None:
+        parts = [z, d1]
+    else:
+        return z, 1
+    whole = _consecutive(parts)
+    return (torch.cat(parts) if whole is None else whole), len(parts)
+
+
+def _consecutive(parts: list[torch.Tensor]) -> torch.Tensor | None:
+    """The tensor [p0; p1; ...] as a view, when the parts are contiguous, of one shape, and
+    lie one after the other in one storage; else None."""
+    first = parts[0]
+    if first.ndim == 0 or not all(p.is_contiguous() and p.shape == first.shape for p in parts):
+        return None
+    size = first.numel() * first.element_size()
+    storage = first.untyped_storage().data_ptr()
+    for i, p in enumerate(parts[1:], 1):
+        if p.untyped_storage().data_ptr() != storage or p.data_ptr() != first.data_ptr() + i * size:
+            return None
+    shape = (len(parts) * first.shape[0], *first.shape[1:])
+    return first.as_strided(shape, first.stride())
+
+
+def dense_jet(
+    x: Jet,
+    w: torch.Tensor,
+    dw: torch.Tensor | None,
+    b: torch.Tensor | None,
+    db: torch.Tensor | None,
+    transposed: bool = False,
+) -> Jet:
+    """y = W x + b along the path: y' = W x' + W' x + b', y'' = W x'' + 2 W' x'. Three
+    matrix products instead of five: W against every block [x; x'; x''] at once (written
+    into one output [y; y'; y'']), and W' added in place to y' (against x) and to y''
+    (against x', twice). The value y is W x + b exactly as a product of x alone (the rows of
+    a product do not depend on the rows beside them)."""
+    z, z1, z2 = x
+    if z2 is not None and z1 is None:
+        z1 = torch.zeros_like(z)
+    # a derivative may be smaller than its value (broadcast against it): widened here
+    parts = [p if p.shape == z.shape else p.expand(z.shape) for p in (z, z1, z2) if p is not None]
+    k = len(parts)
+    moving_w = dw is not None
+    k_out = (
+        3 if k == 3 or (k == 2 and moving_w) else (2 if k == 2 or moving_w or db is not None else 1)
+    )
+    width = z.shape[-1]
+    rows = z.numel() // max(1, width)
+    wt = w if transposed else w.t()
+    n_out = wt.shape[1]
+    out = z.new_empty(k_out, *z.shape[:-1], n_out)
+    flat = out.view(k_out * rows, n_out)
+    stacked = _consecutive(parts)
+    if stacked is None:
+        stacked = torch.cat(parts)
+    torch.mm(stacked.reshape(k * rows, width), wt, out=flat[: k * rows])
+    if b is not None:
+        out[0] += b
+    if moving_w:
+        dwt = dw if transposed else dw.t()
+        z_rows = parts[0].reshape(rows, width)
+        if k == 1:
+            torch.mm(z_rows, dwt, out=flat[rows : 2 * rows])  # y' = W' x
+        else:
+            flat[rows : 2 * rows].addmm_(z_rows, dwt)  # y' += W' x
+            if k == 2:
+                torch.mm(parts[1].reshape(rows, width), dwt, out=flat[2 * rows :])
+                flat[2 * rows :].mul_(2)  # y'' = 2 W' x'
+            else:
+                flat[2 * rows :].addmm_(
+                    parts[1].reshape(rows, width), dwt, alpha=2
+                )  # y'' += 2 W' x'
+    elif k_out > k:
+        out[k:].zero_()
+    if db is not None:
+        out[1] += db
+    return out[0], (out[1] if k_out > 1 else None), (out[2] if k_out > 2 else None)
 
 
 Tracer.rules = JetRules
