@@ -26,8 +26,9 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 
-# Static types (mypy, basic mode; [tool.mypy] in pyproject.toml). Joins lint once clean.
+# Static types alone (mypy, basic mode; [tool.mypy] in pyproject.toml); also part of lint.
 typecheck: $(STAMP)
 	$(BIN)/mypy
 

@@ -15,6 +15,7 @@ embeddings and decoder uniform(-0.1, 0.1), LSTM weights uniform(-1/sqrt(H), 1/sq
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -87,11 +88,18 @@ class LSTMLayer(nn.Module):
         pre = t.dense(self, x, "weight_ih", "bias_ih")
         h = c = J.zeros(x[0].new_zeros(n, self.hidden))
         outs = []
+
+        def at(v: torch.Tensor, s: int) -> torch.Tensor:  # the inputs of one step
+            return v[:, s]
+
+        def gate(v: torch.Tensor, j: int) -> torch.Tensor:  # gate j of 4
+            return v.chunk(4, dim=1)[j]
+
         for step in range(length):
             gates = J.add(
-                J.map(lambda v, s=step: v[:, s], pre), t.dense(self, h, "weight_hh", "bias_hh")
+                J.map(functools.partial(at, s=step), pre), t.dense(self, h, "weight_hh", "bias_hh")
             )
-            i, f, g, o = (J.map(lambda v, j=j: v.chunk(4, dim=1)[j], gates) for j in range(4))
+            i, f, g, o = (J.map(functools.partial(gate, j=j), gates) for j in range(4))
             c = J.add(J.mul(J.sigmoid(f), c), J.mul(J.sigmoid(i), J.tanh(g)))
             h = J.mul(J.sigmoid(o), J.tanh(c))
             outs.append(h)
@@ -151,10 +159,11 @@ class CausalSelfAttention(nn.Module):
         n, length, dim = x[0].shape
         hd = dim // self.heads
         qkv = t.dense(self.qkv, x)
-        q, k, v = (
-            J.map(lambda u, j=j: u.view(n, length, 3, self.heads, hd)[:, :, j].transpose(1, 2), qkv)
-            for j in range(3)
-        )
+
+        def head(u: torch.Tensor, j: int) -> torch.Tensor:  # q, k or v: [N, heads, L, d]
+            return u.view(n, length, 3, self.heads, hd)[:, :, j].transpose(1, 2)
+
+        q, k, v = (J.map(functools.partial(head, j=j), qkv) for j in range(3))
         future = torch.ones(length, length, dtype=torch.bool, device=x[0].device).triu(1)
         out = J.attention(q, k, v, 1.0 / math.sqrt(hd), future)
         out = J.map(lambda u: u.transpose(1, 2).reshape(n, length, dim), out)

@@ -496,7 +496,7 @@ def dense_jet(
     torch.mm(stacked.reshape(k * rows, width), wt, out=flat[: k * rows])
     if b is not None:
         out[0] += b
-    if moving_w:
+    if dw is not None:  # moving_w
         dwt = dw if transposed else dw.t()
         z_rows = parts[0].reshape(rows, width)
         if k == 1:
