@@ -12,12 +12,18 @@ from __future__ import annotations
 from mliscan.spec import AdapterFlag
 
 HIDDEN = AdapterFlag("hidden", "MLP hidden widths, e.g. 128,128.", show="from the checkpoint")
-ACTIVATION = AdapterFlag("activation", "MLP activation.", choices=("relu", "tanh", "gelu"), rare=True)
+ACTIVATION = AdapterFlag(
+    "activation", "MLP activation.", choices=("relu", "tanh", "gelu"), rare=True
+)
 BN = AdapterFlag(
     "bn", "Build the batch-norm variant (mlp, resnet*).", boolean=True, negative="--no-bn"
 )
 INIT_SCHEME = AdapterFlag(
-    "init_scheme", "ResNet initialisation.", key="init", choices=("default", "block-identity", "fixup"), rare=True
+    "init_scheme",
+    "ResNet initialisation.",
+    key="init",
+    choices=("default", "block-identity", "fixup"),
+    rare=True,
 )
 
 # In the order the command line lists them (after --arch).
