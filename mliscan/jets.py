@@ -48,16 +48,18 @@ def _acc(
     if acc is None:
         out = x * y
         return out if value == 1.0 else out.mul_(value)
-    if torch.broadcast_shapes(acc.shape, x.shape, y.shape) == acc.shape:
+    try:  # in place unless x y is larger than acc (broadcast): refused before any write
         return acc.addcmul_(x, y, value=value)
-    return acc + value * (x * y)
+    except RuntimeError:
+        return acc + value * (x * y)
 
 
 def _times(t: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     """t * other, in place in ``t`` (a tensor the calling rule made) where the shapes allow."""
-    if torch.broadcast_shapes(t.shape, other.shape) == t.shape:
+    try:
         return t.mul_(other)
-    return t * other
+    except RuntimeError:  # other is larger than t (broadcast): refused before any write
+        return t * other
 
 
 def jet_product(
@@ -102,7 +104,7 @@ def jet_tanh(a: Jet) -> Jet:
 
 
 def jet_relu(a: Jet) -> Jet:
-    mask = (a[0] > 0).to(a[0].dtype)
+    mask = a[0] > 0
     return jet_map(lambda v: v * mask, a)
 
 

@@ -15,6 +15,7 @@ from typing import TypeVar
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from mliscan.data import data_memory_budget
 
@@ -22,15 +23,15 @@ T = TypeVar("T")
 # Largest output of one evaluation batch (bytes), per device type: bounds the batch size of
 # models with large outputs (language-model logits), whose loss also needs a same-sized copy.
 OUTPUT_BYTES_BUDGET = {"cpu": 64 << 20, "cuda": 1 << 30, "mps": 256 << 20}
-# On a CPU, the bytes of a batch's largest layer output that the automatic batch size aims
-# at: large enough that each op's fixed cost is shared by many examples, small enough that
-# a batch's tensors stay in memory the allocator reuses (larger ones are fresh pages from
-# the OS at every call: minor page faults, measured at up to a third of a second-order pass
-# and a different share in every run).
-CPU_LAYER_BYTES = 2 << 20
-# The second-order pass holds z, z' and z'' of every layer and the temporaries of its rules:
-# its batch aims at the same bytes with this many times the forward pass's layer output.
-SECOND_ORDER_FACTOR = 2
+# On a CPU, the bytes of the largest tensor a batch's pass makes that the automatic batch
+# size aims at: large enough that each op's fixed cost is shared by many examples, small
+# enough that a batch's tensors stay in memory the allocator reuses (larger ones are fresh
+# pages from the OS at every call: minor page faults, measured at up to a third of a
+# second-order pass and a different share in every run).
+CPU_TENSOR_BYTES = 2 << 20
+# On a GPU, how many tensors as large as a pass's largest are live at once (a bound for the
+# activation budget): a forward pass, and a second-order pass (z, z', z'' and temporaries).
+LIVE_TENSORS = {"forward": 4, "second-order": 8}
 
 
 def activation_budget(device: torch.device) -> int:
@@ -63,8 +64,8 @@ class ResourcePolicy:
     """Chooses the evaluation batch size and halves it on out-of-memory errors.
 
     ``batch_size`` is the given one, or the largest of the adapter's candidates that fits
-    (:meth:`choose`: a batch's output under ``OUTPUT_BYTES_BUDGET``; on a CPU its largest
-    layer output near ``CPU_LAYER_BYTES``, elsewhere its activations within the device's
+    (:meth:`fit`: a batch's output under ``OUTPUT_BYTES_BUDGET``; on a CPU the largest
+    tensor of its pass near ``CPU_TENSOR_BYTES``, elsewhere its tensors within the device's
     memory), measured once on one example: deterministic, no timing."""
 
     def __init__(
@@ -83,75 +84,71 @@ class ResourcePolicy:
         self._batch_size = len(inputs) if whole else given
         self.given = given is not None
         self.whole = whole
-        self._sizes: tuple[int, int] | None = None
+        self._output_bytes: int | None = None
+        self._second_order: int | None = None
 
     @property
     def batch_size(self) -> int:
         if self._batch_size is None:
-            self._batch_size = self.choose()[0]
+            out, largest = self.pass_bytes(self.module)
+            self._output_bytes = out
+            self._batch_size = self.fit(largest, "forward")
         return self._batch_size
 
-    @property
-    def second_order_batch_size(self) -> int:
-        """The batch size of the second-order pass (z, z', z'' at once): the evaluation
-        batch size, or a smaller candidate whose larger working set fits as well."""
+    def second_order_batch_size(self, run: Callable[[torch.Tensor], object]) -> int:
+        """The batch size of a second-order pass ``run(x)`` (z, z', z'' of every layer at
+        once, and the temporaries of its rules), chosen from the largest tensor it makes on
+        one example; never above the evaluation batch size (nor a given one's)."""
         if self.whole or self.given:
             return self.batch_size
-        return min(self.batch_size, self.choose()[1])
-
-    def choose(self) -> tuple[int, int]:
-        """(evaluation, second-order) batch sizes from memory: the largest candidates whose
-        output fits ``OUTPUT_BYTES_BUDGET`` and whose layers fit the device's target."""
-        if self._sizes is None:
-            self._sizes = self._choose()
-        return self._sizes
+        if self._second_order is None:
+            self._second_order = self.fit(self.pass_bytes(run)[1], "second-order")
+        return min(self.batch_size, self._second_order)
 
     @torch.inference_mode()
-    def _choose(self) -> tuple[int, int]:
+    def pass_bytes(self, run: Callable[[torch.Tensor], object]) -> tuple[int, int]:
+        """Per example: (bytes of the output, bytes of the largest tensor any torch call
+        makes) when ``run`` evaluates a batch. Measured on one and on two examples, call by
+        call: a tensor that does not grow with the batch (a weight, a view of one, a
+        position table) counts for nothing."""
+        sizes = []
+        for rows in (1, 2) if len(self.inputs) > 1 else (1,):
+            x = self.inputs[:rows]
+            with _TensorSizes() as seen:
+                out = output_bytes(run(x))
+            sizes.append((out, seen.sizes))
+        if len(sizes) == 1:
+            ((out, calls),) = sizes
+            return out, max([out, *calls])
+        (out1, calls1), (out2, calls2) = sizes
+        if len(calls1) != len(calls2):  # not the same calls: the larger pass, halved
+            return out2 // 2, max([out2, *calls2]) // 2
+        growth = [b - a for a, b in zip(calls1, calls2, strict=True)]
+        return out2 - out1, max([out2 - out1, *growth])
+
+    def fit(self, per_example: int, kind: str) -> int:
+        """The largest candidate whose batch's largest tensor (``per_example`` bytes each)
+        fits: near ``CPU_TENSOR_BYTES`` on a CPU, within the activation budget elsewhere;
+        its output within ``OUTPUT_BYTES_BUDGET`` in any case."""
         n = len(self.inputs)
         candidates = sorted(
             {min(c, n) for c in self.candidates} | ({n} if n <= self.candidates[-1] * 2 else set())
         )
-        out_bytes, layer_bytes = self._per_example()
-        device = self.inputs.device.type
-        budget = OUTPUT_BYTES_BUDGET.get(device, OUTPUT_BYTES_BUDGET["cpu"])
-        cap = max(1, budget // max(1, out_bytes))
+        if self._output_bytes is None:
+            self._output_bytes = self.pass_bytes(self.module)[0]
+        device = self.inputs.device
+        budget = OUTPUT_BYTES_BUDGET.get(device.type, OUTPUT_BYTES_BUDGET["cpu"])
+        cap = max(1, budget // max(1, self._output_bytes))
         candidates = [c for c in candidates if c <= cap] or [min(cap, n)]
-
-        def largest(per_example: int, target: int) -> int:
-            fits = [c for c in candidates if c * per_example <= target]
-            size = fits[-1] if fits else candidates[0]
-            # a batch over half the data would leave a second, smaller batch: one pass is
-            # cheaper than two (each op's fixed cost twice)
-            return n if 2 * size > n else size
-
-        if device == "cpu":
-            target = CPU_LAYER_BYTES
-            return largest(layer_bytes, target), largest(SECOND_ORDER_FACTOR * layer_bytes, target)
-        # GPUs: the largest batch whose activations (a few live copies of the largest layer)
-        # fit the activation budget
-        target = activation_budget(self.inputs.device)
-        return (
-            largest(4 * layer_bytes, target),
-            largest(4 * SECOND_ORDER_FACTOR * layer_bytes, target),
-        )
-
-    def _per_example(self) -> tuple[int, int]:
-        """Bytes of one example's output and of its largest layer output (one forward pass
-        of one example, the leaves' outputs seen by temporary hooks)."""
-        largest = [0]
-
-        def hook(_m: nn.Module, _a: object, out: object) -> None:
-            largest[0] = max(largest[0], output_bytes(out))
-
-        leaves = [m for m in self.module.modules() if not list(m.children())]
-        hooks = [m.register_forward_hook(hook) for m in leaves]
-        try:
-            out = output_bytes(self.module(self.inputs[:1]))
-        finally:
-            for h in hooks:
-                h.remove()
-        return out, max(largest[0], out)
+        if device.type == "cpu":
+            target, live = CPU_TENSOR_BYTES, 1
+        else:
+            target, live = activation_budget(device), LIVE_TENSORS[kind]
+        fits = [c for c in candidates if c * live * per_example <= target]
+        size = fits[-1] if fits else candidates[0]
+        # a batch over half the data would leave a second, smaller batch: one pass is
+        # cheaper than two (each op's fixed cost twice)
+        return n if 2 * size > n else size
 
     def retry(self, fn: Callable[[], T]) -> T:
         """Run an evaluation; on out-of-memory halve the batch size and run it again."""
@@ -188,3 +185,17 @@ class ResourcePolicy:
         n = len(self.inputs)
         peak = 4 * largest[0] * n // min(2, n)
         return peak <= activation_budget(self.inputs.device)
+
+
+class _TensorSizes(TorchFunctionMode):
+    """The bytes of the tensors each torch call returns while the mode is entered, in call
+    order (scoped: nothing outside the ``with`` block sees it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: list[int] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        out = func(*args, **(kwargs or {}))
+        self.sizes.append(output_bytes(out))
+        return out

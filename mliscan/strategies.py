@@ -117,8 +117,12 @@ class PerAlpha:
         # after this alpha) for large ones
         delta = p.delta() if self.second_order else p.interp.delta_for_jvp()
         total, rows = 0.0, 0
-        size = p.resources.second_order_batch_size if self.second_order else None
-        for s in batch_slices(len(inputs), size or p.resources.batch_size):
+        size = p.resources.batch_size
+        if self.second_order:
+            size = p.resources.second_order_batch_size(
+                lambda x: taylor.forward2(p.module, delta, x, _positions(p, x))
+            )
+        for s in batch_slices(len(inputs), size):
             vel, acc = self.derivatives(inputs[s], delta)
             total += float(metrics.gauss_integrand(vel, acc).sum())
             rows += vel.shape[0]
@@ -135,9 +139,7 @@ class PerAlpha:
         of the weights is made (the duals wrap existing tensors)."""
         p = self.p
         if self.second_order:
-            positions = None
-            if p.adapter.custom_logits:  # a sequence model: its Gauss positions only
-                positions = gauss_positions(x.shape[1], x.device)
+            positions = _positions(p, x)  # a sequence model: its Gauss positions only
             with torch.inference_mode():
                 _, vel, acc = taylor.forward2(p.module, delta, x, positions)
             self.methods.add("second-order")
@@ -197,11 +199,12 @@ class FusedSecondOrder:
         g_total = torch.zeros((), dtype=torch.float64, device=p.device)
         delta = p.delta()
         rows = 0
-        for s in p.batches(p.resources.second_order_batch_size):
+        size = p.resources.second_order_batch_size(
+            lambda x: taylor.forward2(p.module, delta, x, _positions(p, x), full_values=True)
+        )
+        for s in p.batches(size):
             x = p.inputs[s]
-            positions = None
-            if p.adapter.custom_logits:  # a sequence model: derivatives at its Gauss positions
-                positions = gauss_positions(x.shape[1], x.device)
+            positions = _positions(p, x)  # a sequence model: derivatives at its Gauss positions
             z, vel, acc = taylor.forward2(p.module, delta, x, positions, full_values=True)
             totals.add(z, p.targets[s])
             keep = max(0, min(s.stop, limit) - s.start)
@@ -218,6 +221,11 @@ class FusedSecondOrder:
             None if accuracy is None else float(accuracy[0]),
             float(g_total) / rows,
         )
+
+
+def _positions(p: Parts, x: torch.Tensor) -> torch.Tensor | None:
+    """A sequence model's Gauss positions (its second-order pass computes them only)."""
+    return gauss_positions(x.shape[1], x.device) if p.adapter.custom_logits else None
 
 
 def select(out: Any, j: int) -> Any:

@@ -317,7 +317,7 @@ def _run(
     if isinstance(m, nn.ReLU):
         # relu(x) = x * [x > 0], and the same mask gates x' and x'' (in place: the stack is a
         # fresh intermediate, except when the data itself reaches the layer)
-        mask = (x > 0).to(s.dtype)
+        mask = x > 0
         if s.data_ptr() == owner_ptr:
             return (blocks * mask).view_as(s), k
         return blocks.mul_(mask).view_as(s), k
@@ -386,7 +386,7 @@ def _affine(s, k, n, w, b, moving, op, view) -> tuple[torch.Tensor, int]:
             if k >= 2:
                 if k == 2:
                     blocks.append(torch.zeros_like(blocks[0]))
-                blocks[2] += 2 * d[n : 2 * n]
+                blocks[2].add_(d[n : 2 * n], alpha=2)
         if db is not None:
             blocks[1] += db.view(view)
     if len(blocks) == k:
@@ -395,32 +395,34 @@ def _affine(s, k, n, w, b, moving, op, view) -> tuple[torch.Tensor, int]:
 
 
 def _batchnorm(m, moving, s, k, n) -> tuple[torch.Tensor, int]:
+    """Eval-mode BN: affine in x with held statistics, y = g x + shift, g = w / sqrt(var +
+    eps); moving w and b add y' += (x - mean) w' / sqrt(var + eps) + b', y'' += 2 x' w' /
+    sqrt(var + eps). Written into one output of every block (no copies)."""
     x = s[:n]
     shape = (1, -1) + (1,) * (x.ndim - 2)
     inv = torch.rsqrt(m.running_var + m.eps).view(shape)
     g = m.weight.view(shape) * inv if m.weight is not None else inv
-    out = s.view(k, n, *s.shape[1:]) * g  # the linear part acts on every block
     shift = -m.running_mean.view(shape) * g
     if m.bias is not None:
         shift = shift + m.bias.view(shape)
-    out[0] += shift
     dg = None if m.weight is None else moving(id(m.weight))
     db = None if m.bias is None else moving(id(m.bias))
-    if dg is None and db is None:
-        return out.view_as(s), k
-    blocks = list(out.unbind(0))
-    if k == 1:
-        blocks.append(torch.zeros_like(blocks[0]))
+    k_out = k
+    if dg is not None or db is not None:
+        k_out = 3 if dg is not None and k >= 2 else max(k, 2)
+    out = s.new_empty(k_out, n, *s.shape[1:])
+    torch.mul(s.view(k, n, *s.shape[1:]), g, out=out[:k])  # the linear part acts on every block
+    if k_out > k:
+        out[k:].zero_()
+    out[0] += shift
     if dg is not None:
         dgi = dg.view(shape) * inv
-        blocks[1] = blocks[1] + (x - m.running_mean.view(shape)) * dgi
+        out[1].addcmul_(x - m.running_mean.view(shape), dgi)
         if k >= 2:
-            if k == 2:
-                blocks.append(torch.zeros_like(blocks[0]))
-            blocks[2] = blocks[2] + 2 * s[n : 2 * n] * dgi
+            out[2].addcmul_(s[n : 2 * n], dgi, value=2)
     if db is not None:
-        blocks[1] = blocks[1] + db.view(shape)
-    return torch.cat(blocks), len(blocks)
+        out[1] += db.view(shape)
+    return out.view(k_out * n, *s.shape[1:]), k_out
 
 
 # ---- stacks <-> jets -------------------------------------------------------------------

@@ -72,17 +72,39 @@ def test_the_batch_size_is_chosen_from_memory_not_a_clock(monkeypatch):
     assert sizes == {1024}  # 16 floats a layer: every candidate fits, the largest is taken
 
 
-def test_wide_layers_get_smaller_batches_and_the_second_order_pass_smaller_still(monkeypatch):
-    monkeypatch.setattr(resources, "CPU_LAYER_BYTES", 64 * 4 * 256)  # a 256-row, 64-wide layer
+def test_wide_layers_get_smaller_batches_and_the_second_order_pass_its_own(monkeypatch):
+    monkeypatch.setattr(resources, "CPU_TENSOR_BYTES", 64 * 4 * 256)  # 256 rows 64 wide
     wide = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 3))
     policy = ResourcePolicy(wide, torch.randn(3000, 8), (64, 128, 256, 1024))
     assert policy.batch_size == 256
-    assert policy.second_order_batch_size == 128  # twice the layer bytes per example
+
+    def second_order(x: torch.Tensor) -> torch.Tensor:  # makes tensors three times as large
+        return wide[0](x.repeat(3, 1)).sum(0)
+
+    assert policy.second_order_batch_size(second_order) == 64
     given = ResourcePolicy(wide, torch.randn(3000, 8), (64, 1024), given=1000)
-    assert given.second_order_batch_size == 1000  # a given batch size is kept everywhere
+    assert given.second_order_batch_size(second_order) == 1000  # a given size is kept
 
 
 def test_a_batch_over_half_the_data_is_the_whole_data():
     # 256 of 300 examples would leave a batch of 44 beside it: one batch of 300 instead
     assert ResourcePolicy(_net(), torch.randn(300, 8), (64, 256)).batch_size == 300
     assert ResourcePolicy(_net(), torch.randn(600, 8), (64, 256)).batch_size == 256
+
+
+class _ScaledWeight(nn.Module):
+    """A forward that makes a large tensor of its own weight (not growing with the batch)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(3, 8))
+        self.big = nn.Parameter(torch.randn(2048, 2048))  # 16 MiB
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ (self.weight * 2).t() + (self.big * 2).sum()
+
+
+def test_tensors_that_do_not_grow_with_the_batch_do_not_shrink_it():
+    policy = ResourcePolicy(_ScaledWeight(), torch.randn(3000, 8), (64, 1024))
+    assert policy.pass_bytes(policy.module) == (3 * 4, 3 * 4)  # per example: the output
+    assert policy.batch_size == 1024
