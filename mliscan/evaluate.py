@@ -18,6 +18,7 @@ per pass) can replace the loop without changing callers.
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -238,6 +239,8 @@ class PathEvaluator:
         self.per_alpha = PerAlpha(self.parts, second_order=self.fast_gauss)
         self.fused = FusedSecondOrder(self.parts)
         self.vmapped = VmappedChunks(self.parts)
+        self._second_truth: torch.Tensor | None = None
+        """The module's own logits on the probe examples, for the fused pass's check."""
 
     @property
     def batch_size(self) -> int:
@@ -339,7 +342,11 @@ class PathEvaluator:
                     rows, full = _rows(out, len(x)), truth
                 if not self._agree("bn-pass", adapter.logits(rows), full, alpha):
                     self.bn.reuse_output = False
-        if second and self.interp.working_dtype in CHECK_RTOL:
+        if second and fused and self.interp.working_dtype in CHECK_RTOL:
+            # the fused pass's own first rows are compared after it (_fused_agrees): no
+            # second pass over the probe examples
+            self._second_truth = truth
+        elif second and self.interp.working_dtype in CHECK_RTOL:
             positions = None
             if adapter.custom_logits:
                 positions = gauss_positions(x.shape[1], x.device)
@@ -348,6 +355,21 @@ class PathEvaluator:
                 self.per_alpha.second_order = False
                 self.fast_gauss = fused = False
         return fused and self.per_alpha.second_order
+
+    def _fused_agrees(self, alpha: float) -> bool:
+        """The fused pass's logits on the probe examples against the module's own (taken by
+        ``check_fast_paths`` at this alpha); a disagreement drops the second-order path."""
+        truth, self._second_truth = self._second_truth, None
+        first = self.fused.first
+        if truth is None or first is None:
+            return True
+        values, own = first  # z of the loss, and z as the rules return it
+        for fast in (self.adapter.logits(values), own.reshape(-1, own.shape[-1])):
+            if not self._agree("second-order", fast, truth, alpha):
+                self.per_alpha.second_order = False
+                self.fast_gauss = False
+                return False
+        return True
 
     def _vmapped_agrees(self, chunk: list[float]) -> bool:
         """The vmapped pass's logits at the chunk's first two alphas against the module's
@@ -399,7 +421,10 @@ class PathEvaluator:
             self.per_alpha.new_alpha()
             if fused and g is not None:  # fused implies the Gauss integrand is measured
                 # one second-order pass gives the loss, accuracy and Gauss integrand
-                losses[i], acc, g[i] = retry(self.fused.evaluate)
+                keep = PROBE_EXAMPLES if self._second_truth is not None else 0
+                losses[i], acc, g[i] = retry(functools.partial(self.fused.evaluate, keep))
+                fused = self._fused_agrees(float(alpha))  # else this alpha again, below
+            if fused and g is not None:
                 paths["loss"].append("second-order")
                 paths["gauss"].append("second-order")
                 t2 = t_check

@@ -189,11 +189,18 @@ class FusedSecondOrder:
 
     def __init__(self, parts: Parts) -> None:
         self.p = parts
+        self.first: tuple[torch.Tensor, torch.Tensor] | None = None
+        """With ``keep``: for the first ``keep`` examples of the latest ``evaluate``, the
+        outputs z it computed the loss from and z as the rules return it (a sequence
+        model's at its Gauss positions), for the run-time check against the module's own
+        forward."""
 
     @torch.inference_mode()
-    def evaluate(self) -> tuple[float, float | None, float]:
+    def evaluate(self, keep: int = 0) -> tuple[float, float | None, float]:
         p = self.p
         p.bn.take_output()  # not needed: this pass evaluates every example itself
+        kept: list[torch.Tensor] = []
+        kept_own: list[torch.Tensor] = []
         limit = p.n if p.gauss_examples is None else min(p.n, p.gauss_examples)
         totals = Totals(p.adapter, p.device)
         g_total = torch.zeros((), dtype=torch.float64, device=p.device)
@@ -205,16 +212,22 @@ class FusedSecondOrder:
         for s in p.batches(size):
             x = p.inputs[s]
             positions = _positions(p, x)  # a sequence model: derivatives at its Gauss positions
-            z, vel, acc = taylor.forward2(p.module, delta, x, positions, full_values=True)
+            own: list[torch.Tensor] | None = [] if keep > 0 else None
+            z, vel, acc = taylor.forward2(p.module, delta, x, positions, True, own)
             totals.add(z, p.targets[s])
-            keep = max(0, min(s.stop, limit) - s.start)
-            if keep:
+            if own:  # z of the loss, and the rules' own z (at the Gauss positions)
+                kept.append(z[:keep])
+                kept_own.append(own[0][:keep])
+                keep -= len(kept[-1])
+            rows_kept = max(0, min(s.stop, limit) - s.start)
+            if rows_kept:
                 if positions is not None:  # one logit vector per example and position
-                    vel, acc = vel[:keep].flatten(0, -2), acc[:keep].flatten(0, -2)
+                    vel, acc = vel[:rows_kept].flatten(0, -2), acc[:rows_kept].flatten(0, -2)
                 else:
-                    vel, acc = vel[:keep], acc[:keep]
+                    vel, acc = vel[:rows_kept], acc[:rows_kept]
                 g_total += metrics.gauss_integrand(vel, acc).sum()
                 rows += vel.shape[0]
+        self.first = (torch.cat(kept), torch.cat(kept_own)) if kept else None
         loss, accuracy = totals.means(p.n)
         return (
             float(loss[0]),

@@ -264,16 +264,21 @@ def forward2(
     x: torch.Tensor,
     positions: torch.Tensor | None = None,
     full_values: bool = False,
+    rule_values: list[torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(z, dz/dalpha, d2z/dalpha2) at the module's current weights (eval mode); with
     ``positions``, a sequence model's outputs at those positions only ([N, k, ...]), z
-    included unless ``full_values`` (z then at every position, for the loss)."""
+    included unless ``full_values`` (z then at every position, for the loss).
+    ``rule_values`` receives z as the rules return it (at the positions, whatever
+    ``full_values``): what the run-time check compares with the module's own forward."""
     n = x.shape[0]
     tracer = Tracer(module, delta, n, positions, full_values)
     stack, _k = _run(module, tracer, x, 1, x.data_ptr())
     blocks = list(stack.split(n))
     while len(blocks) < 3:
         blocks.append(torch.zeros_like(blocks[0]))
+    if rule_values is not None:
+        rule_values.append(blocks[0])
     value = tracer.values if tracer.values is not None else blocks[0]
     return value, blocks[1], blocks[2]
 
@@ -471,11 +476,12 @@ def dense_jet(
     db: torch.Tensor | None,
     transposed: bool = False,
 ) -> Jet:
-    """y = W x + b along the path: y' = W x' + W' x + b', y'' = W x'' + 2 W' x'. Three
-    matrix products instead of five: W against every block [x; x'; x''] at once (written
-    into one output [y; y'; y'']), and W' added in place to y' (against x) and to y''
-    (against x', twice). The value y is W x + b exactly as a product of x alone (the rows of
-    a product do not depend on the rows beside them)."""
+    """y = W x + b along the path: y' = W x' + W' x + b', y'' = W x'' + 2 W' x'. Written
+    into one output [y; y'; y'']: W against every block [x; x'; x''] (one product when the
+    blocks are one tensor's), and W' added in place to y' (against x) and to y'' (against
+    x', twice), so three products instead of five where the input is a stack. The value y
+    is W x + b exactly as a product of x alone (the rows of a product do not depend on the
+    rows beside them)."""
     z, z1, z2 = x
     if z2 is not None and z1 is None:
         z1 = torch.zeros_like(z)
@@ -493,9 +499,11 @@ def dense_jet(
     out = z.new_empty(k_out, *z.shape[:-1], n_out)
     flat = out.view(k_out * rows, n_out)
     stacked = _consecutive(parts)
-    if stacked is None:
-        stacked = torch.cat(parts)
-    torch.mm(stacked.reshape(k * rows, width), wt, out=flat[: k * rows])
+    if stacked is not None:  # one product for every block
+        torch.mm(stacked.reshape(k * rows, width), wt, out=flat[: k * rows])
+    else:  # blocks apart: a product each, into the same output (no copy of the input)
+        for i, part in enumerate(parts):
+            torch.mm(part.reshape(rows, width), wt, out=flat[i * rows : (i + 1) * rows])
     if b is not None:
         out[0] += b
     if dw is not None:  # moving_w
