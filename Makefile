@@ -7,7 +7,7 @@ DEMO_OUT ?= demo-runs
 # torch/torchvision are pinned here (and only here); pyproject.toml declares a range.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test lint typecheck format bench clean
+.PHONY: demo test lint typecheck format bench speed-table clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ typecheck: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+# The README's speed table from a benchmark run (bench/speed_table.sh; about an hour on 2 cores)
+speed-table: $(STAMP)
+	PY=$(BIN)/python bash bench/speed_table.sh
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache *.egg-info

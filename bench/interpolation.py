@@ -17,14 +17,21 @@ Times, interleaved over --repeats rounds, for 50 alphas:
   (d') mliscan+Gauss by nested jvp, for models with second-order rules (the reference)
   (e) loss-landscapes linear_interpolation, when that package is installed (no BN
                     re-estimation, so its curve differs on BN models)
-and prints medians with ratios to (a) and to (b). Speed is reported as ratios measured in one
-run, never as absolute targets in tests.
+and prints, per method, min/median/max over the rounds of its seconds and of its ratio to
+(a) in the same round (and to (b)), with the spread of the ratio ((max - min) / median);
+``--json FILE`` writes the same record (``bench/readme_table.py`` turns such records into
+the README's speed table). Speed is reported as ratios measured in one run, never as
+absolute targets in tests. The floor's batch size is the fastest of a few (timed, per
+round, at the start); mliscan's is its own choice (from memory, see mliscan.resources).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
+import os
+import platform
 import statistics
 import sys
 import time
@@ -132,16 +139,19 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def best_batch_size(module: nn.Module, adapter, data, device) -> int:
+def best_batch_size(module: nn.Module, adapter, data, device, rounds: int = 3) -> int:
+    """The floor's batch size: the fastest candidate, each timed once per round, rounds
+    interleaved, by its fastest round (a noisy round does not decide)."""
     module.eval()
-    best, best_t = len(data), float("inf")
-    for bs in (64, 128, 256, 512, 1024, 4096, len(data)):
-        if bs > len(data):
-            continue
-        t = min(_time(lambda bs=bs: eval_pass(module, adapter, data, bs), device) for _ in range(3))
-        if t < best_t:
-            best, best_t = bs, t
-    return best
+    sizes = sorted(
+        {bs for bs in (16, 64, 128, 256, 512, 1024, 4096) if bs < len(data)} | {len(data)}
+    )
+    best: dict[int, float] = {}
+    for _ in range(rounds):
+        for bs in sizes:
+            t = _time(lambda bs=bs: eval_pass(module, adapter, data, bs), device)
+            best[bs] = min(best.get(bs, float("inf")), t)
+    return min(sizes, key=lambda bs: best[bs])
 
 
 @torch.inference_mode()
@@ -246,6 +256,7 @@ def main() -> None:
         default="all",
         help="mliscan's BN statistics: all (default: the whole data as one batch) or N",
     )
+    p.add_argument("--json", type=Path, help="also write the record to this file (JSON)")
     args = p.parse_args()
     global ALPHAS
     ALPHAS = args.alphas
@@ -296,8 +307,6 @@ def main() -> None:
     for _ in range(args.repeats):
         for name, fn in methods.items():
             times[name].append(_time(fn, device))
-    med = {k: statistics.median(v) for k, v in times.items()}
-    fl, paper = med["(a) floor"], med["(b) paper-style loop"]
     bn_text = "no BN"
     if has_bn:
         bn_text = "BN statistics " + (
@@ -305,23 +314,83 @@ def main() -> None:
         )
         if engine.bn_chunk is not None:
             bn_text += f" (chunked by {engine.bn_chunk})"
-    print(
-        f"workload {args.workload} ({len(data)} examples, BN {'on' if has_bn else 'off'}), "
-        f"device {device}, threads {args.threads}, {ALPHAS} alphas, floor batch size {bs}, "
-        f"mliscan batch size {engine.batch_size}, {bn_text}, "
-        f"median of {args.repeats} interleaved runs"
-    )
-    print(f"{'method':45s} {'median s':>10s} {'x floor':>8s} {'x paper':>8s}")
-    for k, v in med.items():
-        print(f"{k:45s} {v:10.4f} {v / fl:8.2f} {v / paper:8.2f}")
+    record = {
+        "workload": args.workload,
+        "examples": len(data),
+        "bn": has_bn,
+        "bn_text": bn_text,
+        "device": str(device),
+        "threads": args.threads,
+        "alphas": ALPHAS,
+        "repeats": args.repeats,
+        "images": args.images if args.workload == "resnet20" else None,
+        "floor_batch_size": bs,
+        "batch_size": engine.batch_size,
+        "second_order_batch_size": engine.resources.second_order_chosen,
+        "torch": torch.__version__,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "methods": {k: {"seconds": v} for k, v in times.items()},
+    }
+    _ratios(record, "(a) floor", "x_floor")
+    _ratios(record, "(b) paper-style loop", "x_paper")
     if args.gauss:
-        ratio = med["(d) mliscan + Gauss"] / med["(c) mliscan"]
-        print(f"Gauss length cost: (d) / (c) = {ratio:.2f}x the loss-only scan")
+        record["gauss_cost"] = [
+            d / c for d, c in zip(times["(d) mliscan + Gauss"], times["(c) mliscan"], strict=True)
+        ]
+    record["check_share"] = {}
     for key, curve in last.items():  # the run-time check of the fast paths (first 2 alphas)
         timing = curve.timing  # type: ignore[attr-defined]
         share = timing.get("check", 0.0) / max(1e-12, sum(timing.values()))
         paths = sorted({p for ps in curve.paths.values() for p in ps})  # type: ignore[attr-defined]
-        print(f"{key} run-time check: {share:.1%} of the scan; paths used: {', '.join(paths)}")
+        record["check_share"][key] = {"share": share, "paths": paths}
+    print_record(record)
+    if args.json is not None:
+        args.json.write_text(json.dumps(record, indent=1) + "\n")
+
+
+def _ratios(record: dict, base: str, key: str) -> None:
+    """Each method's time over ``base``'s in the same round."""
+    ref = record["methods"][base]["seconds"]
+    for entry in record["methods"].values():
+        entry[key] = [t / r for t, r in zip(entry["seconds"], ref, strict=True)]
+
+
+def stats(values: list[float]) -> tuple[float, float, float, float]:
+    """min, median, max and the spread (max - min) / median."""
+    med = statistics.median(values)
+    return min(values), med, max(values), (max(values) - min(values)) / med if med else 0.0
+
+
+def span(values: list[float], digits: int = 2) -> str:
+    lo, med, hi, _ = stats(values)
+    return f"{lo:.{digits}f}/{med:.{digits}f}/{hi:.{digits}f}"
+
+
+def print_record(record: dict) -> None:
+    r = record
+    print(
+        f"workload {r['workload']} ({r['examples']} examples, BN {'on' if r['bn'] else 'off'}), "
+        f"device {r['device']}, threads {r['threads']}, {r['alphas']} alphas, "
+        f"floor batch size {r['floor_batch_size']}, mliscan batch size {r['batch_size']} "
+        f"(second-order {r['second_order_batch_size']}), {r['bn_text']}, "
+        f"{r['repeats']} interleaved rounds (min/median/max over rounds; ratios within a round)"
+    )
+    print(f"{'method':45s} {'seconds':>22s} {'x floor':>16s} {'spread':>7s} {'x paper':>16s}")
+    for name, m in r["methods"].items():
+        print(
+            f"{name:45s} {span(m['seconds'], 4):>22s} {span(m['x_floor']):>16s} "
+            f"{stats(m['x_floor'])[3]:7.1%} {span(m['x_paper']):>16s}"
+        )
+    if "gauss_cost" in r:
+        lo, med, hi, spread = stats(r["gauss_cost"])
+        print(
+            f"Gauss length cost: (d) / (c) = {med:.2f}x the loss-only scan "
+            f"(min {lo:.2f}, max {hi:.2f}, spread {spread:.1%})"
+        )
+    for key, c in r["check_share"].items():
+        print(
+            f"{key} run-time check: {c['share']:.1%} of the scan; paths used: {', '.join(c['paths'])}"
+        )
 
 
 if __name__ == "__main__":

@@ -105,6 +105,13 @@ class ResourcePolicy:
             self._second_order = self.fit(self.pass_bytes(run)[1], "second-order")
         return min(self.batch_size, self._second_order)
 
+    @property
+    def second_order_chosen(self) -> int | None:
+        """The second-order pass's batch size once chosen (None before its first pass)."""
+        if self.whole or self.given:
+            return self.batch_size
+        return None if self._second_order is None else min(self.batch_size, self._second_order)
+
     @torch.inference_mode()
     def pass_bytes(self, run: Callable[[torch.Tensor], object]) -> tuple[int, int]:
         """Per example: (bytes of the output, bytes of the largest tensor any torch call
