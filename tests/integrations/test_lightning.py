@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -296,7 +297,25 @@ class RankRecorder(MLICallback):
 
 def test_rank_zero_only_under_ddp_with_two_processes(tmp_path: Path) -> None:
     """Two CPU processes (Lightning's fork-based DDP): rank zero measures and writes; the
-    gate's verdict reaches both ranks."""
+    gate's verdict reaches both ranks.
+
+    The forked ranks run in a fresh pytest process: forked from this one, after earlier
+    tests ran OpenMP parallel regions, a rank can hang in OpenMP (libgomp is not fork-safe)."""
+    if os.environ.get("MLISCAN_DDP_RANKS") != "1":
+        import subprocess
+        import sys
+
+        test = f"{Path(__file__).resolve()}::test_rank_zero_only_under_ddp_with_two_processes"
+        done = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test],
+            env={**os.environ, "MLISCAN_DDP_RANKS": "1"},
+            capture_output=True,
+            text=True,
+            timeout=600,
+            cwd=Path(__file__).resolve().parents[2],
+        )
+        assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+        return
     marks = tmp_path / "marks"
     marks.mkdir()
     torch.manual_seed(0)
