@@ -656,16 +656,19 @@ def _endpoints(value: Any, name: str) -> list[Endpoint]:
     return list(value)
 
 
-def _store(out: str | Path | None) -> tuple[Path, Any]:
-    """The study's result folder: ``out`` (kept, so a call resumes), or a temporary one."""
+@contextmanager
+def _store(out: str | Path | None) -> Iterator[Path]:
+    """The study's result folder: ``out`` (kept, so a call resumes), or a temporary one
+    removed when the block ends."""
     if out is not None:
         if not isinstance(out, (str, Path)):
             raise UsageError(f"out= takes a folder path, got {type(out).__name__}")
-        return Path(out), None
+        yield Path(out)
+        return
     import tempfile
 
-    tmp = tempfile.TemporaryDirectory(prefix="mliscan-")
-    return Path(tmp.name), tmp
+    with tempfile.TemporaryDirectory(prefix="mliscan-") as tmp:
+        yield Path(tmp)
 
 
 def grid(
@@ -717,27 +720,25 @@ def grid(
     with _in_python_words():
         prep = _prepared(kwargs, GRID_DEFAULTS)
         source = prep.specs[S.SourceSpec]
-        root, tmp = _store(out)
-        study = GridStudy(
-            out=root,
-            runs=tuple(Path(r) for r in runs),
-            inits=tuple(_study_endpoint(x, f"init{i}", source) for i, x in enumerate(given_i)),
-            optima=tuple(_study_endpoint(x, f"optimum{i}", source) for i, x in enumerate(given_o)),
-            n_inits=n_inits,
-            n_optima=n_optima,
-            source=source,
-            arch=prep.arch,
-            arch_options=prep.arch_options,
-            data=prep.data,
-            eval=prep.specs[S.EvalSpec],
-            verdict=prep.specs[S.VerdictSpec],
-            align=prep.specs[S.AlignSpec],
-        )
-        try:
+        with _store(out) as root:
+            study = GridStudy(
+                out=root,
+                runs=tuple(Path(r) for r in runs),
+                inits=tuple(_study_endpoint(x, f"init{i}", source) for i, x in enumerate(given_i)),
+                optima=tuple(
+                    _study_endpoint(x, f"optimum{i}", source) for i, x in enumerate(given_o)
+                ),
+                n_inits=n_inits,
+                n_optima=n_optima,
+                source=source,
+                arch=prep.arch,
+                arch_options=prep.arch_options,
+                data=prep.data,
+                eval=prep.specs[S.EvalSpec],
+                verdict=prep.specs[S.VerdictSpec],
+                align=prep.specs[S.AlignSpec],
+            )
             outcome = run_grid(study, _Progress(progress))
-        finally:
-            if tmp is not None:
-                tmp.cleanup()
     return (
         pl.DataFrame(outcome.paths, schema=polars_schema(PATH_SCHEMA), orient="row"),
         pl.DataFrame(outcome.curves, schema=polars_schema(CURVE_SCHEMA), orient="row"),
@@ -776,25 +777,21 @@ def plane(
         given = {"resolution": resolution, "range": range}
         plane_spec = _options({**_COMPARE_DEFAULTS, **given}, (S.PlaneSpec,))[S.PlaneSpec]
         source = prep.specs[S.SourceSpec]
-        root, tmp = _store(out)
-        study = PlaneStudy(
-            a=_study_endpoint(a, "A", source),
-            b=_study_endpoint(b, "B", source),
-            c=_study_endpoint(c, "C", source),
-            out=root,
-            source=source,
-            arch=prep.arch,
-            arch_options=prep.arch_options,
-            data=prep.data,
-            eval=prep.specs[S.EvalSpec],
-            plane=plane_spec,
-            align=prep.specs[S.AlignSpec],
-        )
-        try:
+        with _store(out) as root:
+            study = PlaneStudy(
+                a=_study_endpoint(a, "A", source),
+                b=_study_endpoint(b, "B", source),
+                c=_study_endpoint(c, "C", source),
+                out=root,
+                source=source,
+                arch=prep.arch,
+                arch_options=prep.arch_options,
+                data=prep.data,
+                eval=prep.specs[S.EvalSpec],
+                plane=plane_spec,
+                align=prep.specs[S.AlignSpec],
+            )
             outcome = run_plane(study, _Progress(progress))
-        finally:
-            if tmp is not None:
-                tmp.cleanup()
     return pl.DataFrame(
         outcome.rows, schema=polars_schema(PLANE_SCHEMA), orient="row"
     ), outcome.record
@@ -842,23 +839,19 @@ def trajectory(
             raise UsageError(f"trajectory: {name}= takes a name here (the runs define the rest)")
     with _in_python_words():
         prep = _prepared(kwargs, TRAJECTORY_DEFAULTS)
-        root, tmp = _store(out)
-        study = TrajectoryStudy(
-            str(source),
-            root,
-            revisions,
-            source=prep.specs[S.SourceSpec],
-            arch=prep.arch,
-            arch_options=prep.arch_options,
-            data=prep.data,
-            eval=prep.specs[S.EvalSpec],
-            verdict=prep.specs[S.VerdictSpec],
-        )
-        try:
+        with _store(out) as root:
+            study = TrajectoryStudy(
+                str(source),
+                root,
+                revisions,
+                source=prep.specs[S.SourceSpec],
+                arch=prep.arch,
+                arch_options=prep.arch_options,
+                data=prep.data,
+                eval=prep.specs[S.EvalSpec],
+                verdict=prep.specs[S.VerdictSpec],
+            )
             outcome = run_trajectory(study, _Progress(progress))
-        finally:
-            if tmp is not None:
-                tmp.cleanup()
     return pl.DataFrame(outcome.rows, schema=polars_schema(TRAJECTORY_SCHEMA), orient="row")
 
 
@@ -902,19 +895,15 @@ def report(
         prep = _prepared(kwargs, {})
         given = {"loss_threshold": loss_threshold, "tol": tol, "group_by": group_by}
         report_spec = S.build(S.ReportSpec, given, {k: f"{k}=" for k in given})
-        root, tmp = _store(out)
-        study = ReportStudy(
-            tuple(Path(f) for f in folders),
-            root,
-            source=prep.specs[S.SourceSpec],
-            eval=prep.specs[S.EvalSpec],
-            report=report_spec,
-        )
-        try:
+        with _store(out) as root:
+            study = ReportStudy(
+                tuple(Path(f) for f in folders),
+                root,
+                source=prep.specs[S.SourceSpec],
+                eval=prep.specs[S.EvalSpec],
+                report=report_spec,
+            )
             outcome = run_report(study, _Progress(progress))
-        finally:
-            if tmp is not None:
-                tmp.cleanup()
     schema = runs_schema(outcome.rows[0])
     frame = pl.DataFrame(
         [{k: r[k] for k in schema} for r in outcome.rows],
