@@ -265,6 +265,23 @@ def test_help_is_cheap() -> None:
     assert "Examples" in p.stdout
 
 
+def test_a_command_imports_only_its_own_module() -> None:
+    """Commands are built when looked up: running one imports its module, not the others'
+    (a short command's cold start); the root's help still lists every command."""
+    code = (
+        "import sys; from mliscan.cli.app import COMMANDS, main; main(['compare', '--help']); "
+        "print('LOADED', sorted(n for n in COMMANDS if 'mliscan.cli.' + n in sys.modules)); "
+        "main(['--help'])"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "LOADED ['compare']" in p.stdout, p.stdout[-500:] + p.stderr[-500:]
+    from mliscan.cli.app import COMMANDS
+
+    listing = p.stdout.split("LOADED", 1)[1]
+    for name in COMMANDS:
+        assert f"│ {name} " in listing, name
+
+
 def test_adapters_lists_builtins(capsys) -> None:
     code, out, _ = run_cli(["adapters"], capsys)
     assert code == 0

@@ -3,27 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import typer
 
 from mliscan import __version__
-from mliscan.cli import adapters as adapters_cmd
-from mliscan.cli import check as check_cmd
-from mliscan.cli import compare as compare_cmd
-from mliscan.cli import demo as demo_cmd
-from mliscan.cli import env as env_cmd
-from mliscan.cli import grid as grid_cmd
 from mliscan.cli import helptext
-from mliscan.cli import logits as logits_cmd
-from mliscan.cli import plane as plane_cmd
-from mliscan.cli import report as report_cmd
-from mliscan.cli import runs as runs_cmd
-from mliscan.cli import train as train_cmd
-from mliscan.cli import trajectory as trajectory_cmd
 from mliscan.cli.errors import (
     EXIT_INPUT,
     EXIT_INTERRUPTED,
@@ -34,6 +24,32 @@ from mliscan.cli.errors import (
 )
 from mliscan.errors import LIBRARY_NOISE
 from mliscan.paths import check_environment
+
+# The commands in the order the help lists them; each is the function of the same name in
+# the module of the same name under mliscan.cli, imported only when that command runs.
+COMMANDS = (
+    "compare",
+    "check",
+    "train",
+    "adapters",
+    "demo",
+    "grid",
+    "plane",
+    "report",
+    "logits",
+    "runs",
+    "trajectory",
+    "env",
+)
+
+
+def _loader(name: str) -> Callable[[], Callable[..., Any]]:
+    def load() -> Callable[..., Any]:
+        module = importlib.import_module(f"mliscan.cli.{name}")
+        return helptext.plain_help(getattr(module, name))
+
+    return load
+
 
 app = typer.Typer(
     name="mliscan",
@@ -46,27 +62,11 @@ app = typer.Typer(
         "  mliscan train --arch mlp --data digits --optimizer adam --lr 0.01 --bn --out runs/adam"
     ),
     no_args_is_help=True,
-    cls=helptext.group_class(),
+    cls=helptext.group_class({name: _loader(name) for name in COMMANDS}),
     pretty_exceptions_enable=False,
     add_completion=True,  # --install-completion / --show-completion: typer's own mechanism
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-app.command("compare", cls=helptext.command_class())(helptext.plain_help(compare_cmd.compare))
-app.command("check", cls=helptext.command_class())(helptext.plain_help(check_cmd.check))
-app.command("train", cls=helptext.command_class())(helptext.plain_help(train_cmd.train))
-app.command("adapters", cls=helptext.command_class())(helptext.plain_help(adapters_cmd.adapters))
-app.command("demo", cls=helptext.command_class())(helptext.plain_help(demo_cmd.demo))
-app.command("grid", cls=helptext.command_class())(helptext.plain_help(grid_cmd.grid))
-app.command("plane", cls=helptext.command_class())(helptext.plain_help(plane_cmd.plane))
-app.command("report", cls=helptext.command_class())(helptext.plain_help(report_cmd.report))
-app.command("logits", cls=helptext.command_class())(helptext.plain_help(logits_cmd.logits))
-app.command("runs", cls=helptext.command_class())(helptext.plain_help(runs_cmd.runs))
-app.command("trajectory", cls=helptext.command_class())(
-    helptext.plain_help(trajectory_cmd.trajectory)
-)
-app.command("env", cls=helptext.command_class())(helptext.plain_help(env_cmd.env))
-
-
 # typer vendors click: its usage errors share the base class of the public typer.BadParameter.
 # (Typed as any class: the vendored module is private, its classes known only at run time.)
 _CLICK_ERRORS: tuple[type[Any], ...] = tuple(
@@ -168,9 +168,11 @@ def main(argv: list[str] | None = None) -> int:
         _Interrupts.count = 0
         signal.signal(signal.SIGINT, _Interrupts.handler)
         InterruptState.watching, InterruptState.signals = True, 0
-    from mliscan.cli.train import normalise_bn_argv
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "train" in argv:
+        from mliscan.cli.train import normalise_bn_argv
 
-    argv = normalise_bn_argv(list(sys.argv[1:] if argv is None else argv))
+        argv = normalise_bn_argv(argv)
     try:
         check_environment()  # a variable mliscan cannot use is refused before any work
         rv = app(args=argv, standalone_mode=False, prog_name="mliscan")
