@@ -4,8 +4,9 @@
     python bench/readme_table.py bench/results/*.json     # rewrites README.md in place
     python bench/readme_table.py --check bench/results/*.json   # exit 1 if README differs
 
-Each record (``bench/interpolation.py --json``) is one row; every ratio is measured within a
-round and shown as min/median/max over the record's rounds. The table lies between the
+Each record (``bench/interpolation.py --json``) is one row; every cell is the ratio of the
+two methods' fastest rounds, then min/median/max over the record's rounds of the ratio
+measured within a round (a ``--quick`` record has no paper-style loop: shown as –). The table lies between the
 ``<!-- speed-table -->`` and ``<!-- /speed-table -->`` markers of README.md; nothing else is
 touched. ``make speed-table`` runs the benchmark suite and this script.
 """
@@ -50,6 +51,17 @@ def span(values: list[float], suffix: str = "×") -> str:
     return f"{lo:.2f}/{med:.2f}/{hi:.2f}{suffix}"
 
 
+def fastest(seconds: list[float], base: list[float]) -> float:
+    """The ratio of the fastest rounds: other work on the machine only ever adds time, so a
+    method's fastest round is its least disturbed one."""
+    return min(seconds) / min(base)
+
+
+def cell(seconds: list[float], base: list[float], ratios: list[float]) -> str:
+    """The fastest rounds' ratio, then min/median/max of the ratio within a round."""
+    return f"{fastest(seconds, base):.2f}× ({span(ratios, '')})"
+
+
 def row(record: dict) -> str:
     methods = record["methods"]
     name = record["workload"]
@@ -59,22 +71,25 @@ def row(record: dict) -> str:
     if record.get("bn_text", "no BN") not in ("no BN", "BN statistics of the whole data"):
         detail.insert(1, record["bn_text"])
     cells = [f"{what}, {', '.join(detail)}", "1.00"]
-    cells.append(span(methods["(b) paper-style loop"]["x_floor"]))
-    cells.append(f"**{span(methods['(c) mliscan']['x_floor'])}**")
+    floor = methods["(a) floor"]["seconds"]
+    paper = methods.get("(b) paper-style loop")
+    cells.append("–" if paper is None else cell(paper["seconds"], floor, paper["x_floor"]))
+    scan = methods["(c) mliscan"]
+    fast, rounds = cell(scan["seconds"], floor, scan["x_floor"]).split(" ", 1)
+    cells.append(f"**{fast}** {rounds}")
     gauss = ""
     if "gauss_cost" in record:
-        gauss = f"**{span(record['gauss_cost'])}**"
-        others = []
-        scan = methods["(c) mliscan"]["seconds"]
+        d = methods["(d) mliscan + Gauss"]["seconds"]
+        gauss = f"**{fastest(d, scan['seconds']):.2f}×** ({span(record['gauss_cost'], '')}"
         for label, key in (
             ("nested jvp", "(d') mliscan + Gauss by nested jvp"),
             ("double backward", "(b') paper-style + Gauss (double backward)"),
         ):
             if key in methods:  # the same rounds' loss-only scan
-                ratios = [a / b for a, b in zip(methods[key]["seconds"], scan, strict=True)]
-                others.append(f"{label}: {span(ratios)}")
-        if others:
-            gauss += f" ({'; '.join(others)})"
+                other = methods[key]["seconds"]
+                ratios = [a / b for a, b in zip(other, scan["seconds"], strict=True)]
+                gauss += f"; {label}: {cell(other, scan['seconds'], ratios)}"
+        gauss += ")"
     cells.append(gauss)
     return "| " + " | ".join(cells) + " |"
 
@@ -93,8 +108,10 @@ def table(records: list[dict]) -> str:
         }
     )
     lines = [
-        f"Ratios from `bench/interpolation.py` ({'; '.join(machines)}): each ratio is measured "
-        "within one round of interleaved methods, shown as min/median/max over the rounds.",
+        f"Ratios from `bench/interpolation.py` ({'; '.join(machines)}). Each cell: the ratio "
+        "of the two methods' fastest rounds (in bold for mliscan; other work on a machine only "
+        "ever adds time), then in brackets min/median/max over the rounds of the ratio measured "
+        "within one round of interleaved methods.",
         "",
         HEADER,
         *(row(r) for r in records),

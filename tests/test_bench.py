@@ -83,5 +83,10 @@ def test_a_record_becomes_a_row_of_min_median_max_ratios(tmp_path: Path) -> None
     text = readme.read_text()
     assert text.startswith("before\n") and text.endswith("<!-- /speed-table -->\nafter\n")
     (row,) = table.parse(table.current(text))
-    assert row[1:] == ["1.00", "1.00/2.00/3.00×", "**1.00/1.10/1.10×**", "**4.00/4.00/4.50×**"]
+    assert row[1:] == [
+        "1.00",
+        "2.00× (1.00/2.00/3.00)",
+        "**1.00×** (1.00/1.10/1.10)",
+        "**4.00×** (4.00/4.00/4.50)",
+    ]
     assert table.main(["--check", str(path), "--readme", str(readme)]) == 0
