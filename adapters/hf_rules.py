@@ -7,6 +7,7 @@ model's forward pass is differentiated.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -41,11 +42,41 @@ def _activation(J: Any, name: str, x: Any) -> Any:
     return J.relu(x) if kind == "relu" else J.silu(x)
 
 
-def _attend(J: Any, q: Any, k: Any, v: Any, scaling: float) -> Any:
-    """Causal softmax attention of jets [N, heads, L, d]."""
-    length = q[0].shape[-2]
-    future = torch.ones(length, length, dtype=torch.bool, device=q[0].device).triu(1)
+def _attend(
+    J: Any, q: Any, k: Any, v: Any, scaling: float, rows: torch.Tensor | None = None
+) -> Any:
+    """Causal softmax attention of jets [N, heads, L, d]; with ``rows``, the queries are at
+    those positions only (q [N, heads, len(rows), d])."""
+    length = k[0].shape[-2]
+    future = torch.ones(length, length, dtype=torch.bool, device=k[0].device).triu(1)
+    if rows is not None:
+        future = future.index_select(0, rows)
     return J.attention(q, k, v, scaling, future)
+
+
+def _rows(x: Any, rows: torch.Tensor | None, dim: int) -> Any:
+    """A jet at the positions ``rows`` (along ``dim``) only; None: every position."""
+    if rows is None:
+        return x
+    z = x[0]
+
+    def pick(u: torch.Tensor) -> torch.Tensor:
+        return (u if u.shape == z.shape else u.expand(z.shape)).index_select(dim, rows)
+
+    return tuple(None if u is None else pick(u) for u in x)
+
+
+def _layers(
+    block: Callable[..., Any], layers: Any, x: Any
+) -> tuple[Any, Callable[[Any, torch.Tensor | None], Any]]:
+    """Every layer but the last applied to ``x``, and the last as a function of (x, rows):
+    the part of the model that :meth:`Tracer.tail` runs at the rows it needs."""
+    layers = list(layers)
+    for layer in layers[:-1]:
+        x = block(layer, x)
+    if not layers:
+        return x, lambda h, rows: _rows(h, rows, 1)
+    return x, lambda h, rows: block(layers[-1], h, rows)
 
 
 def _merge_heads(J: Any, x: Any) -> Any:
@@ -73,21 +104,24 @@ def _gpt2(t: Any, model: HubModule, ids: torch.Tensor) -> Any:
     def conv1d(m: nn.Module, h: Any) -> Any:  # transformers' Conv1D: h @ W + b
         return t.dense(m, h, transposed=True)
 
-    for block in core.h:
+    def layer(block: HubModule, x: Any, rows: torch.Tensor | None = None) -> Any:
         attn = block.attn
         qkv = conv1d(attn.c_attn, t.layer_norm(block.ln_1, x))
         heads, hd = attn.num_heads, attn.head_dim
 
-        def split(u: torch.Tensor, j: int, heads: int = heads, hd: int = hd) -> torch.Tensor:
+        def split(u: torch.Tensor, j: int) -> torch.Tensor:
             part = u.split(heads * hd, dim=-1)[j]
             return part.view(*part.shape[:-1], heads, hd).transpose(1, 2)
 
         q, k, v = (J.map(lambda u, j=j: split(u, j), qkv) for j in range(3))
-        out = conv1d(attn.c_proj, _merge_heads(J, _attend(J, q, k, v, attn.scaling)))
-        x = J.add(x, out)
+        q = _rows(q, rows, 2)
+        out = conv1d(attn.c_proj, _merge_heads(J, _attend(J, q, k, v, attn.scaling, rows)))
+        x = J.add(_rows(x, rows, 1), out)
         h = conv1d(block.mlp.c_fc, t.layer_norm(block.ln_2, x))
-        x = J.add(x, conv1d(block.mlp.c_proj, _activation(J, act, h)))
-    return t.head(lambda h: t.dense(model.lm_head, t.layer_norm(core.ln_f, h)), x)
+        return J.add(x, conv1d(block.mlp.c_proj, _activation(J, act, h)))
+
+    x, last = _layers(layer, core.h, x)
+    return t.tail(lambda h, rows: t.dense(model.lm_head, t.layer_norm(core.ln_f, last(h, rows))), x)
 
 
 def _embed_rotary(t: Any, embed: nn.Module, rotary: nn.Module, ids: torch.Tensor) -> Any:
@@ -103,28 +137,34 @@ def _neox(t: Any, model: HubModule, ids: torch.Tensor) -> Any:
     core = model.gpt_neox
     x, cos, sin = _embed_rotary(t, core.embed_in, core.rotary_emb, ids)
     act = model.config.hidden_act
-    for layer in core.layers:
+
+    def block(layer: HubModule, x: Any, rows: torch.Tensor | None = None) -> Any:
         attn = layer.attention
         hs = attn.head_size
         qkv = t.dense(attn.query_key_value, t.layer_norm(layer.input_layernorm, x))
-        qkv = J.map(lambda u, hs=hs: u.view(*u.shape[:-1], -1, 3 * hs).transpose(1, 2), qkv)
+        qkv = J.map(lambda u: u.view(*u.shape[:-1], -1, 3 * hs).transpose(1, 2), qkv)
         q, k, v = (J.map(lambda u, j=j: u.chunk(3, dim=-1)[j], qkv) for j in range(3))
         q, k = _rotary(attn, q, k, cos, sin)
-        out = t.dense(attn.dense, _merge_heads(J, _attend(J, q, k, v, attn.scaling)))
+        q = _rows(q, rows, 2)
+        out = t.dense(attn.dense, _merge_heads(J, _attend(J, q, k, v, attn.scaling, rows)))
 
-        def mlp(h: Any, layer: HubModule = layer) -> Any:
+        def mlp(h: Any) -> Any:
             inner = t.dense(
                 layer.mlp.dense_h_to_4h, t.layer_norm(layer.post_attention_layernorm, h)
             )
             return t.dense(layer.mlp.dense_4h_to_h, _activation(J, act, inner))
 
+        x = _rows(x, rows, 1)
         if layer.use_parallel_residual:
-            x = J.add(J.add(mlp(x), out), x)
-        else:
-            x = J.add(out, x)
-            x = J.add(mlp(x), x)
+            return J.add(J.add(mlp(x), out), x)
+        x = J.add(out, x)
+        return J.add(mlp(x), x)
+
+    x, last = _layers(block, core.layers, x)
     head = getattr(model, "lm_head", None) or model.embed_out  # embed_out before transformers 5
-    return t.head(lambda h: t.dense(head, t.layer_norm(core.final_layer_norm, h)), x)
+    return t.tail(
+        lambda h, rows: t.dense(head, t.layer_norm(core.final_layer_norm, last(h, rows))), x
+    )
 
 
 def _llama(t: Any, model: HubModule, ids: torch.Tensor) -> Any:
@@ -137,27 +177,34 @@ def _llama(t: Any, model: HubModule, ids: torch.Tensor) -> Any:
         shape = (m.weight.shape[-1],)
         return J.layer_norm(h, shape, t.param(m, "weight"), None, m.variance_epsilon, rms=True)
 
-    for layer in core.layers:
+    def block(layer: HubModule, x: Any, rows: torch.Tensor | None = None) -> Any:
         attn = layer.self_attn
         hd, groups = attn.head_dim, attn.num_key_value_groups
         h = rms(layer.input_layernorm, x)
 
-        def heads(m: nn.Module, h: Any = h, hd: int = hd) -> Any:
+        def heads(m: nn.Module) -> Any:
             return J.map(lambda u: u.view(*u.shape[:-1], -1, hd).transpose(1, 2), t.dense(m, h))
 
         q, k = _rotary(attn, heads(attn.q_proj), heads(attn.k_proj), cos, sin)
         v = heads(attn.v_proj)
-        k, v = (J.map(lambda u, g=groups: u.repeat_interleave(g, dim=1), a) for a in (k, v))
-        x = J.add(x, t.dense(attn.o_proj, _merge_heads(J, _attend(J, q, k, v, attn.scaling))))
+        k, v = (J.map(lambda u: u.repeat_interleave(groups, dim=1), a) for a in (k, v))
+        q = _rows(q, rows, 2)
+        out = t.dense(attn.o_proj, _merge_heads(J, _attend(J, q, k, v, attn.scaling, rows)))
+        x = J.add(_rows(x, rows, 1), out)
         h = rms(layer.post_attention_layernorm, x)
         mlp = layer.mlp
         inner = J.mul(_activation(J, act, t.dense(mlp.gate_proj, h)), t.dense(mlp.up_proj, h))
-        x = J.add(x, t.dense(mlp.down_proj, inner))
-    return t.head(lambda h: t.dense(model.lm_head, rms(core.norm, h)), x)
+        return J.add(x, t.dense(mlp.down_proj, inner))
+
+    x, last = _layers(block, core.layers, x)
+    return t.tail(lambda h, rows: t.dense(model.lm_head, rms(core.norm, last(h, rows))), x)
 
 
-def _bert_encoder(t: Any, bert: HubModule, ids: torch.Tensor, mask: torch.Tensor | None) -> Any:
-    """BertModel up to the last hidden states (absolute positions, token type 0)."""
+def _bert_encoder(
+    t: Any, bert: HubModule, ids: torch.Tensor, mask: torch.Tensor | None
+) -> tuple[Any, Callable[[Any, torch.Tensor | None], Any]]:
+    """BertModel up to the last hidden states (absolute positions, token type 0): the
+    hidden states before the last layer, and the last layer as a function of (x, rows)."""
     J = t.rules
     emb = bert.embeddings
     length = ids.shape[1]
@@ -169,20 +216,23 @@ def _bert_encoder(t: Any, bert: HubModule, ids: torch.Tensor, mask: torch.Tensor
     x = t.layer_norm(emb.LayerNorm, J.add(x, t.embedding(emb.token_type_embeddings, types)))
     act = bert.config.hidden_act
     padding = None if mask is None else (mask == 0)[:, None, None, :]  # keys that are padding
-    for layer in bert.encoder.layer:
+
+    def block(layer: HubModule, x: Any, rows: torch.Tensor | None = None) -> Any:
         sa = layer.attention.self
         hd = sa.attention_head_size
 
-        def heads(m: nn.Module, h: Any = x, hd: int = hd) -> Any:
+        def heads(m: nn.Module, h: Any) -> Any:
             return J.map(lambda u: u.view(*u.shape[:-1], -1, hd).transpose(1, 2), t.dense(m, h))
 
-        q, k, v = heads(sa.query), heads(sa.key), heads(sa.value)
+        q = heads(sa.query, _rows(x, rows, 1))  # the queries at the rows only
+        k, v = heads(sa.key, x), heads(sa.value, x)
         out = _merge_heads(J, J.attention(q, k, v, sa.scaling, padding))
         so = layer.attention.output
-        x = t.layer_norm(so.LayerNorm, J.add(t.dense(so.dense, out), x))
+        x = t.layer_norm(so.LayerNorm, J.add(t.dense(so.dense, out), _rows(x, rows, 1)))
         inner = _activation(J, act, t.dense(layer.intermediate.dense, x))
-        x = t.layer_norm(layer.output.LayerNorm, J.add(t.dense(layer.output.dense, inner), x))
-    return x
+        return t.layer_norm(layer.output.LayerNorm, J.add(t.dense(layer.output.dense, inner), x))
+
+    return _layers(block, bert.encoder.layer, x)
 
 
 def _bert_mlm(t: Any, model: HubModule, ids: torch.Tensor) -> Any:
@@ -195,14 +245,20 @@ def _bert_mlm(t: Any, model: HubModule, ids: torch.Tensor) -> Any:
         h = t.layer_norm(tr.LayerNorm, _activation(J, act, t.dense(tr.dense, x)))
         return t.dense(head.decoder, h)
 
-    return t.head(predict, _bert_encoder(t, model.bert, ids, None))
+    x, last = _bert_encoder(t, model.bert, ids, None)
+    return t.tail(lambda h, rows: predict(last(h, rows)), x)
 
 
 def _bert_classifier(t: Any, model: HubModule, pair: torch.Tensor) -> Any:
+    """The pooler reads the first token: the last layer runs at that position only."""
     J = t.rules
-    x = _bert_encoder(t, model.bert, pair[:, 0], pair[:, 1])
-    pooled = J.tanh(t.dense(model.bert.pooler.dense, J.map(lambda u: u[:, 0], x)))
-    return t.dense(model.classifier, pooled)
+    x, last = _bert_encoder(t, model.bert, pair[:, 0], pair[:, 1])
+
+    def classify(h: Any, rows: torch.Tensor | None) -> Any:
+        first = J.map(lambda u: u[:, 0], last(h, rows))
+        return t.dense(model.classifier, J.tanh(t.dense(model.bert.pooler.dense, first)))
+
+    return t.tail(classify, x, torch.zeros(1, dtype=torch.long, device=pair.device))
 
 
 def rule_for(model: nn.Module) -> Any:

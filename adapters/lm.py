@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import torch
 from torch import nn
@@ -35,7 +35,7 @@ from mliscan.adapter import (
 from mliscan.errors import AdapterOptionError
 
 if TYPE_CHECKING:  # rules are stated through the tracer the engine passes in
-    from mliscan.taylor import Stack, Tracer
+    from mliscan.taylor import Jet, Stack, Tracer
 
 
 def _positive(value: Any) -> int:
@@ -154,8 +154,12 @@ class CausalSelfAttention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(n, length, dim))
 
     def taylor_forward(self, t: Tracer, st: Stack) -> Stack:
+        return t.stack(self.rows_rule(t, t.jet(st), None))
+
+    def rows_rule(self, t: Tracer, x: Jet, rows: torch.Tensor | None) -> Jet:
+        """The rule with the queries at the positions ``rows`` only (None: every position);
+        the keys and values at every position."""
         J = t.rules
-        x = t.jet(st)
         n, length, dim = x[0].shape
         hd = dim // self.heads
         qkv = t.dense(self.qkv, x)
@@ -165,9 +169,13 @@ class CausalSelfAttention(nn.Module):
 
         q, k, v = (J.map(functools.partial(head, j=j), qkv) for j in range(3))
         future = torch.ones(length, length, dtype=torch.bool, device=x[0].device).triu(1)
+        if rows is not None:
+            q = J.map(lambda u: u.index_select(2, rows), q)
+            future = future.index_select(0, rows)
         out = J.attention(q, k, v, 1.0 / math.sqrt(hd), future)
-        out = J.map(lambda u: u.transpose(1, 2).reshape(n, length, dim), out)
-        return t.stack(t.dense(self.proj, out))
+        width = out[0].shape[2]
+        out = J.map(lambda u: u.transpose(1, 2).reshape(n, width, dim), out)
+        return t.dense(self.proj, out)
 
 
 class Block(nn.Module):
@@ -187,10 +195,18 @@ class Block(nn.Module):
         return self.norm2(x + self.drop(self.ff2(self.drop(F.relu(self.ff1(x))))))
 
     def taylor_forward(self, t: Tracer, st: Stack) -> Stack:
+        return t.stack(self.rows_rule(t, t.jet(st), None))
+
+    def rows_rule(self, t: Tracer, x: Jet, rows: torch.Tensor | None) -> Jet:
+        """The block's rule at the positions ``rows`` only (None: every position): after
+        its attention every position is computed on its own."""
         J = t.rules
-        x = t.layer_norm(self.norm1, J.add(t.jet(st), t.jet(t(self.attn, st))))
+        a = self.attn.rows_rule(t, x, rows)
+        if rows is not None:
+            x = J.map(lambda u: u.index_select(1, rows), x)
+        x = t.layer_norm(self.norm1, J.add(x, a))
         h = t.dense(self.ff2, J.relu(t.dense(self.ff1, x)))
-        return t.stack(t.layer_norm(self.norm2, J.add(x, h)))
+        return t.layer_norm(self.norm2, J.add(x, h))
 
 
 class TransformerLM(nn.Module):
@@ -242,9 +258,19 @@ class TransformerLM(nn.Module):
         scale = math.sqrt(self.dim)
         pos = self.positions[:length].to(self.embed.weight.dtype)
         x = t.stack((e * scale + pos, None if d1 is None else d1 * scale, None))
-        for block in self.blocks:
+        blocks = cast(list[Block], list(self.blocks))
+        for block in blocks[:-1]:
             x = t(block, x)
-        return t.stack(t.head(lambda h: t.dense(self.decoder, h), t.jet(x)))
+
+        def tail(h: Jet, rows: torch.Tensor | None) -> Jet:
+            """The last block and the decoder at the rows (Tracer.tail)."""
+            if blocks:
+                return t.dense(self.decoder, blocks[-1].rows_rule(t, h, rows))
+            if rows is not None:
+                h = t.rules.map(lambda u: u.index_select(1, rows), h)
+            return t.dense(self.decoder, h)
+
+        return t.stack(t.tail(tail, t.jet(x)))
 
 
 class _WordLMAdapter(Adapter):

@@ -92,6 +92,8 @@ def jet_elementwise(a: Jet, f: torch.Tensor, f1: torch.Tensor, f2: torch.Tensor)
 
 def jet_sigmoid(a: Jet) -> Jet:
     s = torch.sigmoid(a[0])
+    if _value_only(a):
+        return s, None, None
     rest = 1 - s
     s1 = s * rest
     return jet_elementwise(a, s, s1, rest.sub_(s).mul_(s1))  # s'' = s' (1 - 2 s)
@@ -99,6 +101,8 @@ def jet_sigmoid(a: Jet) -> Jet:
 
 def jet_tanh(a: Jet) -> Jet:
     t = torch.tanh(a[0])
+    if _value_only(a):
+        return t, None, None
     t1 = torch.addcmul(t.new_ones(()), t, t, value=-1)  # 1 - t^2
     return jet_elementwise(a, t, t1, (t * t1).mul_(-2))
 
@@ -108,8 +112,19 @@ def jet_relu(a: Jet) -> Jet:
     return jet_map(lambda v: v * mask, a)
 
 
+def _value_only(a: Jet) -> bool:
+    """No derivative reaches this rule (a part computed for its value only)."""
+    return a[1] is None and a[2] is None
+
+
 def jet_gelu(a: Jet, approximate: str = "none") -> Jet:
     x = a[0]
+    if _value_only(a):  # the same value as below, without s' and s''
+        if approximate == "tanh":
+            c, k = math.sqrt(2 / math.pi), 0.044715
+            t = (x**3).mul_(k).add_(x).mul_(c).tanh_()
+            return (0.5 * x) * (1 + t), None, None
+        return x * (0.5 * (1 + torch.erf(x / math.sqrt(2)))), None, None
     if approximate == "tanh":  # 0.5 x (1 + tanh(u)), u = c (x + 0.044715 x^3)
         c, k = math.sqrt(2 / math.pi), 0.044715
         t = (x**3).mul_(k).add_(x).mul_(c).tanh_()  # tanh(c (x + k x^3)), the model's value
@@ -133,6 +148,8 @@ def jet_gelu(a: Jet, approximate: str = "none") -> Jet:
 def jet_silu(a: Jet) -> Jet:
     x = a[0]
     s = torch.sigmoid(x)
+    if _value_only(a):
+        return x * s, None, None
     rest = 1 - s
     s1 = s * rest
     f1 = torch.addcmul(s, x, s1)  # s + x s'

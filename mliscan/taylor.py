@@ -29,8 +29,9 @@ calculus of products of jets (attention, norms, the language models' activations
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import ClassVar, cast
 
 import torch
@@ -94,12 +95,45 @@ class Tracer:
     def head(self, fn: Callable[[Jet], Jet], x: Jet) -> Jet:
         """A sequence model's output head (a per-position map) at the Gauss positions only;
         with ``full_values``, its value at every position too (kept in ``values``: the loss
-        of the same pass)."""
+        of the same pass, computed without derivatives)."""
         if self.positions is None:
             return fn(x)
         if self.full_values:
-            self.values = fn((x[0], None, None))[0]
+            with self.values_only():
+                self.values = fn((x[0], None, None))[0]
         return fn(jet_map(lambda v: v[:, self.positions], x))
+
+    def tail(
+        self,
+        fn: Callable[[Jet, torch.Tensor | None], Jet],
+        x: Jet,
+        rows: torch.Tensor | None = None,
+    ) -> Jet:
+        """The end of a model from its last attention's queries on, where every position is
+        computed on its own: ``fn(x, rows)`` computes it for the positions ``rows`` only
+        (the queries, the residual stream and the head at those rows; None: every position).
+        Its derivatives are wanted at the Gauss positions only (or at ``rows`` given here: a
+        classifier that reads its first token), so the last block's per-position work with
+        derivatives is done there only; with ``full_values`` its value at every position is
+        computed as well, without derivatives (kept in ``values``: the loss of the pass)."""
+        if rows is None:
+            rows = self.positions
+        if rows is None:
+            return fn(x, None)
+        if self.full_values and self.positions is not None:
+            with self.values_only():
+                self.values = fn((x[0], None, None), None)[0]
+        return fn(x, rows)
+
+    @contextlib.contextmanager
+    def values_only(self) -> Iterator[None]:
+        """Within the block no weight moves: rules given derivative-free inputs compute
+        values only (the value at every position that the loss needs)."""
+        moving, self.moving = self.moving, {}
+        try:
+            yield
+        finally:
+            self.moving = moving
 
     # jets (see to_jet): the rules that mix several stacks
     def jet(self, st: Stack) -> Jet:

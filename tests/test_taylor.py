@@ -107,10 +107,14 @@ LMS = [
     ("lstm-lm", {"emb": 12, "hidden": 12, "layers": 2}),
     ("lstm-lm", {"emb": 12, "hidden": 12, "layers": 1, "tied": True}),
     ("transformer-lm", {"dim": 12, "heads": 2, "ff": 24, "layers": 2, "context": 16}),
+    # one block: the last block (Tracer.tail, at the Gauss positions) is the first
+    ("transformer-lm", {"dim": 12, "heads": 2, "ff": 24, "layers": 1, "context": 16}),
 ]
 
 
-@pytest.mark.parametrize(("name", "options"), LMS, ids=["lstm", "lstm-tied", "transformer"])
+@pytest.mark.parametrize(
+    ("name", "options"), LMS, ids=["lstm", "lstm-tied", "transformer", "transformer-1"]
+)
 def test_language_models_have_the_second_order_pass_equal_to_nested_jvp(name, options) -> None:
     adapter = get_adapter(name)
     opts = adapter.parse_options(options)
