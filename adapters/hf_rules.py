@@ -88,9 +88,15 @@ def _rotary(module: nn.Module, q: Any, k: Any, cos: torch.Tensor, sin: torch.Ten
     import sys
 
     apply = sys.modules[type(module).__module__].apply_rotary_pos_emb
-    parts = [
-        apply(a, b, cos, sin) if a is not None else (None, None) for a, b in zip(q, k, strict=True)
-    ]
+    parts: list[tuple[Any, Any]] = []
+    for a, b in zip(q, k, strict=True):
+        if a is None and b is None:
+            parts.append((None, None))
+            continue
+        # a derivative known to be zero on one side only (its weight does not move): zeros
+        qa = torch.zeros_like(q[0]) if a is None else a
+        kb = torch.zeros_like(k[0]) if b is None else b
+        parts.append(apply(qa, kb, cos, sin))
     return tuple(p[0] for p in parts), tuple(p[1] for p in parts)
 
 

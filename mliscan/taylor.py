@@ -112,15 +112,17 @@ class Tracer:
         """The end of a model from its last attention's queries on, where every position is
         computed on its own: ``fn(x, rows)`` computes it for the positions ``rows`` only
         (the queries, the residual stream and the head at those rows; None: every position).
-        Its derivatives are wanted at the Gauss positions only (or at ``rows`` given here: a
-        classifier that reads its first token), so the last block's per-position work with
-        derivatives is done there only; with ``full_values`` its value at every position is
-        computed as well, without derivatives (kept in ``values``: the loss of the pass)."""
+        Its derivatives are wanted at the Gauss positions only, so the last block's
+        per-position work with derivatives is done there only; with ``full_values`` its value
+        at every position is computed as well, without derivatives (kept in ``values``: the
+        loss of the pass). ``rows`` given here are the only positions the output reads (a
+        classifier's first token): the pass's own value is then the whole value."""
+        given = rows is not None
         if rows is None:
             rows = self.positions
         if rows is None:
             return fn(x, None)
-        if self.full_values and self.positions is not None:
+        if self.full_values and not given:
             with self.values_only():
                 self.values = fn((x[0], None, None), None)[0]
         return fn(x, rows)

@@ -112,7 +112,10 @@ class LazyCommands(MutableMapping[str, Any]):
         if name not in self._built:
             if name not in self._names:
                 raise KeyError(name)
-            self._built[name] = self._load(name)
+            try:
+                self._built[name] = self._load(name)
+            except KeyError as exc:  # a bug in the command's module, not "no such command"
+                raise RuntimeError(f"building the command {name!r} failed: {exc!r}") from exc
         return self._built[name]
 
     def __setitem__(self, name: str, command: Any) -> None:
