@@ -30,10 +30,12 @@ round, at the start); mliscan's is its own choice (from memory, see mliscan.reso
 from __future__ import annotations
 
 import argparse
+import atexit
 import copy
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import time
@@ -111,6 +113,7 @@ def hub_workload(name: str, device: torch.device):
 
     kind = HUB_WORKLOADS[name]
     root = Path(tempfile.mkdtemp(prefix="mliscan-bench-hub-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)  # the cache goes with the run
     repo = f"org/{name}"
     for rev, steps in (("step0", 0), ("main", 3)):
         files = hubcache.hf_model_files(kind, 0, steps=steps, parent=root)
