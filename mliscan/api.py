@@ -491,11 +491,7 @@ def _compare(init: Endpoint, final: Endpoint, v: dict[str, Any]) -> PathResult:
         study = PairStudy(  # exactly what the command line runs
             str(init),
             str(final),
-            source=source,
-            arch=prep.arch,
-            arch_options=prep.arch_options,
-            data=prep.data,
-            eval=ev,
+            **prep.study_fields(),
             verdict=verdict,
             align=align,
             unrelated_seeds=tuple(seeds),
@@ -607,6 +603,17 @@ class _Prepared:
     arch: Any
     arch_options: dict[str, Any] | None
     data: Any
+
+    def study_fields(self) -> dict[str, Any]:
+        """The fields every study description takes from the options: where endpoints come
+        from, the architecture, the data and the evaluation."""
+        return {
+            "source": self.specs[S.SourceSpec],
+            "arch": self.arch,
+            "arch_options": self.arch_options,
+            "data": self.data,
+            "eval": self.specs[S.EvalSpec],
+        }
 
 
 class _Unset:
@@ -730,11 +737,7 @@ def grid(
                 ),
                 n_inits=n_inits,
                 n_optima=n_optima,
-                source=source,
-                arch=prep.arch,
-                arch_options=prep.arch_options,
-                data=prep.data,
-                eval=prep.specs[S.EvalSpec],
+                **prep.study_fields(),
                 verdict=prep.specs[S.VerdictSpec],
                 align=prep.specs[S.AlignSpec],
             )
@@ -783,11 +786,7 @@ def plane(
                 b=_study_endpoint(b, "B", source),
                 c=_study_endpoint(c, "C", source),
                 out=root,
-                source=source,
-                arch=prep.arch,
-                arch_options=prep.arch_options,
-                data=prep.data,
-                eval=prep.specs[S.EvalSpec],
+                **prep.study_fields(),
                 plane=plane_spec,
                 align=prep.specs[S.AlignSpec],
             )
@@ -844,11 +843,7 @@ def trajectory(
                 str(source),
                 root,
                 revisions,
-                source=prep.specs[S.SourceSpec],
-                arch=prep.arch,
-                arch_options=prep.arch_options,
-                data=prep.data,
-                eval=prep.specs[S.EvalSpec],
+                **prep.study_fields(),
                 verdict=prep.specs[S.VerdictSpec],
             )
             outcome = run_trajectory(study, _Progress(progress))
